@@ -1,0 +1,41 @@
+# KaPoW: `make demo` and `make test` are the two commands; everything they need is installed and started here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install services services-stop services-status test unit integration lint demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+services:
+	@bash scripts/services.sh start
+
+services-stop:
+	@bash scripts/services.sh stop
+
+services-status:
+	@bash scripts/services.sh status
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test: install services lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: install services
+	$(BIN)/kapow demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,3 @@
+"""KaPoW, the Kafka → PostgreSQL Writer."""
+
+__version__ = "0.1.0"

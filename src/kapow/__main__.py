@@ -1,0 +1,3 @@
+from kapow.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""The ``kapow`` command: ``run``, ``send``, ``check``, ``demo`` (and more as they come).
+
+Every error a user can cause ends as one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+from kapow import __version__
+from kapow.errors import ConfigError, KapowError
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(f"kapow: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KapowError as exc:
+        print(f"kapow: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kapow", description="KaPoW, the Kafka -> PostgreSQL Writer")
+    p.add_argument("--version", action="version", version=f"kapow {__version__}")
+    sub = p.add_subparsers(title="commands")
+
+    run = sub.add_parser("run", help="run the writer (consume, land, commit) until SIGTERM/SIGINT")
+    run.add_argument("-c", "--config", required=True, help="TOML config file")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="check a config, the broker and every destination database")
+    check.add_argument("-c", "--config", required=True, help="TOML config file")
+    check.set_defaults(func=cmd_check)
+
+    send = sub.add_parser("send", help="publish packets from JSON lines (stdin or a file)")
+    send.add_argument("-b", "--bootstrap", default=os.environ.get("KAPOW_BOOTSTRAP", "127.0.0.1:9092"))
+    send.add_argument("-t", "--topic", required=True)
+    send.add_argument("-f", "--file", help="JSON lines file (default: stdin)")
+    send.add_argument("--no-header", action="store_true", help="publish without the context header")
+    send.set_defaults(func=cmd_send)
+
+    demo = sub.add_parser("demo", help="land a sample stream in a demo table and show it happening")
+    demo.add_argument("-n", "--packets", type=int, default=20000)
+    demo.add_argument("--rate", type=int, default=2000, help="packets per second to publish")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kapow.config import load_config
+    from kapow.logs import setup_logging
+
+    config = load_config(args.config)
+    setup_logging(config.log.level, config.log.format)
+    from confluent_kafka import KafkaException
+
+    from kapow.pipeline.runner import Writer
+
+    writer = Writer(config)
+    writer.install_signals()
+    try:
+        drained = writer.run()
+    except KafkaException as exc:
+        raise KapowError(f"Kafka: {exc.args[0] if exc.args else exc}") from None
+    logging.shutdown()
+    if not drained:  # worker threads may still wait on a database: do not let them hold the exit
+        os._exit(0)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from kapow.config import load_config
+    from kapow.health import check_config
+
+    config = load_config(args.config)
+    ok = True
+    for line, good in check_config(config):
+        print(("ok    " if good else "FAIL  ") + line)
+        ok = ok and good
+    return 0 if ok else 1
+
+
+def _lines(path: str | None) -> Iterator[tuple[int, bytes]]:
+    stream: IO[bytes]
+    stream = Path(path).open("rb") if path else sys.stdin.buffer  # noqa: SIM115 - closed below
+    try:
+        for n, line in enumerate(stream, 1):
+            line = line.strip()
+            if line:
+                yield n, line
+    finally:
+        if path:
+            stream.close()
+
+
+class _Wrapped(msgspec.Struct):
+    destinations: list[dict[str, str]]
+    data: msgspec.Raw
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from kapow.client import DeliveryError, Publisher
+
+    if args.file and not Path(args.file).is_file():
+        raise KapowError(f"{args.file}: no such file")
+    bad = 0
+    last = time.monotonic()
+    show = sys.stderr.isatty()
+    with Publisher(args.bootstrap, args.topic) as pub:
+        for n, line in _lines(args.file):
+            value = line
+            try:
+                obj: Any = msgspec.json.decode(line)
+            except msgspec.DecodeError:
+                print(f"kapow send: line {n}: not JSON, skipped", file=sys.stderr)
+                bad += 1
+                continue
+            if isinstance(obj, dict) and "pipeline_context" not in obj and "destinations" in obj:
+                wrapped = msgspec.json.decode(line, type=_Wrapped)
+                value = b'{"pipeline_context":{"destinations":%b},"data":%b}' % (
+                    msgspec.json.encode(wrapped.destinations), bytes(wrapped.data))
+            pub.send_raw(value, pipeline=not args.no_header)
+            if show and time.monotonic() - last > 1:
+                print(f"\rsent {pub.sent}", end="", file=sys.stderr)
+                last = time.monotonic()
+        try:
+            pub.flush()
+        except DeliveryError as exc:
+            raise KapowError(str(exc)) from None
+    if show:
+        print("\r", end="", file=sys.stderr)
+    print(f"sent {pub.sent} packets to {args.topic}" + (f" ({bad} lines skipped)" if bad else ""), file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kapow.demo import run_demo
+
+    return run_demo(packets=args.packets, rate=args.rate)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

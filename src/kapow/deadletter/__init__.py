@@ -1,0 +1,1 @@
+"""Error topics: publishing failed packets, and the dead-letter queue operations on system errors."""

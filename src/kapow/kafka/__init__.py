@@ -1,0 +1,1 @@
+"""Kafka side: consumer, producer and admin clients, configured in one place."""

@@ -1,0 +1,106 @@
+"""Kafka clients, configured in one place: the writer's consumer and producer, and an admin client.
+
+The consumer never auto-commits and never auto-stores offsets: the commit step alone decides what is done.
+The producer is idempotent with ``acks=all``, since an error record is the only copy of a failed packet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+log = logging.getLogger(__name__)
+
+Settings = Mapping[str, str | int | float | bool]
+
+
+def consumer_config(bootstrap: str, group_id: str, settings: Settings | None = None) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        "partition.assignment.strategy": "range,roundrobin",
+        "fetch.min.bytes": 1,
+        "fetch.wait.max.ms": 20,
+        "queued.max.messages.kbytes": 65536,
+        "max.partition.fetch.bytes": 4 * 1024 * 1024,
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 1000,
+        "max.poll.interval.ms": 300000,
+        "client.id": "kapow",
+    }
+    conf.update(settings or {})
+    return conf
+
+
+def producer_config(bootstrap: str, settings: Settings | None = None, **extra: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 30000,
+        "client.id": "kapow",
+    }
+    conf.update(settings or {})
+    conf.update(extra)
+    return conf
+
+
+def make_consumer(bootstrap: str, group_id: str, settings: Settings | None = None) -> Consumer:
+    return Consumer(consumer_config(bootstrap, group_id, settings))
+
+
+def make_producer(bootstrap: str, settings: Settings | None = None, **extra: Any) -> Producer:
+    return Producer(producer_config(bootstrap, settings, **extra))
+
+
+def admin_config(bootstrap: str, settings: Settings | None = None) -> dict[str, Any]:
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap}
+    # Admin takes only the client-level properties (security, sasl, ...), not consumer/producer tuning.
+    for key, value in (settings or {}).items():
+        if key.startswith(("security.", "sasl.", "ssl.", "client.")):
+            conf[key] = value
+    return conf
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    *,
+    settings: Settings | None = None,
+    replication_factor: int = 1,
+    timeout: float = 30.0,
+) -> None:
+    """Create the topics that do not exist yet (name -> partitions); existing ones are left as they are."""
+    admin = AdminClient(admin_config(bootstrap, settings))
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    new = [NewTopic(t, num_partitions=p, replication_factor=replication_factor)
+           for t, p in topics.items() if t not in existing]
+    if not new:
+        return
+    for topic, future in admin.create_topics(new, operation_timeout=timeout, request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            log.info("created topic %s", topic)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+def delete_topics(bootstrap: str, topics: list[str], timeout: float = 30.0) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_topics(topics, operation_timeout=timeout).values():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if "UNKNOWN_TOPIC" not in str(exc):
+                raise

@@ -1,0 +1,50 @@
+"""Every metric KaPoW exports, declared once (RED: rate, errors, duration), each with its kind.
+
+Metrics are updated once per batch with counts, never once per packet: the hot path stays free of them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SIZE_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000)
+
+# counter: records by topic, pipeline step and outcome (filter: passed|filtered; sort: ok|user_error;
+# persist: landed|duplicate|user_error|system_error)
+PACKETS = Counter("kapow_packets", "Records handled, by topic, step and outcome",
+                  ["topic", "step", "outcome"], registry=REGISTRY)
+# counter: rows written per destination database, by outcome (landed|duplicate)
+ROWS = Counter("kapow_rows", "Rows per destination database and outcome",
+               ["database", "outcome"], registry=REGISTRY)
+# counter: failed packets per destination database (or "-" before routing), error class and code
+ERRORS = Counter("kapow_errors", "Failed packets by destination database, class and code",
+                 ["database", "class", "code"], registry=REGISTRY)
+# counter: error records acknowledged on each error topic
+ERROR_RECORDS = Counter("kapow_error_records", "Error records acknowledged per error topic",
+                        ["topic"], registry=REGISTRY)
+# histogram: time spent per step and destination database ("-" for steps before routing)
+STEP_DURATION = Histogram("kapow_step_duration_seconds", "Duration of one step for one batch",
+                          ["step", "database"], buckets=_DURATION_BUCKETS, registry=REGISTRY)
+# histogram: records per consumed batch
+BATCH_SIZE = Histogram("kapow_batch_size", "Records per consumed batch", buckets=_SIZE_BUCKETS,
+                       registry=REGISTRY)
+# histogram: record timestamp to offset commit, sampled at the first and last record of each batch
+END_TO_END = Histogram("kapow_end_to_end_latency_seconds", "Record timestamp to commit",
+                       buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+# gauge: consumer lag per partition (high watermark - committed position)
+LAG = Gauge("kapow_consumer_lag", "Consumer lag in records", ["topic", "partition"], registry=REGISTRY)
+# gauge: connections lent out per destination database
+POOL_IN_USE = Gauge("kapow_pool_connections_in_use", "Connections in use", ["database"], registry=REGISTRY)
+# gauge: circuit state per destination (0 closed, 1 half-open, 2 open)
+CIRCUIT = Gauge("kapow_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+                ["vanity", "database"], registry=REGISTRY)
+# gauge: batches consumed but not yet committed
+IN_FLIGHT = Gauge("kapow_batches_in_flight", "Batches consumed, not yet committed", registry=REGISTRY)
+# gauge: partitions assigned to this process
+ASSIGNED = Gauge("kapow_partitions_assigned", "Partitions assigned to this process", registry=REGISTRY)
+
+CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}

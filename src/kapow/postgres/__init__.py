@@ -1,0 +1,1 @@
+"""PostgreSQL side: connection pools, the table catalog and the batch writer."""

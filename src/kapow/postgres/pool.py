@@ -1,0 +1,144 @@
+"""A small, bounded connection pool per (vanity, database).
+
+Why not ``psycopg_pool``: when a database is down, its pool reconnects in a background thread and callers only
+ever see ``PoolTimeout``, with the real cause (refused, auth failed, too many clients, shutting down) in a log
+line. KaPoW must classify that cause per packet (system vs user error, SQLSTATE) and feed a circuit breaker, so
+connections here are opened by the caller's own thread and the real exception propagates. Everything else a
+pool must do is kept: at most ``max_connections`` open at once (the database's load is bounded, a burst is
+paced out), idle connections are reused, broken ones are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import make_conninfo
+
+log = logging.getLogger(__name__)
+
+Configure = Callable[[psycopg.Connection[tuple[object, ...]]], None]
+
+
+class PoolClosed(Exception):
+    """The pool was closed while a caller waited for a connection."""
+
+
+class ConnectionPool:
+    """At most ``max_size`` connections to one database; ``connection()`` lends one for a ``with`` block."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        conninfo: str,
+        password: str | None = None,
+        max_size: int = 4,
+        wait_timeout: float = 30.0,
+        max_idle: float = 10 * 60.0,
+        configure: Configure | None = None,
+    ) -> None:
+        self.name = name
+        self._conninfo = conninfo
+        self._password = password
+        self.max_size = max_size
+        self._wait_timeout = wait_timeout
+        self._max_idle = max_idle
+        self._configure = configure
+        self._idle: list[tuple[psycopg.Connection[tuple[object, ...]], float]] = []
+        self._open = 0  # connections in use or idle
+        self._cond = threading.Condition()
+        self._closed = False
+
+    @property
+    def in_use(self) -> int:
+        with self._cond:
+            return self._open - len(self._idle)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        conn = self._acquire()
+        try:
+            yield conn
+        finally:
+            self._release(conn)
+
+    def _acquire(self) -> psycopg.Connection[tuple[object, ...]]:
+        deadline = time.monotonic() + self._wait_timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise PoolClosed(f"pool {self.name} is closed")
+                while self._idle:
+                    conn, since = self._idle.pop()
+                    if conn.closed or time.monotonic() - since > self._max_idle:
+                        self._discard_locked(conn)
+                        continue
+                    return conn
+                if self._open < self.max_size:
+                    self._open += 1
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no free connection to {self.name} within {self._wait_timeout:.0f} s")
+                self._cond.wait(left)
+        try:  # connect outside the lock: a slow or dead server must not block the other callers
+            return self._connect()
+        except BaseException:
+            with self._cond:
+                self._open -= 1
+                self._cond.notify()
+            raise
+
+    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+        conninfo = make_conninfo(self._conninfo, password=self._password) if self._password else self._conninfo
+        conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(conninfo)
+        try:
+            if self._configure is not None:
+                self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        log.debug("opened connection to %s", self.name)
+        return conn
+
+    def _release(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        healthy = not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE
+        if not healthy and not conn.closed:
+            try:  # a connection lent back mid-transaction (an error path) is rolled back, not trusted
+                conn.rollback()
+                healthy = conn.info.transaction_status == pq.TransactionStatus.IDLE
+            except psycopg.Error:
+                healthy = False
+        with self._cond:
+            if healthy and not self._closed:
+                self._idle.append((conn, time.monotonic()))
+            else:
+                self._discard_locked(conn)
+            self._cond.notify()
+
+    def _discard_locked(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        self._open -= 1
+        try:
+            conn.close()
+        except psycopg.Error:  # pragma: no cover - closing a broken socket
+            pass
+
+    def discard_idle(self) -> None:
+        """Drop idle connections (after a server restart they are all dead)."""
+        with self._cond:
+            while self._idle:
+                self._discard_locked(self._idle.pop()[0])
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            while self._idle:
+                self._discard_locked(self._idle.pop()[0])
+            self._cond.notify_all()

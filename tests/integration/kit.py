@@ -1,0 +1,249 @@
+"""Tools for integration tests: real Kafka and PostgreSQL, fresh uuid-named topics and databases, and the writer
+run as a real process (so that signals, ``kill -9`` and exit codes are the real thing)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from kapow.client import Publisher
+from kapow.contract import make_packet
+from kapow.kafka.clients import delete_topics, ensure_topics
+
+BOOTSTRAP = os.environ.get("KAPOW_BOOTSTRAP", "127.0.0.1:9092")
+PG_HOST = os.environ.get("KAPOW_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("KAPOW_PG_PORT", "5432"))
+ADMIN_DSN = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def dsn(database: str) -> str:
+    return f"host={PG_HOST} port={PG_PORT} user=postgres dbname={database}"
+
+
+def create_database(name: str) -> None:
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def sql(database: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        cur = conn.execute(statement.encode(), params)  # test-owned SQL, never packet content
+        return cur.fetchall() if cur.description else []
+
+
+def scalar(database: str, statement: str, params: tuple[Any, ...] = ()) -> Any:
+    rows = sql(database, statement, params)
+    return rows[0][0]
+
+
+def create_topic(name: str, partitions: int = 6) -> None:
+    ensure_topics(BOOTSTRAP, {name: partitions})
+
+
+def remove_topics(names: Iterable[str]) -> None:
+    delete_topics(BOOTSTRAP, list(names))
+
+
+def publish(topic: str, values: Iterable[bytes], *, pipeline: bool = True,
+            headers: list[tuple[str, bytes]] | None = None) -> int:
+    n = 0
+    with Publisher(BOOTSTRAP, topic) as pub:
+        for value in values:  # keyed by sequence number, so that every partition gets its share
+            pub.send_raw(value, str(n).encode(), pipeline=pipeline, headers=headers)
+            n += 1
+    return n
+
+
+def dest(database: str, table: str, vanity: str = "wh", schema: str = "public") -> dict[str, str]:
+    return {"type": "postgres", "vanity": vanity, "database": database, "schema": schema, "table": table}
+
+
+def packets(destinations: list[dict[str, str]], rows: Iterable[dict[str, Any]]) -> list[bytes]:
+    return [make_packet(destinations, row) for row in rows]
+
+
+def end_offsets(topic: str) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": uid("probe")})
+    try:
+        meta = c.list_topics(topic, timeout=10)
+        out = {}
+        for p in meta.topics[topic].partitions:
+            _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            out[p] = high
+        return out
+    finally:
+        c.close()
+
+
+def committed_offsets(group: str, topic: str) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
+    try:
+        meta = c.list_topics(topic, timeout=10)
+        tps = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
+        return {tp.partition: tp.offset for tp in c.committed(tps, timeout=10)}
+    finally:
+        c.close()
+
+
+@dataclass
+class Record:
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    partition: int
+    offset: int
+
+
+def read_all(topic: str, *, expect: int | None = None, timeout: float = 30.0) -> list[Record]:
+    """Every record on ``topic`` (from the start); with ``expect``, wait until that many arrived."""
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": uid("reader"), "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    out: list[Record] = []
+    try:
+        admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+        if topic not in admin.list_topics(timeout=10).topics:
+            return out
+        ends = end_offsets(topic)
+        c.assign([TopicPartition(topic, p, 0) for p in ends])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            target_reached = expect is None and all(
+                max((r.offset + 1 for r in out if r.partition == p), default=0) >= end for p, end in ends.items()
+            )
+            if target_reached or (expect is not None and len(out) >= expect):
+                break
+            if expect is not None:
+                ends = end_offsets(topic)
+            for msg in c.consume(1000, 0.5):
+                if msg.error():
+                    continue
+                out.append(Record(msg.key(), msg.value(), dict(msg.headers() or []), msg.partition(), msg.offset()))
+        return out
+    finally:
+        c.close()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Env:
+    """One test's world: its topic, error topics, group and databases, with a config to match."""
+
+    topic: str
+    group: str
+    user_errors: str
+    system_errors: str
+    databases: list[str]
+    tmp: Path
+    extra_destinations: list[dict[str, Any]] = field(default_factory=list)
+    pipeline: dict[str, Any] = field(default_factory=dict)
+
+    def config_text(self) -> str:
+        lines = [
+            "[kafka]",
+            f'bootstrap_servers = "{BOOTSTRAP}"',
+            f'group_id = "{self.group}"',
+            f'topics = ["{self.topic}"]',
+            f'user_errors_topic = "{self.user_errors}"',
+            f'system_errors_topic = "{self.system_errors}"',
+            "",
+            "[[destinations]]",
+            'vanity = "wh"',
+            f'host = "{PG_HOST}"',
+            f"port = {PG_PORT}",
+            'user = "postgres"',
+            "databases = [" + ", ".join(f'"{d}"' for d in self.databases) + "]",
+            "max_connections = 4",
+        ]
+        for extra in self.extra_destinations:
+            lines += ["", "[[destinations]]"] + [f"{k} = {_toml(v)}" for k, v in extra.items()]
+        lines += ["", "[pipeline]"] + [f"{k} = {_toml(v)}" for k, v in self.pipeline.items()]
+        lines += ["", "[http]", "enabled = false", "", "[log]", 'format = "json"']
+        return "\n".join(lines) + "\n"
+
+    def write_config(self) -> Path:
+        path = self.tmp / f"{self.group}.toml"
+        path.write_text(self.config_text())
+        return path
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return str(v)
+
+
+class WriterProcess:
+    """``kapow run -c CONFIG`` as a child process; its log lines are kept in a file for assertions."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "kapow", "run", "-c", str(config)],
+                                     stdout=self._log, stderr=self._log)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+    def close(self) -> None:
+        if self.alive():
+            self.stop()
+        self._log.close()
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.alive():
+                self.proc.kill()
+            self._log.close()
+
+    def wait_assigned(self, timeout: float = 30.0) -> None:
+        wait_for(lambda: "partitions assigned" in self.log() or not self.alive(), timeout, "partition assignment")
+        assert self.alive(), f"writer exited early:\n{self.log()[-3000:]}"

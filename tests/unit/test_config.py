@@ -1,0 +1,62 @@
+"""Config: valid files parse with defaults; every bad one fails with one line naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from kapow.config import parse_config
+from kapow.errors import ConfigError
+
+GOOD = """
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+topics = ["events"]
+[[destinations]]
+vanity = "warehouse"
+databases = ["analytics"]
+"""
+
+
+def test_minimum_config_and_defaults() -> None:
+    c = parse_config(GOOD)
+    assert c.kafka.group_id == "kapow"
+    assert c.kafka.user_errors_topic == "kapow.errors.user"
+    assert c.kafka.system_errors_topic == "kapow.errors.system"
+    assert c.destinations[0].max_connections == 4 and c.destinations[0].port == 5432
+    assert c.http.listen == "127.0.0.1:8080"
+    assert c.destination("warehouse") is c.destinations[0] and c.destination("nope") is None
+
+
+def test_product_md_example_parses() -> None:
+    c = parse_config(GOOD.replace('databases = ["analytics"]', 'host = "127.0.0.1"\nport = 5432\nuser = "postgres"\n'
+                                  'databases = ["analytics"]\nmax_connections = 4\n[http]\nlisten = "127.0.0.1:8080"')
+                     + '[kafka.settings]\n"security.protocol" = "PLAINTEXT"\n')
+    assert c.kafka.settings == {"security.protocol": "PLAINTEXT"}
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (GOOD.replace('bootstrap_servers = "127.0.0.1:9092"\n', ""),
+         "kafka: missing required field bootstrap_servers"),
+        (GOOD.replace('databases = ["analytics"]', 'databases = ["analytics"]\nport = "x"'),
+         "destinations[0].port: expected int, got str"),
+        (GOOD.replace('topics = ["events"]', 'topics = ["events"]\ntopic = "x"'),
+         "kafka: contains unknown field topic"),
+        (GOOD.replace('databases = ["analytics"]', "databases = []"), "destinations[0].databases"),
+        (GOOD.replace('databases = ["analytics"]', 'databases = ["a"]\nmax_connections = 0'), "max_connections"),
+        (GOOD.replace('databases = ["analytics"]', 'databases = ["a"]\npassword_env = "KAPOW_NOPE_UNSET"'),
+         "KAPOW_NOPE_UNSET is not set"),
+        (GOOD.replace('topics = ["events"]', 'topics = ["kapow.errors.user"]'), "must not include the error topic"),
+        (GOOD + "[http]\nlisten = 'nope'\n", "http.listen"),
+        (GOOD + "[log]\nlevel = 'LOUD'\n", "log.level"),
+        ("[kafka]\nbootstrap_servers='x'\ntopics=['t']\n", "destinations"),
+    ],
+)
+def test_bad_configs(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "kapow.toml")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("kapow.toml: ")
+    assert needle in message, message
