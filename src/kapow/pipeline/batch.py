@@ -41,8 +41,12 @@ class Group:
     key: TableKey
     destination: Destination
     config: DestinationConfig
-    table: Table | None  # None when the catalog had no entry at sort time: persist loads and validates
-    rows: list[Row] = field(default_factory=list)
+    table: Table | None  # as the catalog had it at sort time (None: not loaded yet)
+    rows: list[Row] = field(default_factory=list)  # validated against ``table``
+    # Rows persist must validate against a table it loads itself: none was cached, or the cached one refused
+    # them in a way a schema change could explain (unknown column, unknown table) and is worth a fresh look.
+    unchecked: list[Row] = field(default_factory=list)
+    reload: bool = False
 
 
 @dataclass(slots=True)

@@ -209,26 +209,25 @@ class Persister:
         _vanity, database, schema, name = group.key
         pool = self._destinations.pool(group.config, database)
         with pool.connection() as conn:
+            result = GroupResult(group)
+            rows = list(group.rows)
             table = group.table
-            if table is None:
+            if group.unchecked:  # validate now, against a table read afresh where sort asked for it
                 cached, table = self._catalog.get(group.key)
-                if not cached:
+                if group.reload or not cached:
                     table = load_table(conn, schema, name)
                     self._catalog.put(group.key, table)
-            result = GroupResult(group)
-            if table is None:
-                failure = unknown_table(group.key)
-                result.failed = [ErrorRecord(row.msg, failure, group.destination) for row in group.rows]
-                return result
-            rows = group.rows
-            if group.table is None:  # filed unvalidated by sort: validate now that the table is known
-                rows = []
-                for row in group.rows:
-                    problem = validate(table, group.config, row.keys, row.data)
+                for row in group.unchecked:
+                    problem = (validate(table, group.config, row.keys, row.data) if table is not None
+                               else unknown_table(group.key))
                     if problem is None:
                         rows.append(row)
                     else:
                         result.failed.append(ErrorRecord(row.msg, problem, group.destination))
+            if table is None:  # dropped since sort saw it
+                missing = unknown_table(group.key)
+                result.failed.extend(ErrorRecord(row.msg, missing, group.destination) for row in rows)
+                return result
             if not rows:
                 return result
             ordered, slices = _slices(rows)

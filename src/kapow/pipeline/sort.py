@@ -22,6 +22,13 @@ if TYPE_CHECKING:
     from kapow.config import Config, DestinationConfig
 
 
+# Failures a change of the table could cure; a catalog entry older than RECHECK_AFTER_S is reread before they
+# are believed, so a client who adds a column and starts sending it is not refused for a whole catalog TTL.
+SCHEMA_CODES = frozenset({ErrorCode.UNKNOWN_COLUMN, ErrorCode.MISSING_COLUMN, ErrorCode.UNKNOWN_TABLE,
+                          ErrorCode.NO_UNIQUE_KEY})
+RECHECK_AFTER_S = 1.0
+
+
 class Sorter:
     """Turns consumed records into a :class:`Batch`: filter, decode, resolve, validate, group."""
 
@@ -63,16 +70,25 @@ class Sorter:
                 group = groups.get(key)
                 if group is None:
                     cached, table = catalog_get(key)
-                    if cached and table is None:
-                        batch.errors.append(ErrorRecord(msg, unknown_table(key), dest))
-                        continue
                     group = groups[key] = Group(key, dest, dest_config, table)
-                if group.table is not None:
-                    failure = validate(group.table, dest_config, keys, data)
-                    if failure is not None:
-                        batch.errors.append(ErrorRecord(msg, failure, dest))
-                        continue
-                group.rows.append(Row(msg, doc, keys, data))
+                    if cached and table is None:  # known missing: worth a fresh look only once in a while
+                        if self._catalog.age(key) < RECHECK_AFTER_S:
+                            del groups[key]
+                            batch.errors.append(ErrorRecord(msg, unknown_table(key), dest))
+                            continue
+                        group.reload = True
+                row = Row(msg, doc, keys, data)
+                if group.table is None:
+                    group.unchecked.append(row)
+                    continue
+                failure = validate(group.table, dest_config, keys, data)
+                if failure is None:
+                    group.rows.append(row)
+                elif failure.code in SCHEMA_CODES and self._catalog.age(key) >= RECHECK_AFTER_S:
+                    group.unchecked.append(row)  # the table may have changed since we read it: persist rereads
+                    group.reload = True
+                else:
+                    batch.errors.append(ErrorRecord(msg, failure, dest))
         if msgs:
             batch.received = len(msgs)
             batch.first_ts_ms = msgs[0].timestamp()[1]

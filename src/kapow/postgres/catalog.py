@@ -131,6 +131,11 @@ class Catalog:
             return False, None
         return True, table
 
+    def age(self, key: tuple[str, str, str, str]) -> float:
+        """Seconds since the entry was loaded (infinite when there is none)."""
+        entry = self._entries.get(key)
+        return time.monotonic() - entry[1] if entry is not None else float("inf")
+
     def put(self, key: tuple[str, str, str, str], table: Table | None) -> None:
         with self._lock:
             self._entries[key] = (table, time.monotonic())

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from kapow.errors import ErrorClass, Failure, classify_exception
+from kapow.errors import ErrorClass, ErrorCode, Failure, classify_exception, one_line
 from kapow.postgres.catalog import Table
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,8 @@ def _write_isolating(
                     if failure.error_class is ErrorClass.SYSTEM or conn.closed:
                         raise
                     if hi - lo == 1:
+                        if failure.code is ErrorCode.BAD_VALUE:
+                            failure = _name_the_column(conn, cur, table, s.columns, lo, failure)
                         result.failures.append((lo, failure))
                     else:
                         mid = (lo + hi) // 2
@@ -146,3 +148,29 @@ def _write_isolating(
                         pending.append((lo, mid))
     result.duplicates = total - result.inserted - len(result.failures)
     return result
+
+
+def _name_the_column(
+    conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], table: Table, columns: tuple[str, ...], n: int,
+    failure: Failure,
+) -> Failure:
+    """Find which column of bad row ``n`` PostgreSQL refuses, by casting its values one column at a time.
+
+    Only ever run for a row already isolated as bad, so it costs nothing on the hot path; the client gets
+    "column amount (numeric(12,2)): invalid input syntax …" instead of a message that names no column.
+    """
+    probe = sql.SQL(
+        "SELECT json_populate_record(NULL::{tbl}, json_build_object(%s::text, s.doc::json -> %s::text))"
+        " FROM {staging} s WHERE s.n = %s"
+    ).format(tbl=table.qualified, staging=sql.Identifier(STAGING_TABLE))
+    for name in columns:
+        try:
+            with conn.transaction():
+                cur.execute(probe, (name, name, n))
+        except psycopg.Error as exc:
+            if classify_exception(exc).error_class is ErrorClass.SYSTEM or conn.closed:
+                raise
+            column = table.columns.get(name)
+            kind = f" ({column.sql_type})" if column is not None else ""
+            return Failure(failure.code, f"column {name}{kind}: {one_line(exc)}")
+    return failure
