@@ -93,8 +93,8 @@ def decode_envelope(value: bytes | None, *, max_bytes: int) -> Envelope:
         envelope = _envelope_decoder.decode(value)
     except msgspec.ValidationError as exc:
         raise PacketError(ErrorCode.BAD_PACKET, f"bad packet shape: {_describe(exc)}") from None
-    except msgspec.DecodeError as exc:
-        raise PacketError(ErrorCode.NOT_JSON, f"value is not JSON: {_describe(exc)}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise PacketError(ErrorCode.NOT_JSON, f"value is not UTF-8 JSON: {_describe(exc)}") from None
     if not envelope.pipeline_context.destinations:
         raise PacketError(ErrorCode.BAD_PACKET, "pipeline_context.destinations is empty")
     return envelope
@@ -106,7 +106,7 @@ def decode_data(raw: msgspec.Raw, *, max_depth: int) -> dict[str, Any]:
         data = _data_decoder.decode(raw)
     except msgspec.ValidationError:
         raise PacketError(ErrorCode.BAD_PACKET, "data must be a JSON object of column -> value") from None
-    except msgspec.DecodeError as exc:  # pragma: no cover - the envelope decode already parsed it
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # e.g. invalid UTF-8 inside the raw data
         raise PacketError(ErrorCode.NOT_JSON, f"data is not JSON: {_describe(exc)}") from None
     if not data:
         raise PacketError(ErrorCode.BAD_PACKET, "data is empty: give at least one column")

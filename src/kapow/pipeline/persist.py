@@ -54,15 +54,17 @@ class Circuit:
             return "closed"
         return "half_open" if self._probing or time.monotonic() - self._opened_at >= self._open_s else "open"
 
-    def allow(self) -> bool:
-        """May a caller try the destination now? In half-open state, only one caller (the probe) may."""
+    def admit(self) -> str:
+        """``go`` (try now), ``wait`` (a probe is under way: its outcome decides) or ``park`` (open: don't try)."""
         with self._lock:
             if self._opened_at is None:
-                return True
-            if not self._probing and time.monotonic() - self._opened_at >= self._open_s:
-                self._probing = True
-                return True
-            return False
+                return "go"
+            if self._probing:
+                return "wait"
+            if time.monotonic() - self._opened_at >= self._open_s:
+                self._probing = True  # this caller is the probe
+                return "go"
+            return "park"
 
     def success(self) -> None:
         with self._lock:
@@ -166,8 +168,12 @@ class Persister:
         backoff = pipeline.retry_initial_backoff_s
         attempt = 0
         while True:
+            verdict = circuit.admit()
+            if verdict == "wait" and time.monotonic() < deadline and not self._stopping.is_set():
+                self._stopping.wait(0.05)
+                continue
             attempt += 1
-            if not circuit.allow():
+            if verdict != "go":
                 failure = circuit.last_failure or Failure(ErrorCode.DATABASE_UNAVAILABLE, "destination unavailable")
                 return self._park(group, failure, attempt, started, circuit_open=True)
             try:
@@ -200,9 +206,11 @@ class Persister:
         if not circuit_open:
             log.error(
                 "parking %d rows for %s/%s/%s.%s on system errors after %d attempts: %s",
-                len(group.rows), *group.key, attempt, failure.message,
+                len(group.rows) + len(group.unchecked), *group.key, attempt, failure.message,
             )
-        failed = [ErrorRecord(row.msg, failure, group.destination, attempt) for row in group.rows]
+        # every row of the group, validated or not: a row left out here would be committed past and lost
+        rows = [*group.rows, *group.unchecked]
+        failed = [ErrorRecord(row.msg, failure, group.destination, attempt) for row in rows]
         return GroupResult(group, failed=failed, seconds=time.monotonic() - started, attempts=attempt)
 
     def _attempt(self, group: Group) -> GroupResult:

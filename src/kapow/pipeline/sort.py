@@ -8,6 +8,7 @@ PostgreSQL's input functions, in the batch.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from kapow.contract import SINK_TYPES, Destination, check_identifier, decode_data, decode_envelope
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 
     from kapow.config import Config, DestinationConfig
 
+
+log = logging.getLogger(__name__)
 
 # Failures a change of the table could cure; a catalog entry older than RECHECK_AFTER_S is reread before they
 # are believed, so a client who adds a column and starts sending it is not refused for a whole catalog TTL.
@@ -56,6 +59,10 @@ class Sorter:
                 data = decode_data(envelope.data, max_depth=self._max_depth)
             except PacketError as exc:
                 batch.errors.append(ErrorRecord(msg, exc.failure, None))
+                continue
+            except Exception as exc:
+                log.exception("unexpected error decoding %s[%s]@%s", msg.topic(), msg.partition(), msg.offset())
+                batch.errors.append(ErrorRecord(msg, Failure(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), None))
                 continue
             doc = bytes(envelope.data)
             keys = tuple(data)
