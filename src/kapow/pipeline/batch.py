@@ -14,6 +14,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from kapow.contract import Destination
 from kapow.errors import Failure
 
@@ -26,8 +28,9 @@ if TYPE_CHECKING:
 TableKey = tuple[str, str, str, str]  # (vanity, database, schema, table)
 
 
-@dataclass(slots=True)
-class Row:
+class Row(msgspec.Struct, gc=False):
+    """One row bound for one table (a msgspec Struct: one is built per packet, so it must be cheap to make)."""
+
     msg: Message
     doc: bytes  # the packet's ``data`` exactly as the client sent it
     keys: tuple[str, ...]  # its column names, in the client's order

@@ -16,28 +16,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-# Python types (as msgspec decodes JSON) that a column of each PostgreSQL type category can take. Anything
-# finer (is "abc" an integer?) is left to PostgreSQL's own input functions, in the batch, in C.
-_INT: type = int
-_FLOAT: type = float
-_STR: type = str
-_BOOL: type = bool
-_NONE: type = type(None)
-_DICT: type = dict
-_LIST: type = list
-_ANY: frozenset[type] = frozenset({_INT, _FLOAT, _STR, _BOOL, _NONE, _DICT, _LIST})
-_KINDS_BY_CATEGORY: dict[str, frozenset[type]] = {
-    "N": frozenset({_INT, _FLOAT, _STR, _NONE}),  # numeric
-    "B": frozenset({_BOOL, _STR, _NONE}),  # boolean
-    "S": frozenset({_STR, _INT, _FLOAT, _BOOL, _NONE}),  # string
-    "D": frozenset({_STR, _NONE}),  # date / time
-    "T": frozenset({_STR, _NONE}),  # interval
-    "A": frozenset({_LIST, _STR, _NONE}),  # array
-    "I": frozenset({_STR, _NONE}),  # network address
-}
-_JSON_TYPES = frozenset({"json", "jsonb"})
-_UUID_KINDS = frozenset({_STR, _NONE})
-
 _CATALOG_SQL = """
 SELECT c.oid::int8,
        c.relkind::text,
@@ -67,7 +45,6 @@ class Column:
     not_null: bool
     has_default: bool
     generated: bool  # cannot be written (GENERATED ALWAYS)
-    kinds: frozenset[type]  # the JSON value kinds (as Python types) the column can take
 
 
 @dataclass(slots=True)
@@ -99,15 +76,8 @@ def load_table(conn: psycopg.Connection[Any], schema: str, table: str) -> Table 
     if row is None or row[1] not in ("r", "p"):
         return None
     columns: dict[str, Column] = {}
-    for name, type_, category, typname, not_null, has_default, generated in row[4]:
-        kinds: frozenset[type]
-        if typname in _JSON_TYPES:
-            kinds = _ANY
-        elif typname == "uuid":
-            kinds = _UUID_KINDS
-        else:
-            kinds = _KINDS_BY_CATEGORY.get(category, _ANY)
-        columns[name] = Column(name, type_, category, not_null, has_default, generated, kinds)
+    for name, type_, category, _typname, not_null, has_default, generated in row[4]:
+        columns[name] = Column(name, type_, category, not_null, has_default, generated)
     required = frozenset(c.name for c in columns.values() if c.not_null and not c.has_default)
     return Table(schema, table, columns, bool(row[3]), bool(row[2]), required)
 

@@ -58,16 +58,27 @@ class WriteResult:
     probes: int = 0  # statements spent isolating bad rows
 
 
+_prefixes: list[bytes] = []
+
+
 def copy_payload(docs: list[bytes]) -> bytes:
-    """COPY text format: ``n<TAB>doc`` lines; backslash and the whitespace COPY treats specially are escaped."""
-    out = []
-    for i, doc in enumerate(docs):
-        if b"\\" in doc:
-            doc = doc.replace(b"\\", b"\\\\")
-        if b"\n" in doc or b"\r" in doc or b"\t" in doc:
-            doc = doc.replace(b"\n", b"\\n").replace(b"\r", b"\\r").replace(b"\t", b"\\t")
-        out.append(b"%d\t%b\n" % (i, doc))
-    return b"".join(out)
+    """COPY text format: ``n<TAB>doc`` lines, with backslash and the whitespace COPY treats specially escaped.
+
+    Built without a Python-level loop per row: the docs are joined with NUL (which no JSON text contains: the
+    decoder refused it), escaped in four C passes over the whole buffer, split again, and zipped with cached
+    ``n<TAB>`` prefixes.
+    """
+    if not docs:
+        return b""
+    while len(_prefixes) < len(docs):
+        _prefixes.extend(b"%d\t" % i for i in range(len(_prefixes), max(len(docs), 2 * len(_prefixes))))
+    joined = b"\x00".join(docs)
+    if b"\\" in joined:
+        joined = joined.replace(b"\\", b"\\\\")
+    for special, escaped in ((b"\n", b"\\n"), (b"\r", b"\\r"), (b"\t", b"\\t")):
+        if special in joined:
+            joined = joined.replace(special, escaped)
+    return b"\n".join(map(b"".join, zip(_prefixes, joined.split(b"\x00")))) + b"\n"
 
 
 _insert_cache: dict[tuple[str, str, tuple[str, ...]], sql.Composed] = {}
