@@ -71,7 +71,9 @@ def run_demo(*, packets: int, rate: int) -> int:
     ensure_topics(BOOTSTRAP, {TOPIC: 6})
     dest = {"type": "postgres", "vanity": "warehouse", "database": DEMO_DB, "schema": "public", "table": "payments"}
     print(f"KaPoW demo: {packets} packets to topic {TOPIC} -> {DEMO_DB}.public.payments (config {config})")
-    writer = subprocess.Popen([sys.executable, "-m", "kapow", "run", "-c", str(config)],
+    # Its own session: Ctrl+C reaches only the demo, which then stops the writer with one SIGTERM (a second
+    # signal would make the writer exit at once instead of finishing cleanly).
+    writer = subprocess.Popen([sys.executable, "-m", "kapow", "run", "-c", str(config)], start_new_session=True,
                               stderr=open(Path(config).parent.parent / ".kapow-demo.log", "w"))  # noqa: SIM115
     bad = 0
     try:
@@ -103,10 +105,12 @@ def run_demo(*, packets: int, rate: int) -> int:
         print(f"\r  published {packets:>7}   landed {landed:>7}   (expected {expected}; {bad} bad packets went"
               " to kapow.errors.user)")
         with psycopg.connect(ADMIN_DSN.replace("dbname=postgres", f"dbname={DEMO_DB}")) as conn:
-            print("\n  a few rows:")
-            for row in conn.execute("SELECT payment_id, account, amount, currency, paid_at, meta FROM payments"
-                                    " ORDER BY payment_id LIMIT 5"):
-                print("   ", row)
+            print("\n  a few rows of kapow_demo.public.payments:\n")
+            print(f"    {'payment_id':>10}  {'account':<9} {'amount':>8}  {'currency':<8} {'paid_at':<25} meta")
+            for pid, account, amount, currency, paid_at, meta in conn.execute(
+                    "SELECT payment_id, account, amount, currency, paid_at, meta::text FROM payments"
+                    " ORDER BY payment_id LIMIT 5"):
+                print(f"    {pid:>10}  {account:<9} {amount:>8}  {currency:<8} {paid_at.isoformat():<25} {meta}")
         print("\nThe writer keeps running (log: .kapow-demo.log); press Ctrl+C to stop it cleanly.")
         while writer.poll() is None:
             time.sleep(0.5)
