@@ -25,7 +25,7 @@ services-status:
 	@bash scripts/services.sh status
 
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
 unit: install
