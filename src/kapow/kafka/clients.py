@@ -77,7 +77,9 @@ def ensure_topics(
     topics: Mapping[str, int],
     *,
     settings: Settings | None = None,
-    replication_factor: int = 1,
+    # -1: the broker's default.replication.factor. A fixed 1 put the error topics (the only copy of a failed
+    # packet) on one broker: losing it stalled every commit and could lose parked packets (chaos: broker kill).
+    replication_factor: int = -1,
     timeout: float = 30.0,
 ) -> None:
     """Create the topics that do not exist yet (name -> partitions); existing ones are left as they are."""
