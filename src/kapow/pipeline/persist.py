@@ -27,7 +27,7 @@ from kapow.errors import ErrorClass, ErrorCode, Failure, classify_exception
 from kapow.pipeline.batch import ErrorRecord, Group, GroupResult, Row
 from kapow.pipeline.sort import unknown_table, validate
 from kapow.postgres.catalog import Catalog, Table, load_table
-from kapow.postgres.pool import ConnectionPool
+from kapow.postgres.pool import ConnectionPool, PoolBusy
 from kapow.postgres.writer import Slice, configure_connection, write_table
 
 if TYPE_CHECKING:
@@ -109,6 +109,9 @@ class Destinations:
                         max_size=dest.max_connections,
                         wait_timeout=max(30.0, dest.connect_timeout_s * 2),
                         configure=lambda conn: configure_connection(conn, statement_timeout_ms=timeout_ms),
+                        # the server answers within statement_timeout; silence beyond that means a hung
+                        # server or path, which must fail (and be retried), not block the pipeline
+                        io_timeout=(timeout_ms / 1000 + max(2.0, dest.connect_timeout_s)) if timeout_ms > 0 else None,
                     )
                     self._pools[key] = pool
         return pool
@@ -180,10 +183,14 @@ class Persister:
                 result = self._attempt(group)
             except Exception as exc:
                 failure = classify_exception(exc)
-                if failure.error_class is ErrorClass.USER:  # pragma: no cover - the writer returns these
-                    failure = Failure(ErrorCode.INTERNAL, failure.message)
-                circuit.failure(failure)
-                self._destinations.pool(group.config, database).discard_idle()
+                if failure.error_class is ErrorClass.USER:
+                    # The writer raises a bad-row error only when the connection died while it isolated bad
+                    # rows: that is a lost connection, to retry, not an internal error that parks the good
+                    # rows of the group at once (chaos: connections cut).
+                    failure = Failure(ErrorCode.DATABASE_UNAVAILABLE, f"connection lost: {failure.message}")
+                if not isinstance(exc, PoolBusy):  # a busy pool is our own pacing, not a sick database
+                    circuit.failure(failure)
+                    self._destinations.pool(group.config, database).discard_idle()
                 now = time.monotonic()
                 if not failure.code.retryable or now >= deadline or self._stopping.is_set():
                     return self._park(group, failure, attempt, started)

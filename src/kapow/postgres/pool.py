@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import psycopg
 from psycopg import pq
+from psycopg.abc import RV, PQGen
 from psycopg.conninfo import make_conninfo
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,34 @@ log = logging.getLogger(__name__)
 Configure = Callable[[psycopg.Connection[tuple[object, ...]]], None]
 
 
+class PoolBusy(TimeoutError):
+    """Every connection stayed lent out for the whole wait: our own back-pressure, not the database failing."""
+
+
 class PoolClosed(Exception):
     """The pool was closed while a caller waited for a connection."""
+
+
+class _BoundedConnection(psycopg.Connection[tuple[object, ...]]):
+    """A connection whose every wait for the server is bounded by ``io_timeout`` seconds.
+
+    statement_timeout is enforced by the server, so it cannot help when the server or the path to it hangs
+    (a stalled proxy, a frozen host: the kernel still ACKs, keepalives pass). Without a bound, the worker
+    thread waited forever, its batch never finished and the in-order commit window stopped every other
+    destination too (chaos: stalled connection). On expiry the connection is closed (its state is unknown)
+    and the caller gets an OperationalError, a retryable ``database_unavailable``.
+    """
+
+    io_timeout: float | None = None
+
+    def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
+        bound = self.io_timeout if timeout is None else timeout
+        try:
+            return super().wait(gen, interval, bound)
+        except psycopg.errors._WaitTimeout:
+            self.pgconn.finish()
+            raise psycopg.OperationalError(f"no answer from the server within {bound:.0f} s; connection closed") \
+                from None
 
 
 class ConnectionPool:
@@ -42,6 +69,7 @@ class ConnectionPool:
         wait_timeout: float = 30.0,
         max_idle: float = 10 * 60.0,
         configure: Configure | None = None,
+        io_timeout: float | None = None,
     ) -> None:
         self.name = name
         self._conninfo = conninfo
@@ -50,6 +78,7 @@ class ConnectionPool:
         self._wait_timeout = wait_timeout
         self._max_idle = max_idle
         self._configure = configure
+        self._io_timeout = io_timeout  # longest wait for any answer from the server (None: no bound)
         self._idle: list[tuple[psycopg.Connection[tuple[object, ...]], float]] = []
         self._open = 0  # connections in use or idle
         self._cond = threading.Condition()
@@ -85,7 +114,7 @@ class ConnectionPool:
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"no free connection to {self.name} within {self._wait_timeout:.0f} s")
+                    raise PoolBusy(f"no free connection to {self.name} within {self._wait_timeout:.0f} s")
                 self._cond.wait(left)
         try:  # connect outside the lock: a slow or dead server must not block the other callers
             return self._connect()
@@ -97,7 +126,8 @@ class ConnectionPool:
 
     def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
         conninfo = make_conninfo(self._conninfo, password=self._password) if self._password else self._conninfo
-        conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(conninfo)
+        conn = _BoundedConnection.connect(conninfo)
+        conn.io_timeout = self._io_timeout
         try:
             if self._configure is not None:
                 self._configure(conn)
