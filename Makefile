@@ -37,5 +37,12 @@ test: install services lint
 demo: install services
 	$(BIN)/kapow demo
 
+# The benchmark (docs/BENCHMARKS.md): every mode, 3 runs each, medians; ~15 minutes on 2 cores. BENCH_ARGS adds
+# or overrides options (kapow bench --help); the plot needs the bench extra (matplotlib).
+BENCH_ARGS ?=
+bench: install services
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/kapow bench --all --json docs/bench-results.json --plot docs/bench-throughput.png $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

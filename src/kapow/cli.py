@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--all", action="store_true", help="every parked record (no ids or filter needed)")
         cmd.set_defaults(func=cmd_dlq, action=name)
 
+    bench = sub.add_parser("bench", help="measure throughput, latency, the peer and the baselines (make bench)")
+    from kapow.bench.options import add_arguments as bench_arguments
+
+    bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
+
     demo = sub.add_parser("demo", help="land a sample stream in a demo table and show it happening")
     demo.add_argument("-n", "--packets", type=int, default=20000)
     demo.add_argument("--rate", type=int, default=2000, help="packets per second to publish")
@@ -240,6 +246,12 @@ def _progress(verb: str) -> Callable[[int, int], None]:
             last[0] = now
 
     return progress
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kapow.bench.harness import main_bench
+
+    return main_bench(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
