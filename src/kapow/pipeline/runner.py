@@ -75,6 +75,11 @@ class Writer:
         self.ready = False
         self.totals: dict[str, int] = {"received": 0, "filtered": 0, "landed": 0, "duplicate": 0,
                                        "user_error": 0, "system_error": 0}
+        # gauges refreshed once a second from the loop (see _refresh_gauges), never per packet
+        self._gauges_due = 0.0
+        self._lag_keys: set[tuple[str, int]] = set()
+        self._lag_base: dict[tuple[str, int], int] = {}
+        self._acked_counted = dict.fromkeys(ErrorClass, 0)
 
     # ------------------------------------------------------------------ lifecycle
     def install_signals(self) -> None:
@@ -113,6 +118,8 @@ class Writer:
                 while len(self.window) >= p.max_in_flight_batches and not self._stop.is_set():
                     self._wait_head(0.05)
                     self._advance()
+                    self._refresh_gauges()
+                self._refresh_gauges()
         finally:
             drained = self._shutdown(consumer)
         return drained
@@ -248,9 +255,13 @@ class Writer:
         t["system_error"] += system
         metrics.PACKETS.labels(topic, "filter", "filtered").inc(batch.filtered)
         metrics.PACKETS.labels(topic, "filter", "passed").inc(batch.packets)
-        metrics.PACKETS.labels(topic, "sort", "user_error").inc(len(batch.errors))
+        sort_user = sum(1 for rec in batch.errors if rec.failure.error_class is ErrorClass.USER)
+        metrics.PACKETS.labels(topic, "sort", "user_error").inc(sort_user)
+        metrics.PACKETS.labels(topic, "sort", "system_error").inc(len(batch.errors) - sort_user)
         metrics.PACKETS.labels(topic, "persist", "landed").inc(landed)
         metrics.PACKETS.labels(topic, "persist", "duplicate").inc(duplicate)
+        metrics.PACKETS.labels(topic, "persist", "user_error").inc(user - sort_user)
+        metrics.PACKETS.labels(topic, "persist", "system_error").inc(system - (len(batch.errors) - sort_user))
         for rec in failures:
             db = rec.destination.database if rec.destination is not None else "-"
             metrics.ERRORS.labels(db, rec.failure.error_class.value, rec.failure.code.value).inc()
@@ -272,6 +283,60 @@ class Writer:
                     m = row.msg
                     log.debug("packet committed", extra={"fields": {
                         "topic": m.topic(), "partition": m.partition(), "offset": m.offset(), "destination": where}})
+
+    # ------------------------------------------------------------------ gauges, once a second
+    def _refresh_gauges(self) -> None:
+        """Consumer lag, pools, circuits and acknowledged error records: cheap, local reads, once a second."""
+        now = time.monotonic()
+        if now < self._gauges_due:
+            return
+        self._gauges_due = now + 1.0
+        metrics.LOOP_HEARTBEAT.set(time.time())
+        try:
+            self._refresh_lag()
+            for (vanity, database), pool in self.destinations.pools().items():
+                metrics.POOL_IN_USE.labels(vanity, database).set(pool.in_use)
+                metrics.POOL_MAX.labels(vanity, database).set(pool.max_size)
+            for (vanity, database), circuit in self.destinations.circuits().items():
+                metrics.CIRCUIT.labels(vanity, database).set(metrics.CIRCUIT_VALUES[circuit.state])
+            k = self.config.kafka
+            for error_class, topic in ((ErrorClass.USER, k.user_errors_topic),
+                                       (ErrorClass.SYSTEM, k.system_errors_topic)):
+                acked = self.errors.published[error_class]
+                if acked > self._acked_counted[error_class]:
+                    metrics.ERROR_RECORDS.labels(topic).inc(acked - self._acked_counted[error_class])
+                    self._acked_counted[error_class] = acked
+        except Exception as exc:  # a gauge must never stop the pipeline
+            log.debug("refreshing gauges: %s", exc)
+
+    def _refresh_lag(self) -> None:
+        """Lag = high watermark (cached from fetch responses, no broker call) - position; before this process
+        consumed from a partition, its position is unknown and the committed offset (asked once) stands in."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        keys = set(self.assigned)
+        for gone in self._lag_keys - keys:
+            metrics.LAG.remove(gone[0], str(gone[1]))
+            self._lag_base.pop(gone, None)
+        self._lag_keys = keys
+        if not keys:
+            return
+        positions = consumer.position([TopicPartition(t, p) for t, p in keys])
+        unknown = [TopicPartition(tp.topic, tp.partition) for tp in positions
+                   if tp.offset < 0 and (tp.topic, tp.partition) not in self._lag_base]
+        if unknown:  # asked once per assignment; a failure is not asked again (-1: unknown)
+            try:
+                for tp in consumer.committed(unknown, timeout=2.0):
+                    self._lag_base[(tp.topic, tp.partition)] = max(tp.offset, 0)
+            except KafkaException:
+                self._lag_base.update(((tp.topic, tp.partition), -1) for tp in unknown)
+        for tp in positions:
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            position = tp.offset if tp.offset >= 0 else self._lag_base.get((tp.topic, tp.partition), -1)
+            if high < 0 or position < 0:
+                continue
+            metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
 
     # ------------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
