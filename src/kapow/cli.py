@@ -104,11 +104,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kapow.pipeline.runner import Writer
 
     writer = Writer(config)
+    http = None
+    if config.http.enabled:  # metrics, health, DLQ API and console, on a thread beside the loop
+        from kapow.http.server import HttpServer, admin_token
+
+        http = HttpServer(config, writer, token=admin_token())
+        http.start()
     writer.install_signals()
     try:
         drained = writer.run()
     except KafkaException as exc:
         raise KapowError(f"Kafka: {exc.args[0] if exc.args else exc}") from None
+    finally:
+        if http is not None:
+            http.stop()
     logging.shutdown()
     if not drained:  # worker threads may still wait on a database: do not let them hold the exit
         os._exit(0)

@@ -1,0 +1,277 @@
+"""Issue #4: the writer's HTTP side, against a real writer process, broker and database.
+
+Fuzzed from its own OpenAPI document (schemathesis: no 5xx anywhere, responses as documented, auth enforced),
+plus the cases a fuzzer cannot judge: the token gate, the refusal to listen in the open without a token, no
+secret in the logs, readiness, and the DLQ API's semantics (those of ``kapow dlq``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.config import SchemathesisConfig
+
+from kapow.contract import make_packet
+from kapow.http.openapi import openapi_document
+from tests.browser import harness
+from tests.integration import kit
+
+pytestmark = pytest.mark.integration
+http_writers = harness.http_writers  # the fixture
+
+TOKEN = f"tok-{uuid.uuid4().hex}"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DDL = "CREATE TABLE public.events (id bigint PRIMARY KEY, v text NOT NULL)"
+
+
+def parked_world(env: kit.Env, n_parked: int, n_user_errors: int = 0) -> None:
+    """The env's database has ``events``; a second destination "vault" refuses connections; publish ``n_parked``
+    packets to it (they park on system errors) and ``n_user_errors`` bad ones."""
+    db = env.databases[0]
+    kit.sql(db, DDL)
+    env.extra_destinations = [{"vanity": "vault", "host": "127.0.0.1", "port": harness.dead_port(),
+                               "databases": [db], "connect_timeout_s": 1}]
+    env.pipeline = {"retry_budget_s": 0.3, "retry_initial_backoff_s": 0.05}
+    values = [make_packet([kit.dest(db, "events", vanity="vault")], {"id": i, "v": "parked"}) for i in range(n_parked)]
+    values += [make_packet([kit.dest(db, "events")], {"id": i, "v": "x", "nope": 1}) for i in range(n_user_errors)]
+    kit.publish(env.topic, values)
+
+
+# ---------------------------------------------------------------------------------------------- the fuzzer
+@pytest.fixture(scope="module")
+def fuzz_writer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.HttpWriter]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    base = kit.uid("kf")
+    env = kit.Env(topic=f"{base}.in", group=f"{base}.group", user_errors=f"{base}.user",
+                  system_errors=f"{base}.system", databases=[kit.uid("kdb")], tmp=tmp)
+    kit.create_topic(env.topic, 3)
+    kit.create_database(env.databases[0])
+    port = harness.free_port()
+    writer = None
+    try:
+        parked_world(env, n_parked=4, n_user_errors=2)
+        writer = harness.HttpWriter(harness.http_config(env, port), tmp, port, environ={"KAPOW_ADMIN_TOKEN": TOKEN})
+        writer.wait_ready(headers=AUTH)
+        kit.wait_for(lambda: len(kit.read_all(env.system_errors)) >= 4, 60, "4 parked records")
+        yield writer
+    finally:
+        if writer is not None:
+            writer.close()
+        kit.drop_database(env.databases[0])
+        kit.remove_topics([env.topic, env.user_errors, env.system_errors, f"{env.system_errors}.done"])
+
+
+# The document the writer serves (checked equal below); loaded here so that each operation is its own test.
+# (schemathesis' fixture-based loader does not run on pytest 9.) Mutations are fuzzed, not swept by the coverage
+# phase: each one is a fresh read of the queue plus acknowledged produces (about a second), and the sweep of
+# every boundary of the body would take minutes.
+schema = schemathesis.openapi.from_dict(openapi_document(), config=SchemathesisConfig.from_dict(
+    {"operations": [{"include-method": "POST", "phases": {"coverage": {"enabled": False}}}]}))
+
+
+@schema.parametrize()
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+def test_api_fuzz_no_5xx_and_as_documented(case: Any, fuzz_writer: harness.HttpWriter) -> None:
+    case.call_and_validate(base_url=fuzz_writer.url, headers=AUTH, timeout=30)
+
+
+def test_openapi_document_is_valid_openapi_3(fuzz_writer: harness.HttpWriter) -> None:
+    doc = httpx.get(f"{fuzz_writer.url}/openapi.json", timeout=10).json()
+    assert doc == openapi_document()
+    assert doc["openapi"].startswith("3.")
+    loaded = schemathesis.openapi.from_dict(doc)  # validates the document against the OpenAPI 3 meta-schema
+    operations = {f"{op.method.upper()} {op.path}" for op in (r.ok() for r in loaded.get_all_operations())}
+    for expected in ("GET /api/dlq", "GET /api/dlq/{id}", "POST /api/dlq/{id}/reschedule", "POST /api/dlq/purge",
+                     "GET /api/user-errors", "GET /api/stats", "GET /readyz", "GET /metrics"):
+        assert expected in operations
+
+
+# ---------------------------------------------------------------------------------------------- auth
+MUTATIONS = [("POST", "/api/dlq/0:0/reschedule", None), ("POST", "/api/dlq/0:0/purge", None),
+             ("POST", "/api/dlq/reschedule", {"all": True}), ("POST", "/api/dlq/purge", {"all": True})]
+READS = ["/api/dlq", "/api/dlq/0:0", "/api/user-errors", "/api/stats"]
+
+
+def test_token_gate(fuzz_writer: harness.HttpWriter) -> None:
+    url = fuzz_writer.url
+    before = harness.get_json(url, "/api/dlq", TOKEN)["parked"]
+    for method, path, body in MUTATIONS:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            r = httpx.request(method, f"{url}{path}", json=body, headers=headers, timeout=10)
+            assert r.status_code == 401, (method, path, headers, r.status_code)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert "unauthorized" in r.json()["error"]
+    for path in READS:
+        assert httpx.get(f"{url}{path}", timeout=10).status_code == 401
+    assert harness.get_json(url, "/api/dlq", TOKEN)["parked"] == before  # nothing was purged on the way
+    # operations endpoints stay open to the scraper and the orchestrator
+    for path in ("/metrics", "/healthz", "/readyz", "/openapi.json", "/"):
+        assert httpx.get(f"{url}{path}", timeout=10).status_code == 200, path
+
+
+def test_user_caused_errors_are_4xx_json_one_line(fuzz_writer: harness.HttpWriter) -> None:
+    url = fuzz_writer.url
+    cases: list[tuple[str, str, Any, int]] = [
+        ("GET", "/api/dlq?limit=0", None, 400), ("GET", "/api/dlq?limit=abc", None, 400),
+        ("GET", "/api/dlq?since=yesterday", None, 400), ("GET", "/api/dlq?offset=-1", None, 400),
+        ("GET", "/api/dlq/not-an-id", None, 404), ("GET", "/api/dlq/purge", None, 405),
+        ("GET", "/api/dlq/0:999999", None, 404),
+        ("POST", "/api/dlq/0:999999/purge", None, 404), ("POST", "/api/dlq/purge", {}, 400),
+        ("POST", "/api/dlq/purge", {"ids": ["zz"]}, 400), ("POST", "/api/dlq/purge", {"bogus": 1}, 400),
+        ("POST", "/api/dlq/reschedule", [1, 2], 400), ("POST", "/api/dlq/reschedule", {"ids": ["0:999999"]}, 404),
+        ("GET", "/api/user-errors?limit=100000", None, 400), ("GET", "/api/stats?seconds=0", None, 400),
+        ("GET", "/nowhere", None, 404), ("DELETE", "/api/dlq", None, 405), ("GET", "/console/../../etc", None, 404),
+    ]
+    for method, path, body, status in cases:
+        r = httpx.request(method, f"{url}{path}", json=body, headers=AUTH, timeout=10)
+        assert r.status_code == status, (method, path, r.status_code, r.text)
+        error = r.json()["error"]
+        assert error and "\n" not in error, (path, error)
+    r = httpx.post(f"{url}/api/dlq/purge", content=b"{not json", headers=AUTH, timeout=10)
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+
+
+# ---------------------------------------------------------------------------------------------- DLQ semantics
+def test_dlq_api_list_filter_show_reschedule_purge(make_env: Callable[..., kit.Env],
+                                                   http_writers: harness.Starter) -> None:
+    env = make_env(partitions=3)
+    db = env.databases[0]
+    parked_world(env, n_parked=5, n_user_errors=3)
+    port = harness.free_port()
+    writer = http_writers(harness.http_config(env, port), port)
+    writer.wait_ready()
+    url = writer.url
+    kit.wait_for(lambda: harness.get_json(url, "/api/dlq")["parked"] == 5, 60, "5 parked records")
+
+    listing = harness.get_json(url, "/api/dlq")
+    assert listing["topic"] == env.system_errors and listing["total"] == 5
+    assert listing["facets"]["codes"] == {"database_unavailable": 5}
+    assert listing["facets"]["destinations"] == {f"vault/{db}/public.events": 5}
+    stamps = [r["failed_at_ms"] for r in listing["records"]]
+    assert stamps == sorted(stamps, reverse=True)  # newest first
+    assert all(r["destination"]["vanity"] == "vault" and r["source"]["topic"] == env.topic
+               for r in listing["records"])
+    page = harness.get_json(url, "/api/dlq", limit=2, offset=2)
+    assert [r["id"] for r in page["records"]] == [r["id"] for r in listing["records"][2:4]]
+    assert harness.get_json(url, "/api/dlq", code="timeout")["total"] == 0
+    assert harness.get_json(url, "/api/dlq", destination="vault/")["total"] == 5
+    assert harness.get_json(url, "/api/dlq", since="1h")["total"] == 5
+    assert harness.get_json(url, "/api/dlq", until="2000-01-01T00:00:00Z")["total"] == 0
+
+    first, second = listing["records"][0]["id"], listing["records"][1]["id"]
+    shown = harness.get_json(url, f"/api/dlq/{first}")
+    assert shown["id"] == first and shown["headers"]["kapow-error-code"] == "database_unavailable"
+    assert '"v":"parked"' in shown["value"].replace(" ", "")
+
+    r = httpx.post(f"{url}/api/dlq/{first}/purge", timeout=30)
+    assert r.status_code == 200 and r.json() == {"action": "purged", "count": 1, "ids": [first]}
+    assert httpx.get(f"{url}/api/dlq/{first}", timeout=10).status_code == 404
+    assert httpx.post(f"{url}/api/dlq/{first}/purge", timeout=10).status_code == 404  # handled once
+
+    original = harness.get_json(url, f"/api/dlq/{second}")
+    before = len(kit.read_all(env.topic))
+    r = httpx.post(f"{url}/api/dlq/reschedule", json={"ids": [second]}, timeout=30)
+    assert r.status_code == 200 and r.json() == {"action": "rescheduled", "count": 1, "ids": [second]}
+    republished = kit.read_all(env.topic, expect=before + 1)
+    assert len(republished) == before + 1
+    again = [rec for rec in republished if "kapow-attempt" in rec.headers]
+    assert len(again) == 1  # the original key, value and headers, with the attempt count carried forward
+    assert again[0].headers["kapow-attempt"] == str(original["attempt"] + 1).encode()
+    assert again[0].value == original["value"].encode() and again[0].key == original["key"].encode()
+    assert again[0].headers["context"] == original["headers"]["context"].encode()
+
+    # the CLI sees the same queue state
+    out = subprocess.run([sys.executable, "-m", "kapow", "dlq", "list", "--json", "-c", str(writer.config)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    cli_ids = {line.split('"id":"')[1].split('"')[0] for line in out.splitlines() if line.strip()}
+    assert first not in cli_ids and second not in cli_ids
+
+    # user errors are listed, newest first, and read-only
+    ue = harness.get_json(url, "/api/user-errors")
+    assert ue["total"] == 3 and {r["code"] for r in ue["records"]} == {"unknown_column"}
+    assert httpx.post(f"{url}/api/user-errors", timeout=10).status_code == 405
+    assert writer.stop() == 0
+
+
+# ---------------------------------------------------------------------------------------------- start-up rules
+def run_briefly(config: Path, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "KAPOW_ADMIN_TOKEN"}
+    return subprocess.run([sys.executable, "-m", "kapow", "run", "-c", str(config)], capture_output=True, text=True,
+                          timeout=60, env={**env, **(environ or {})}, check=False)
+
+
+def test_refuses_an_open_listen_address_without_a_token(tmp_path: Path) -> None:
+    env = kit.Env(topic="unused", group="unused", user_errors="u.user", system_errors="u.system",
+                  databases=["unused"], tmp=tmp_path)
+    config = tmp_path / "open.toml"
+    listen = f"0.0.0.0:{harness.free_port()}"
+    config.write_text(env.config_text().replace("[http]\nenabled = false", f'[http]\nlisten = "{listen}"'))
+    done = run_briefly(config)
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "KAPOW_ADMIN_TOKEN" in done.stderr and "0.0.0.0" in done.stderr
+
+    with socket.socket() as taken:  # a port already in use: one line too
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        config.write_text(env.config_text().replace("[http]\nenabled = false", f'[http]\nlisten = "127.0.0.1:{busy}"'))
+        done = run_briefly(config)
+    assert done.returncode != 0 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"127.0.0.1:{busy}" in done.stderr
+
+
+def test_readyz_is_503_without_partitions_and_healthz_is_200(make_env: Callable[..., kit.Env],
+                                                           http_writers: harness.Starter) -> None:
+    env = make_env()
+    env.topic = kit.uid("never_created")  # subscribed, but there is nothing to assign
+    port = harness.free_port()
+    writer = http_writers(harness.http_config(env, port), port)
+    kit.wait_for(lambda: "writer started" in writer.log(), 30, "the writer to start")
+    kit.wait_for(lambda: httpx.get(f"{writer.url}/healthz", timeout=5).status_code == 200, 30, "healthz")
+    for _ in range(3):
+        r = httpx.get(f"{writer.url}/readyz", timeout=5)
+        assert r.status_code == 503 and r.json()["ready"] is False and r.json()["partitions"] == 0
+    assert [d["circuit"] for d in r.json()["destinations"]] == ["closed"]
+    assert writer.stop() == 0
+
+
+# ---------------------------------------------------------------------------------------------- secrets
+def test_no_secret_is_ever_logged(make_env: Callable[..., kit.Env], http_writers: harness.Starter) -> None:
+    """Token and database password stay out of the logs, at DEBUG, through auth failures, DLQ operations and a
+    dead destination's connection errors."""
+    env = make_env()
+    password = f"pw-{uuid.uuid4().hex}"
+    parked_world(env, n_parked=2, n_user_errors=1)
+    env.extra_destinations[0]["password_env"] = "KAPOW_TEST_VAULT_PASSWORD"
+    port = harness.free_port()
+    config = harness.http_config(env, port, log_level="DEBUG").replace(
+        'user = "postgres"\n', 'user = "postgres"\npassword_env = "KAPOW_TEST_WH_PASSWORD"\n', 1)
+    writer = http_writers(config, port, environ={"KAPOW_ADMIN_TOKEN": TOKEN, "KAPOW_TEST_WH_PASSWORD": password,
+                                                 "KAPOW_TEST_VAULT_PASSWORD": password})
+    writer.wait_ready(headers=AUTH)
+    url = writer.url
+    kit.wait_for(lambda: harness.get_json(url, "/api/dlq", TOKEN)["parked"] == 2, 60, "2 parked records")
+    for headers in ({"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": TOKEN}, {}):
+        assert httpx.post(f"{url}/api/dlq/purge", json={"all": True}, headers=headers, timeout=10).status_code == 401
+    rid = harness.get_json(url, "/api/dlq", TOKEN)["records"][0]["id"]
+    assert httpx.post(f"{url}/api/dlq/{rid}/reschedule", headers=AUTH, timeout=30).status_code == 200
+    kit.wait_for(lambda: harness.get_json(url, "/api/dlq", TOKEN)["parked"] == 2, 60, "the record parked again")
+    harness.get_json(url, "/api/user-errors", TOKEN)
+    harness.get_json(url, "/api/stats", TOKEN)
+    assert writer.stop() == 0
+    log = writer.log()
+    assert "parking" in log or "database_unavailable" in log  # the dead destination's errors were logged
+    assert '"level": "debug"' in log
+    assert TOKEN not in log and password not in log
