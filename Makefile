@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install services services-stop services-status test unit integration lint demo bench clean
+.PHONY: install services services-stop services-status test unit integration lint demo bench chaos clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ unit: install
 
 test: install services lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The long fault-injection run (tests/chaos; the short variants are part of `make test`). One JSON line of
+# numbers per scenario goes to KAPOW_CHAOS_RESULTS (docs/RELIABILITY.md is filled from it).
+chaos: install services
+	KAPOW_CHAOS=long KAPOW_CHAOS_RESULTS=$${KAPOW_CHAOS_RESULTS:-/tmp/kapow-chaos-results.jsonl} \
+		$(BIN)/pytest tests/chaos -s $(PYTEST_ARGS)
 
 demo: install services
 	$(BIN)/kapow demo
