@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install services services-stop services-status test unit integration lint demo bench chaos clean
+.PHONY: install services services-stop services-status test unit integration lint demo bench chaos browser clean
 
 install: $(VENV)/.installed
 
@@ -31,7 +31,11 @@ lint: install
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test: install services lint
+# The console's tests drive Debian's Chromium (Playwright cannot download browsers here); installed once.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
+test: install services lint browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The long fault-injection run (tests/chaos; the short variants are part of `make test`). One JSON line of

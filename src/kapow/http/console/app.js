@@ -184,9 +184,9 @@
       // the time axis spans the history there is: at least a minute, at most five
       const end = d && d.t.length ? Math.max(d.t[d.t.length - 1], now - 2000) : now;
       const have = d && d.t.length ? (end - d.t[0]) / 1000 : 0;
-      const spanS = Math.min(300, Math.max(60, Math.ceil(have / 30) * 30));
+      const spanS = Math.min(300, Math.max(60, have));
       const span = spanS * 1000;
-      const step = spanS <= 60 ? 10 : spanS <= 150 ? 30 : 60;
+      const step = spanS <= 60 ? 10 : spanS <= 180 ? 30 : 60;
       const t0 = end - span;
       const x = (t) => pad.l + ((t - t0) / span) * pw;
       let max = this.opts.minMax || 0;
@@ -209,7 +209,8 @@
       }
       g.textAlign = "center";
       g.textBaseline = "top";
-      for (let back = 0; back <= spanS; back += step) {
+      for (let back = 0; back <= spanS + 0.001; back += step) {
+        if (spanS - back < step / 3 && back > 0) continue;  // too close to the left edge for a label
         const xx = x(end - back * 1000);
         g.fillText(tickLabel(back), Math.max(pad.l + 14, Math.min(xx, pad.l + pw - 12)), pad.t + ph + 6);
       }
