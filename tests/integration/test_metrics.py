@@ -143,3 +143,22 @@ def test_quantile_interpolates_like_prometheus() -> None:
     assert quantile(0.99, buckets) == pytest.approx(0.982)
     assert quantile(0.5, [(0.1, 0.0), (inf, 0.0)]) is None  # nothing observed
     assert quantile(0.99, [(0.1, 1.0), (inf, 10.0)]) == 0.1  # beyond the last finite bound: that bound
+
+
+def test_dashboard_and_alerts_name_only_metrics_that_exist() -> None:
+    """deploy/ must not drift from metrics.py: every kapow_* series it queries is one the writer exports."""
+    import json
+    import re
+    from pathlib import Path
+
+    from kapow import metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    exported = {family.name + suffix for family in metrics.REGISTRY.collect() for suffix in suffixes[family.type]}
+    deploy = Path(__file__).parents[2] / "deploy"
+    dashboard = json.loads((deploy / "grafana" / "kapow-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    alerts = (deploy / "prometheus" / "kapow-alerts.yml").read_text()
+    named = set(re.findall(r"\bkapow_[a-z_]+", "\n".join(exprs) + alerts))
+    assert len(exprs) > 15 and "alert: KapowConsumerLagGrowing" in alerts
+    assert named and named <= exported, f"not exported: {sorted(named - exported)}"
