@@ -91,9 +91,13 @@ def summarise(runs: Iterable[Run]) -> list[Run]:
         row: Run = {k: v for k, v in zip(KEY_FIELDS, key, strict=True) if v is not None}
         row["runs"] = len(rs)
         for name in rs[0]:
+            if name in KEY_FIELDS or name == "run":
+                continue
             values = [r[name] for r in rs if isinstance(r.get(name), int | float) and not isinstance(r[name], bool)]
-            if name not in KEY_FIELDS and name != "run" and len(values) == len(rs):
+            if len(values) == len(rs):
                 row[name] = round(statistics.median(values), 3)
+            elif all(r.get(name) == rs[0][name] for r in rs):  # labels (sweep, versions) that all runs share
+                row[name] = rs[0][name]
         if "packets_per_s" in row:
             row["min_packets_per_s"] = min(r["packets_per_s"] for r in rs)
             row["max_packets_per_s"] = max(r["packets_per_s"] for r in rs)
