@@ -130,7 +130,7 @@ def test_user_caused_errors_are_4xx_json_one_line(fuzz_writer: harness.HttpWrite
         ("POST", "/api/dlq/0:999999/purge", None, 404), ("POST", "/api/dlq/purge", {}, 400),
         ("POST", "/api/dlq/purge", {"ids": ["zz"]}, 400), ("POST", "/api/dlq/purge", {"bogus": 1}, 400),
         ("POST", "/api/dlq/reschedule", [1, 2], 400), ("POST", "/api/dlq/reschedule", {"ids": ["0:999999"]}, 404),
-        ("GET", "/api/user-errors?limit=100000", None, 400), ("GET", "/api/stats?seconds=0", None, 400),
+        ("GET", "/api/user-errors?limit=201", None, 400), ("GET", "/api/stats?seconds=0", None, 400),
         ("GET", "/nowhere", None, 404), ("DELETE", "/api/dlq", None, 405), ("GET", "/console/../../etc", None, 404),
     ]
     for method, path, body, status in cases:
@@ -148,6 +148,8 @@ def test_dlq_api_list_filter_show_reschedule_purge(make_env: Callable[..., kit.E
     env = make_env(partitions=3)
     db = env.databases[0]
     parked_world(env, n_parked=5, n_user_errors=3)
+    big = make_packet([kit.dest(db, "events")], {"id": 77, "v": "x" * 100_000, "nope": 1})
+    kit.publish(env.topic, [big])  # a 100 kB user error: the API shows its first 16 KiB and says so
     port = harness.free_port()
     writer = http_writers(harness.http_config(env, port), port)
     writer.wait_ready()
@@ -172,6 +174,8 @@ def test_dlq_api_list_filter_show_reschedule_purge(make_env: Callable[..., kit.E
     first, second = listing["records"][0]["id"], listing["records"][1]["id"]
     shown = harness.get_json(url, f"/api/dlq/{first}")
     assert shown["id"] == first and shown["headers"]["kapow-error-code"] == "database_unavailable"
+    assert shown["truncated"] is False and shown["size"] == len(shown["value"])
+    assert listing["records"][0]["value_preview"] == shown["value"][:240]
     assert '"v":"parked"' in shown["value"].replace(" ", "")
 
     r = httpx.post(f"{url}/api/dlq/{first}/purge", timeout=30)
@@ -199,7 +203,13 @@ def test_dlq_api_list_filter_show_reschedule_purge(make_env: Callable[..., kit.E
 
     # user errors are listed, newest first, and read-only
     ue = harness.get_json(url, "/api/user-errors")
-    assert ue["total"] == 3 and {r["code"] for r in ue["records"]} == {"unknown_column"}
+    assert ue["total"] == 4 and {r["code"] for r in ue["records"]} == {"unknown_column"}
+    cut = [r for r in ue["records"] if r["truncated"]]
+    assert len(cut) == 1 and cut[0]["size"] == len(big) and len(cut[0]["value"]) == 16 * 1024
+    assert all(r["size"] == len(r["value"]) for r in ue["records"] if not r["truncated"])
+    assert harness.get_json(url, "/api/user-errors", limit=2)["records"] == ue["records"][:2]  # newest first
+    stamps = [r["failed_at_ms"] for r in ue["records"]]
+    assert stamps == sorted(stamps, reverse=True)
     assert httpx.post(f"{url}/api/user-errors", timeout=10).status_code == 405
     assert writer.stop() == 0
 

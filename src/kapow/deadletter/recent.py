@@ -1,11 +1,13 @@
 """Read the most recent records of the user-errors topic, newest first, for the console (read-only).
 
-User errors are a callback topic for clients; operators only look at them. The read is bounded: at most
-``per_partition`` records from the end of each partition, so the cost does not grow with the topic.
+User errors are a callback topic for clients; operators only look at them. The read is bounded twice: at most
+``per_partition`` records from the end of each partition, each value kept up to ``keep_bytes`` (a packet may be
+up to ``max_packet_bytes``, a megabyte by default), so neither the time nor the memory grows with the topic.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
@@ -17,14 +19,34 @@ from kapow.errors import KapowError
 from kapow.kafka.clients import Settings, admin_config
 
 
-def recent_records(bootstrap: str, topic: str, *, settings: Settings | None = None, per_partition: int = 500,
-                   timeout: float = 10.0) -> list[DlqRecord]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Trimmed:
+    """An error record whose value may be cut short (``size`` is the original length)."""
+
+    record: DlqRecord
+    size: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > len(self.record.value or b"")
+
+
+def trim(record: DlqRecord, keep_bytes: int, *, headers: bool = True) -> Trimmed:
+    value = record.value or b""
+    if len(value) <= keep_bytes and headers:
+        return Trimmed(record, len(value))
+    short = value[:keep_bytes] if record.value is not None else None
+    return Trimmed(dataclasses.replace(record, value=short, headers=record.headers if headers else ()), len(value))
+
+
+def recent_records(bootstrap: str, topic: str, *, settings: Settings | None = None, per_partition: int = 200,
+                   keep_bytes: int = 16 * 1024, timeout: float = 10.0) -> list[Trimmed]:
     """The last ``per_partition`` records of every partition of ``topic``, newest (by failure time) first."""
     conf = admin_config(bootstrap, settings)
     conf.update({"group.id": f"kapow-recent-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
                  "auto.offset.reset": "earliest", "enable.partition.eof": True})
     consumer = Consumer(conf)
-    out: list[DlqRecord] = []
+    out: list[Trimmed] = []
     try:
         meta = consumer.list_topics(topic, timeout=timeout)
         info = meta.topics.get(topic)
@@ -52,10 +74,10 @@ def recent_records(bootstrap: str, topic: str, *, settings: Settings | None = No
                         ends.pop(p, None)
                         continue
                     raise KapowError(f"reading {topic}: {err}")
-                out.append(decode_record(msg))
+                out.append(trim(decode_record(msg), keep_bytes))
                 if (msg.offset() or 0) + 1 >= ends.get(p, 0):
                     ends.pop(p, None)
     finally:
         consumer.close()
-    out.sort(key=lambda r: (r.failed_at_ms, r.partition, r.offset), reverse=True)
+    out.sort(key=lambda t: (t.record.failed_at_ms, t.record.partition, t.record.offset), reverse=True)
     return out

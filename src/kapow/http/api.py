@@ -24,7 +24,7 @@ from importlib import resources
 from typing import Annotated, Any, Protocol
 
 import msgspec
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Message
 from msgspec import UNSET, UnsetType
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -39,7 +39,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kapow import metrics
 from kapow.config import Config
 from kapow.deadletter.queue import DeadLetterQueue, DlqFilter, DlqRecord, parse_time
-from kapow.deadletter.recent import recent_records
+from kapow.deadletter.queue import _record as decode_record
+from kapow.deadletter.recent import Trimmed, recent_records, trim
 from kapow.errors import KapowError, one_line
 from kapow.http.openapi import RELATIVE_PATTERN, openapi_document
 from kapow.http.stats import HISTORY_S, Stats, gauge_value
@@ -51,7 +52,9 @@ MAX_LIMIT = 1000
 MAX_IDS = 10_000
 MAX_CODE = 64
 MAX_DESTINATION = 200
-USER_ERRORS_PER_PARTITION = 500
+USER_ERRORS_PER_PARTITION = 200  # also the largest page of /api/user-errors: the newest N are among these
+PREVIEW_BYTES = 240
+VALUE_BYTES = 16 * 1024  # of a user error's value; the API says when it was cut ("truncated", "size")
 _ID = re.compile(r"[0-9]{1,10}:[0-9]{1,19}")
 _RELATIVE = re.compile(RELATIVE_PATTERN)
 _RFC3339 = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)?"
@@ -125,29 +128,51 @@ class Selection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 # ---------------------------------------------------------------------------------------------- Kafka reads
+class _Queue(DeadLetterQueue):
+    """The queue, plus a listing that keeps each record's metadata and a preview, never whole values: the list
+    is what the console polls, and a parked packet may be up to ``max_packet_bytes`` (1 MiB by default)."""
+
+    def summaries(self) -> list[Trimmed]:
+        done = self.handled()
+        out: list[Trimmed] = []
+
+        def keep(msg: Message) -> None:
+            if f"{msg.partition()}:{msg.offset()}" not in done:
+                out.append(trim(decode_record(msg), PREVIEW_BYTES, headers=False))
+
+        self._read(self.topic, keep)
+        out.sort(key=lambda t: (t.record.failed_at_ms, t.record.partition, t.record.offset))
+        return out
+
+
 class Dlq:
     """The DLQ for the API: shared list reads (``READ_TTL_S``), one mutation at a time."""
 
     def __init__(self, config: Config) -> None:
         k = config.kafka
         self.topic = k.system_errors_topic
-        self.queue = DeadLetterQueue(k.bootstrap_servers, k.system_errors_topic, settings=k.settings, timeout=10.0)
+        self.queue = _Queue(k.bootstrap_servers, k.system_errors_topic, settings=k.settings, timeout=10.0)
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._cached: tuple[float, list[DlqRecord]] | None = None
+        self._cached: tuple[float, list[Trimmed]] | None = None
 
-    def records(self, *, fresh: bool = False) -> list[DlqRecord]:
+    def summaries(self) -> list[Trimmed]:
+        """Every parked record, oldest first, values cut to a preview."""
         with self._read_lock:
             cached = self._cached
-            if not fresh and cached is not None and time.monotonic() - cached[0] < READ_TTL_S:
+            if cached is not None and time.monotonic() - cached[0] < READ_TTL_S:
                 return cached[1]
-            records = self.queue.records()
-            self._cached = (time.monotonic(), records)
-            return records
+            parked = self.queue.summaries()
+            self._cached = (time.monotonic(), parked)
+            return parked
+
+    def get(self, rid: str) -> DlqRecord | None:
+        """One parked record in full (a fresh read that keeps only it)."""
+        return self.queue.get(rid)
 
     def mutate(self, action: str, flt: DlqFilter, ids: list[str] | None) -> list[DlqRecord]:
         with self._write_lock:
-            targets = [r for r in self.records(fresh=True) if flt.matches(r)]
+            targets = self.queue.records(flt)  # a fresh read that keeps only the matching records
             if ids:
                 missing = set(ids) - {r.id for r in targets}
                 if missing:
@@ -174,15 +199,15 @@ class UserErrors:
         self._config = config
         self.topic = config.kafka.user_errors_topic
         self._lock = threading.Lock()
-        self._cached: tuple[float, list[DlqRecord]] | None = None
+        self._cached: tuple[float, list[Trimmed]] | None = None
 
-    def records(self) -> list[DlqRecord]:
+    def records(self) -> list[Trimmed]:
         with self._lock:
             if self._cached is not None and time.monotonic() - self._cached[0] < READ_TTL_S:
                 return self._cached[1]
             k = self._config.kafka
             records = recent_records(k.bootstrap_servers, self.topic, settings=k.settings,
-                                     per_partition=USER_ERRORS_PER_PARTITION)
+                                     per_partition=USER_ERRORS_PER_PARTITION, keep_bytes=VALUE_BYTES)
             self._cached = (time.monotonic(), records)
             return records
 
@@ -247,18 +272,24 @@ def _json(data: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status, headers=_NO_STORE)
 
 
-def _listing(record: DlqRecord) -> dict[str, Any]:
-    out = record.to_json(with_value=False)
-    value = record.value or b""
-    out["size"] = len(value)
-    out["value_preview"] = value[:240].decode("utf-8", "replace")
+def _listing(parked: Trimmed) -> dict[str, Any]:
+    out = parked.record.to_json(with_value=False)
+    out["size"] = parked.size
+    out["value_preview"] = (parked.record.value or b"").decode("utf-8", "replace")
     return out
 
 
-def _facets(records: list[DlqRecord]) -> dict[str, dict[str, int]]:
+def _full(trimmed: Trimmed) -> dict[str, Any]:
+    out = trimmed.record.to_json(with_value=True)
+    out["size"] = trimmed.size
+    out["truncated"] = trimmed.truncated
+    return out
+
+
+def _facets(parked: list[Trimmed]) -> dict[str, dict[str, int]]:
     codes: dict[str, int] = {}
     destinations: dict[str, int] = {}
-    for r in records:
+    for r in (p.record for p in parked):
         codes[r.code] = codes.get(r.code, 0) + 1
         d = r.destination or {}
         where = f"{d.get('vanity', '-')}/{d.get('database', '-')}/{d.get('schema', '-')}.{d.get('table', '-')}"
@@ -416,11 +447,11 @@ def create_app(config: Config, writer: WriterView, *, token: str | None = None) 
                       request.query_params.get("since"), request.query_params.get("until"))
         limit = _query_int(request, "limit", 100, 1, MAX_LIMIT)
         offset = _query_int(request, "offset", 0, 0, 100_000_000)
-        records: list[DlqRecord] = await _blocking(dlq.records)
-        matching = [r for r in reversed(records) if flt.matches(r)]  # newest first
-        return _json({"topic": dlq.topic, "total": len(matching), "parked": len(records), "limit": limit,
-                      "offset": offset, "records": [_listing(r) for r in matching[offset:offset + limit]],
-                      "facets": _facets(records)})
+        parked: list[Trimmed] = await _blocking(dlq.summaries)
+        matching = [p for p in reversed(parked) if flt.matches(p.record)]  # newest first
+        return _json({"topic": dlq.topic, "total": len(matching), "parked": len(parked), "limit": limit,
+                      "offset": offset, "records": [_listing(p) for p in matching[offset:offset + limit]],
+                      "facets": _facets(parked)})
 
     def _path_id(request: Request) -> str:
         _only(request)
@@ -429,11 +460,10 @@ def create_app(config: Config, writer: WriterView, *, token: str | None = None) 
 
     async def dlq_show(request: Request) -> Response:
         rid = _path_id(request)
-        records: list[DlqRecord] = await _blocking(dlq.records)
-        found = next((r for r in records if r.id == rid), None)
+        found: DlqRecord | None = await _blocking(dlq.get, rid)
         if found is None:
             raise ApiError(404, f"no parked record with id {rid} on {dlq.topic}")
-        return _json(found.to_json(with_value=True))
+        return _json(_full(trim(found, len(found.value or b""))))
 
     async def _mutate(action: str, flt: DlqFilter, ids: list[str] | None) -> Response:
         done: list[DlqRecord] = await _blocking(dlq.mutate, action, flt, ids)
@@ -472,10 +502,10 @@ def create_app(config: Config, writer: WriterView, *, token: str | None = None) 
         _only(request, "code", "limit")
         limit = _query_int(request, "limit", 100, 1, USER_ERRORS_PER_PARTITION)
         code = _query_str(request, "code", MAX_CODE) or None
-        records: list[DlqRecord] = await _blocking(user_errors.records)
-        matching = [r for r in records if code is None or r.code == code]
+        records: list[Trimmed] = await _blocking(user_errors.records)
+        matching = [t for t in records if code is None or t.record.code == code]
         return _json({"topic": user_errors.topic, "total": len(matching), "limit": limit,
-                      "records": [r.to_json(with_value=True) for r in matching[:limit]]})
+                      "records": [_full(t) for t in matching[:limit]]})
 
     # -- errors
     async def on_api_error(_request: Request, exc: Exception) -> Response:

@@ -70,9 +70,12 @@ def openapi_document() -> dict[str, Any]:
         "DlqSummary": {"type": "object", "required": [*_SUMMARY_REQUIRED, "size", "value_preview"],
                        "properties": {**_SUMMARY_PROPS, "size": {"type": "integer", "minimum": 0},
                                       "value_preview": {"type": "string"}}},
-        "Record": {"type": "object", "required": [*_SUMMARY_REQUIRED, "key", "value", "headers"],
+        "Record": {"type": "object", "required": [*_SUMMARY_REQUIRED, "key", "value", "headers", "size", "truncated"],
                    "properties": {**_SUMMARY_PROPS, "key": _NULLABLE_STRING, "value": _NULLABLE_STRING,
-                                  "headers": {"type": "object", "additionalProperties": _NULLABLE_STRING}}},
+                                  "headers": {"type": "object", "additionalProperties": _NULLABLE_STRING},
+                                  "size": {"type": "integer", "minimum": 0, "description": "value bytes"},
+                                  "truncated": {"type": "boolean",
+                                                "description": "value cut (user errors: at 16 KiB)"}}},
         "DlqList": {
             "type": "object", "required": ["topic", "total", "parked", "limit", "offset", "records", "facets"],
             "properties": {
@@ -201,7 +204,7 @@ def openapi_document() -> dict[str, Any]:
             "summary": "Recent user errors (read-only), newest first", "operationId": "userErrors",
             "security": _SECURE,
             "parameters": [_query("code", {"type": "string", "maxLength": 64}, "only this error code"),
-                           _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "at most (100)")],
+                           _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "at most (100)")],
             "responses": {"200": _json(_ref("UserErrors"), "records"), "400": _ERROR, "401": _UNAUTHORIZED,
                           "503": _UNAVAILABLE}}},
     }

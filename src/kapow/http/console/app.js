@@ -542,7 +542,9 @@
       ["Error record", rec.id],
     ];
     $("#drawer-meta").replaceChildren(...meta.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]));
-    $("#drawer-value").textContent = prettyJson(rec.value);
+    $("#drawer-value").textContent = rec.truncated ? rec.value + " …" : prettyJson(rec.value);
+    $("#drawer-size").textContent = fmtNum(rec.size) + " bytes" + (rec.truncated ? ", first " +
+      fmtNum(new Blob([rec.value || ""]).size) + " shown" : "");
     const headers = Object.entries(rec.headers || {}).map(([k, v]) => k + ": " + v).join("\n");
     $("#drawer-headers").textContent = headers || "(none)";
     $("#drawer").hidden = false;
