@@ -111,7 +111,9 @@ def run_demo(*, packets: int, rate: int) -> int:
                     "SELECT payment_id, account, amount, currency, paid_at, meta::text FROM payments"
                     " ORDER BY payment_id LIMIT 5"):
                 print(f"    {pid:>10}  {account:<9} {amount:>8}  {currency:<8} {paid_at.isoformat():<25} {meta}")
-        print("\nThe writer keeps running (log: .kapow-demo.log); press Ctrl+C to stop it cleanly.")
+        print("\nThe writer keeps running (log: .kapow-demo.log). Console, metrics and DLQ API:"
+              " http://127.0.0.1:8080/  (from examples/kapow.toml [http]).")
+        print("Press Ctrl+C to stop it cleanly.")
         while writer.poll() is None:
             time.sleep(0.5)
     except KeyboardInterrupt:

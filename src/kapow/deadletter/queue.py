@@ -124,7 +124,8 @@ def parse_time(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _record(msg: Message) -> DlqRecord:
+def decode_record(msg: Message) -> DlqRecord:
+    """A DLQ record from a Kafka message on an error topic (its ``kapow-*`` headers decoded)."""
     headers: list[tuple[str, bytes | None]] = msg.headers() or []  # type: ignore[assignment]
     clean = tuple((k, v) for k, v in headers if v is not None)
     meta = {k: v.decode("utf-8", "replace") for k, v in clean if k.startswith(HEADER_PREFIX)}
@@ -191,7 +192,7 @@ class DeadLetterQueue:
             while pending:
                 if time.monotonic() > deadline:
                     raise KapowError(f"timed out reading {topic} from {self.bootstrap}")
-                for msg in consumer.consume(1000, 1.0):
+                for msg in consumer.consume(1000, 0.1):  # short: EOF events end the read, not the timeout
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
@@ -227,7 +228,7 @@ class DeadLetterQueue:
             rid = f"{msg.partition()}:{msg.offset()}"
             if rid in done:
                 return
-            record = _record(msg)
+            record = decode_record(msg)
             if flt.matches(record):
                 out.append(record)
 

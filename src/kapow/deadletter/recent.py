@@ -13,8 +13,7 @@ import uuid
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from kapow.deadletter.queue import DlqRecord
-from kapow.deadletter.queue import _record as decode_record
+from kapow.deadletter.queue import DlqRecord, decode_record
 from kapow.errors import KapowError
 from kapow.kafka.clients import Settings, admin_config
 

@@ -38,8 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kapow import metrics
 from kapow.config import Config
-from kapow.deadletter.queue import DeadLetterQueue, DlqFilter, DlqRecord, parse_time
-from kapow.deadletter.queue import _record as decode_record
+from kapow.deadletter.queue import DeadLetterQueue, DlqFilter, DlqRecord, decode_record, parse_time
 from kapow.deadletter.recent import Trimmed, recent_records, trim
 from kapow.errors import KapowError, one_line
 from kapow.http.openapi import RELATIVE_PATTERN, openapi_document

@@ -78,7 +78,7 @@ def copy_payload(docs: list[bytes]) -> bytes:
     for special, escaped in ((b"\n", b"\\n"), (b"\r", b"\\r"), (b"\t", b"\\t")):
         if special in joined:
             joined = joined.replace(special, escaped)
-    return b"\n".join(map(b"".join, zip(_prefixes, joined.split(b"\x00")))) + b"\n"
+    return b"\n".join(map(b"".join, zip(_prefixes, joined.split(b"\x00"), strict=False))) + b"\n"
 
 
 _insert_cache: dict[tuple[str, str, tuple[str, ...]], sql.Composed] = {}
