@@ -137,3 +137,40 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return 0.0
     i = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
     return sorted_values[i]
+
+
+def markdown(summary: list[Run]) -> str:
+    """The medians as the Markdown tables of docs/BENCHMARKS.md, so the document is pasted, not retyped."""
+    out = ["| writer | mode | preset | N | partitions | batch | conns | procs | runs | packets/s (min-max) "
+           "| per minute | steady packets/s | writer CPU s | µs CPU/packet | peak RSS MiB | load before |",
+           "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in summary:
+        if r["kind"] == "latency":
+            continue
+        rate = f"**{r['packets_per_s']:,.0f}** ({r['min_packets_per_s']:,.0f}-{r['max_packets_per_s']:,.0f})"
+        steady = f"{r['steady_packets_per_s']:,.0f}" if "steady_packets_per_s" in r else "-"
+        cpu = f"{r['cpu_seconds']:.2f}" if "cpu_seconds" in r else "-"
+        us = f"{r['cpu_us_per_packet']:.1f}" if "cpu_us_per_packet" in r else "-"
+        rss = f"{r['peak_rss_mib']:,.0f}" if "peak_rss_mib" in r else "-"
+        out.append(f"| {r['kind']} | {r.get('mode', '')} | {r.get('preset', '')} | {r.get('packets', 0):,} | "
+                   f"{r.get('partitions', '-')} | {r.get('batch', '-')} | {r.get('connections', '-')} | "
+                   f"{r.get('writers', '-')} | {r['runs']} | {rate} | {r['packets_per_s'] * 60:,.0f} | {steady} | "
+                   f"{cpu} | {us} | {rss} | {r.get('load_before', 0):.2f} |")
+    lat = [r for r in summary if r["kind"] == "latency"]
+    if lat:
+        out += ["", "| rate | seconds | runs | p50 ms | p95 ms | p99 ms | max ms | visible p50 ms | visible p99 ms "
+                "| load before |", "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+        for r in lat:
+            out.append(f"| {r['rate']:,.0f}/s | {r['duration']:.0f} | {r['runs']} | {r['p50_ms']:.1f} | "
+                       f"{r['p95_ms']:.1f} | **{r['p99_ms']:.1f}** | {r['max_ms']:.1f} | {r['visible_p50_ms']:.1f} | "
+                       f"{r['visible_p99_ms']:.1f} | {r['load_before']:.2f} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import json
+    from pathlib import Path
+
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m kapow.bench.report RESULTS.json")
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())["summary"]))
