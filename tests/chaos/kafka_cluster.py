@@ -23,7 +23,7 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parents[2]
-LIBS = ROOT / ".services" / "kafka" / "libs"
+LIBS = Path(os.environ.get("KAPOW_SERVICES_DIR", ROOT / ".services")) / "kafka" / "libs"  # as scripts/services.sh
 LOG4J = ROOT / "services" / "kafka" / "log4j2.properties"
 BASE_PORT = int(os.environ.get("KAPOW_CHAOS_KAFKA_BASE_PORT", "39092"))
 
