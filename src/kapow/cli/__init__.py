@@ -1,0 +1,46 @@
+"""The ``kapow`` command: one module per subcommand, assembled here.
+
+Every error a user can cause ends as one line on stderr and a non-zero exit, never a traceback: the
+subcommands raise :class:`~kapow.errors.ConfigError` (exit 2) or :class:`~kapow.errors.KapowError` (exit 1) and
+:func:`main` prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from kapow import __version__
+from kapow.cli import bench, check, demo, dlq, run, send
+from kapow.errors import ConfigError, KapowError
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(f"kapow: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KapowError as exc:
+        print(f"kapow: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kapow", description="KaPoW, the Kafka -> PostgreSQL Writer")
+    p.add_argument("--version", action="version", version=f"kapow {__version__}")
+    sub = p.add_subparsers(title="commands")
+    for module in (run, check, send, dlq, bench, demo):
+        module.register(sub)
+    return p
