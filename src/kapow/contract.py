@@ -43,6 +43,11 @@ class Destination(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     schema: str = "public"
     type: str = "postgres"
 
+    @property
+    def label(self) -> str:
+        """``vanity/database/schema.table``: the one way a destination is written in logs, the CLI and the API."""
+        return destination_label(self.vanity, self.database, self.schema, self.table)
+
 
 class PipelineContext(msgspec.Struct):
     destinations: list[Destination]
@@ -165,6 +170,11 @@ def _describe(exc: Exception) -> str:
 def make_packet(destinations: list[dict[str, str]], data: Any) -> bytes:
     """Encode a packet value from destinations and data (used by ``kapow send`` and :mod:`kapow.client`)."""
     return msgspec.json.encode({"pipeline_context": {"destinations": destinations}, "data": data})
+
+
+def destination_label(vanity: str, database: str, schema: str, table: str) -> str:
+    """The destination label (see :attr:`Destination.label`); pasteable into ``kapow dlq --destination``."""
+    return f"{vanity}/{database}/{schema}.{table}"
 
 
 def destination_json(dest: Destination) -> bytes:
