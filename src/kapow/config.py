@@ -1,21 +1,30 @@
 """The TOML configuration, decoded into typed, validated structs.
 
-A bad config must fail at start with one line that names the key and the reason, never a traceback: msgspec
-reports the path of the offending key (``$.destinations[0].port``), which we keep, and the cross-field checks
-below (duplicate vanity, empty lists) speak the same way.
+A bad config must fail at start with one line that names the key and the reason, never a traceback and never a
+crash inside a C library (an empty ``group_id`` used to abort librdkafka with an assertion): msgspec reports the
+path of the offending key (``$.destinations[0].port``), which we keep, and the checks below give every number a
+sane range, every name a legal shape, and every librdkafka property a trial run before the writer starts.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 import msgspec
 
 from kapow.errors import ConfigError
+
+Mode = Literal["insert", "upsert", "delete"]
+Format = Literal["json", "debezium"]
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -24,7 +33,7 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class KafkaConfig(_Strict):
     bootstrap_servers: str
-    topics: list[str]
+    topics: list[str] = msgspec.field(default_factory=list)
     group_id: str = "kapow"
     user_errors_topic: str = "kapow.errors.user"
     system_errors_topic: str = "kapow.errors.system"
@@ -44,8 +53,13 @@ class DestinationConfig(_Strict):
     max_connections: int = 4
     connect_timeout_s: float = 5.0
     statement_timeout_ms: int = 30_000
+    # A table locked by someone else fails its statement after this long, so it holds only itself: the other
+    # tables of the same transaction commit and the locked one is retried alone (see kapow.pipeline.lanes).
+    lock_timeout_ms: int = 2_000
     # Allow tables without a primary key or unique constraint (replays then duplicate rows).
     allow_no_unique_key: bool = False
+    # The write modes packets may ask for (PRODUCT.md §1); "delete" must be allowed explicitly.
+    modes: list[Mode] = msgspec.field(default_factory=lambda: ["insert", "upsert"])
     # Optional allowlists; None means any schema / any table the database user may write.
     schemas: list[str] | None = None
     tables: list[str] | None = None
@@ -74,18 +88,31 @@ def psycopg_conninfo(**params: object) -> str:
 class PipelineConfig(_Strict):
     batch_max_messages: int = 5_000
     batch_max_wait_ms: int = 20  # at low rates, the longest a packet waits for company
-    max_in_flight_batches: int = 4
     max_packet_bytes: int = 1024 * 1024
     max_json_depth: int = 32
-    # System errors: retried with exponential back-off and jitter for at most this long, then parked.
-    retry_budget_s: float = 30.0
+    max_destinations: int = 16  # per packet; more is the user error too_many_destinations
+    # A destination that fails (down, locked, slow) holds its packets this long, in memory, while everything
+    # else keeps landing; past that they are parked on the system-errors topic and redriven once it recovers.
+    hold_s: float = 60.0
+    # Bytes of packets consumed but not yet landed or parked; past it the consumer pauses and the oldest held
+    # packets are parked early, so a dead destination can never exhaust the writer's memory.
+    max_buffer_bytes: int = 256 * 1024 * 1024
+    # Rows written in one database transaction (many tables of one database share it; see kapow.postgres.writer)
+    unit_max_rows: int = 20_000
     retry_initial_backoff_s: float = 0.2
     retry_max_backoff_s: float = 5.0
-    # A destination that keeps failing opens its circuit: one probe per interval instead of one timeout a batch.
+    # A destination that keeps failing opens its circuit; it is probed every circuit_open_s, with or without
+    # traffic, and closes again on the first success.
     circuit_failures_to_open: int = 3
     circuit_open_s: float = 5.0
     catalog_ttl_s: float = 60.0
+    catalog_max_bytes: int = 64 * 1024 * 1024
     shutdown_deadline_s: float = 10.0
+    # Packets parked because their destination was down are republished once it is healthy again.
+    redrive: bool = True
+    redrive_max_attempts: int = 5  # a packet tried this many times stays parked for an operator
+    redrive_delay_s: float = 10.0  # the least time between parking and redrive
+    redrive_rate: float = 2000.0  # records per second, at most
 
 
 class HttpConfig(_Strict):
@@ -156,19 +183,60 @@ def load_config(path: str | Path) -> Config:
     return parse_config(text, str(p))
 
 
+# (key, lowest, highest): numbers outside these ranges are typos or misunderstandings, refused at start.
+_PIPELINE_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("batch_max_messages", 1, 100_000),
+    ("batch_max_wait_ms", 1, 60_000),
+    ("max_packet_bytes", 1, 100 * 1024 * 1024),
+    ("max_json_depth", 1, 256),
+    ("max_destinations", 1, 1000),
+    ("hold_s", 0, 86_400),
+    ("max_buffer_bytes", 1024 * 1024, 64 * 1024**3),
+    ("unit_max_rows", 1, 1_000_000),
+    ("retry_initial_backoff_s", 0.001, 3600),
+    ("retry_max_backoff_s", 0.001, 3600),
+    ("circuit_failures_to_open", 1, 1_000_000),
+    ("circuit_open_s", 0.01, 3600),
+    ("catalog_ttl_s", 0, 86_400),
+    ("catalog_max_bytes", 64 * 1024, 64 * 1024**3),
+    ("shutdown_deadline_s", 0.1, 3600),
+    ("redrive_max_attempts", 1, 1000),
+    ("redrive_delay_s", 0, 86_400),
+    ("redrive_rate", 0.01, 1_000_000),
+)
+
+_DESTINATION_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("max_connections", 1, 1000),
+    ("port", 1, 65535),
+    ("connect_timeout_s", 0.1, 600),
+    ("statement_timeout_ms", 1, 86_400_000),
+    ("lock_timeout_ms", 1, 86_400_000),
+)
+
+
 def _check(config: Config, source: str) -> None:
-    def fail(key: str, reason: str) -> None:
+    def fail(key: str, reason: str) -> NoReturn:
         raise ConfigError(f"{source}: {key}: {reason}")
 
-    if not config.kafka.bootstrap_servers.strip():
+    k = config.kafka
+    if not k.bootstrap_servers.strip():
         fail("kafka.bootstrap_servers", "must not be empty")
-    if not config.kafka.topics:
+    if not k.group_id.strip():
+        fail("kafka.group_id", "must not be empty")
+    if not k.topics:
         fail("kafka.topics", "name at least one topic to consume")
-    if config.kafka.user_errors_topic == config.kafka.system_errors_topic:
+    for key, topic in [("kafka.topics", t) for t in k.topics] + [
+            ("kafka.user_errors_topic", k.user_errors_topic), ("kafka.system_errors_topic", k.system_errors_topic)]:
+        if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
+            fail(key, f"{topic[:80]!r} is not a legal Kafka topic name (letters, digits, '.', '_', '-'; at most 249)")
+    if len(set(k.topics)) != len(k.topics):
+        fail("kafka.topics", "names a topic twice")
+    if k.user_errors_topic == k.system_errors_topic:
         fail("kafka.system_errors_topic", "must differ from kafka.user_errors_topic")
-    for topic in (config.kafka.user_errors_topic, config.kafka.system_errors_topic):
-        if topic in config.kafka.topics:
+    for topic in (k.user_errors_topic, k.system_errors_topic, f"{k.system_errors_topic}.done"):
+        if topic in k.topics:
             fail("kafka.topics", f"must not include the error topic {topic!r}")
+    _check_kafka_settings(config, fail)
     if not config.destinations:
         fail("destinations", "configure at least one [[destinations]] table")
     seen: set[str] = set()
@@ -181,18 +249,55 @@ def _check(config: Config, source: str) -> None:
         seen.add(dest.vanity)
         if not dest.databases:
             fail(f"{key}.databases", "name at least one database")
-        if dest.max_connections < 1:
-            fail(f"{key}.max_connections", "must be at least 1")
-        if not 0 < dest.port < 65536:
-            fail(f"{key}.port", "must be between 1 and 65535")
+        for db in dest.databases:
+            if not db or len(db.encode()) > 63 or "\x00" in db:
+                fail(f"{key}.databases", f"{db[:80]!r} is not a PostgreSQL database name (1 to 63 bytes)")
+        if len(set(dest.databases)) != len(dest.databases):
+            fail(f"{key}.databases", "names a database twice")
+        for name, lo, hi in _DESTINATION_RANGES:
+            value = getattr(dest, name)
+            if not lo <= value <= hi:
+                fail(f"{key}.{name}", f"must be between {lo:g} and {hi:g}, got {value!r}")
+        if not dest.modes:
+            fail(f"{key}.modes", "allow at least one of insert, upsert, delete")
+        for name in dest.schemas or []:
+            if not _IDENTIFIER.fullmatch(name):
+                fail(f"{key}.schemas", f"{name[:80]!r} is not a plain identifier")
         if dest.password_env is not None and dest.password_env not in os.environ:
             fail(f"{key}.password_env", f"environment variable {dest.password_env} is not set")
     p = config.pipeline
-    for name in ("batch_max_messages", "batch_max_wait_ms", "max_in_flight_batches", "max_packet_bytes"):
-        if getattr(p, name) < 1:
-            fail(f"pipeline.{name}", "must be at least 1")
-    if p.retry_budget_s < 0 or p.shutdown_deadline_s <= 0:
-        fail("pipeline", "retry_budget_s must be >= 0 and shutdown_deadline_s > 0")
+    for name, lo, hi in _PIPELINE_RANGES:
+        value = getattr(p, name)
+        if not lo <= value <= hi:
+            fail(f"pipeline.{name}", f"must be between {lo:g} and {hi:g}, got {value!r}")
+    if p.retry_max_backoff_s < p.retry_initial_backoff_s:
+        fail("pipeline.retry_max_backoff_s", "must be at least retry_initial_backoff_s")
     host, _, port = config.http.listen.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         fail("http.listen", f"expected HOST:PORT, got {config.http.listen!r}")
+
+
+def _check_kafka_settings(config: Config, fail: Callable[[str, str], NoReturn]) -> None:
+    """Try the librdkafka properties once, offline, so that a typo is one line now, not a traceback later."""
+    settings = config.kafka.settings
+    if not settings:
+        return
+    from confluent_kafka import Consumer, KafkaException, Producer
+
+    quiet = logging.getLogger("kapow.config.trial")  # librdkafka's warnings about the trial client are not news
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    base = {"bootstrap.servers": config.kafka.bootstrap_servers, "logger": quiet}
+    for kind, make in (("consumer", Consumer), ("producer", Producer)):
+        conf = {**base, **settings}
+        if kind == "consumer":
+            conf["group.id"] = config.kafka.group_id
+        try:
+            client = make(conf)
+        except (KafkaException, TypeError, ValueError) as exc:
+            err = exc.args[0] if exc.args else exc
+            text = err.str() if hasattr(err, "str") else str(err)
+            fail("kafka.settings", text)
+        else:
+            if kind == "consumer":
+                client.close()

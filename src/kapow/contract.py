@@ -2,14 +2,18 @@
 
 Decoding is the hot path, so it is typed and done by msgspec in C. The ``data`` object is kept as the raw JSON
 bytes the client sent (``msgspec.Raw``): they go to PostgreSQL as they are, so a number such as
-``12345678901234567.89`` reaches a ``numeric`` column exactly, never through a Python float. A second, cheap
-decode of ``data`` into a dict gives the column names and value kinds that validation needs.
+``12345678901234567.89`` (or ``1e400`` for a ``numeric`` column) reaches PostgreSQL exactly, never through a
+Python float. Only its keys are read here, for validation and for the column list of the INSERT.
+
+Everything here is written for a hostile client: any input, however large, deep or strange, ends as a
+:class:`~kapow.errors.PacketError` with a user error code, never as another exception (msgspec raises
+``RecursionError`` on JSON nested about a thousand levels deep; that too is the client's problem).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -19,11 +23,14 @@ CONTEXT_HEADER = "context"
 CONTEXT_VALUE = b'{"consumer": {"type": "data_pipeline"}}'
 PIPELINE_CONSUMER_TYPE = "data_pipeline"
 SINK_TYPES = frozenset({"postgres"})
+MODES = ("insert", "upsert", "delete")
 
 # PostgreSQL identifiers we accept from packets: plain, unquoted-style names. Anything else (quotes, spaces,
 # semicolons) is refused before it gets near SQL; accepted names are still always quoted when used.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 MAX_IDENTIFIER_BYTES = 63
+# Schemas no client may write: the system catalogs, the TOAST store and other sessions' temporary schemas.
+SYSTEM_SCHEMAS = re.compile(r"pg_catalog|information_schema|pg_toast.*|pg_temp.*", re.IGNORECASE)
 
 
 class _Consumer(msgspec.Struct):
@@ -34,18 +41,50 @@ class _Context(msgspec.Struct):
     consumer: _Consumer = msgspec.field(default_factory=_Consumer)
 
 
+class Metadata(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Columns to fill from the Kafka record itself (issue 11): each names the column that takes that field."""
+
+    offset: str | None = None
+    partition: str | None = None
+    topic: str | None = None
+    timestamp: str | None = None
+    key: str | None = None
+
+    def columns(self) -> tuple[tuple[str, str], ...]:
+        """(field, column) pairs that are set, in a fixed order."""
+        return tuple((f, c) for f in ("offset", "partition", "topic", "timestamp", "key")
+                     if (c := getattr(self, f)) is not None)
+
+
 class Destination(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    """Where a packet goes; hashable so that it can key caches and groups directly."""
+    """Where a packet goes, and how (``mode``); hashable so that it can key caches and groups directly."""
 
     vanity: str
     database: str
     table: str
     schema: str = "public"
     type: str = "postgres"
+    mode: str = "insert"
+    key: tuple[str, ...] | None = None  # the unique constraint to use when the table has several
+    version: str | None = None  # a column that must not move backwards (upsert/delete apply only if >= stored)
+    metadata: Metadata | None = None  # Kafka record fields (offset, partition, ...) -> the columns they fill
 
     @property
     def label(self) -> str:
         """``vanity/database/schema.table``: the one way a destination is written in logs, the CLI and the API."""
+        return destination_label(self.vanity, self.database, self.schema, self.table)
+
+
+class TableKey(NamedTuple):
+    """One destination table: the unit that is written, held, ordered and cached."""
+
+    vanity: str
+    database: str
+    schema: str
+    table: str
+
+    @property
+    def label(self) -> str:
         return destination_label(self.vanity, self.database, self.schema, self.table)
 
 
@@ -60,84 +99,138 @@ class _Envelope(msgspec.Struct):
     data: msgspec.Raw
 
 
-Packet = tuple[tuple[Destination, ...], bytes]  # (destinations, the raw ``data`` JSON)
+class Packet(msgspec.Struct, gc=False):
+    """A decoded packet: where it goes and its ``data`` exactly as the client sent it, with its keys."""
+
+    destinations: tuple[Destination, ...]
+    doc: bytes
+    keys: tuple[str, ...]
 
 
 _context_decoder = msgspec.json.Decoder(_Context)
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _pipeline_context_decoder = msgspec.json.Decoder(PipelineContext)
-_destinations_cache: dict[bytes, tuple[Destination, ...]] = {}
-_data_decoder = msgspec.json.Decoder(dict[str, Any])
-_context_cache: dict[bytes, bool] = {}
+_keys_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_any_decoder = msgspec.json.Decoder(float_hook=lambda _text: None)  # depth only: no float may overflow
 
 
-def is_pipeline_packet(headers: list[tuple[str, bytes | None]] | None) -> bool:
-    """True when the record carries the ``context`` header naming the data pipeline.
+class PacketDecoder:
+    """Decodes headers and envelopes for one consumer loop, with small caches of what repeats.
 
-    Header values repeat from packet to packet, so verdicts are cached by the header's bytes; the cache is
-    bounded so that hostile traffic with ever-new header values cannot grow it without limit.
+    Header values and ``pipeline_context`` objects repeat from packet to packet, so their decoded forms are
+    cached by their bytes. The caches belong to this object (one per loop, used by one thread) and are bounded in
+    bytes: only small values are cached and the number of entries is capped, so a hostile stream of ever-new,
+    megabyte-sized contexts costs CPU, never memory.
     """
-    if not headers:
+
+    MAX_CACHED_VALUE = 2048  # bytes: a real pipeline_context is ~150 bytes
+    MAX_ENTRIES = 2048
+
+    def __init__(self, *, max_bytes: int, max_depth: int, max_destinations: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_depth = max_depth
+        self.max_destinations = max_destinations
+        self._contexts: dict[bytes, bool] = {}
+        self._destinations: dict[bytes, tuple[Destination, ...] | PacketError] = {}
+
+    def is_pipeline_packet(self, headers: list[tuple[str, bytes | None]] | None) -> bool:
+        """True when the record carries the ``context`` header naming the data pipeline.
+
+        A header that is not the expected JSON (garbage, or nested a thousand levels deep) makes the record
+        foreign traffic: it is filtered, never a crash.
+        """
+        if not headers:
+            return False
+        for name, value in headers:
+            if name != CONTEXT_HEADER or value is None:
+                continue
+            verdict = self._contexts.get(value)
+            if verdict is None:
+                try:
+                    verdict = _context_decoder.decode(value).consumer.type == PIPELINE_CONSUMER_TYPE
+                except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                    verdict = False
+                if len(value) <= self.MAX_CACHED_VALUE and len(self._contexts) < self.MAX_ENTRIES:
+                    self._contexts[value] = verdict
+            if verdict:
+                return True
         return False
-    for name, value in headers:
-        if name != CONTEXT_HEADER or value is None:
-            continue
-        verdict = _context_cache.get(value)
-        if verdict is None:
+
+    def decode(self, value: bytes | None) -> Packet:
+        """Decode a packet's value; raise :class:`PacketError` with a user error code for anything wrong."""
+        if value is None:
+            raise PacketError(ErrorCode.NOT_JSON, "packet has no value")
+        if len(value) > self.max_bytes:
+            raise PacketError(ErrorCode.TOO_LARGE, f"packet is {len(value)} bytes, the limit is {self.max_bytes}")
+        try:
+            envelope = _envelope_decoder.decode(value)
+        except msgspec.ValidationError as exc:
+            raise PacketError(ErrorCode.BAD_PACKET, f"bad packet shape: {describe(exc)}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise PacketError(ErrorCode.NOT_JSON, f"value is not UTF-8 JSON: {describe(exc)}") from None
+        except RecursionError:
+            raise PacketError(ErrorCode.BAD_PACKET, "packet is nested too deeply") from None
+        destinations = self._decode_destinations(bytes(envelope.pipeline_context))
+        doc = bytes(envelope.data)
+        return Packet(destinations, doc, decode_keys(doc, max_depth=self.max_depth))
+
+    def _decode_destinations(self, context: bytes) -> tuple[Destination, ...]:
+        cached = self._destinations.get(context)
+        if cached is None:
             try:
-                verdict = _context_decoder.decode(value).consumer.type == PIPELINE_CONSUMER_TYPE
-            except (msgspec.DecodeError, UnicodeDecodeError):
-                verdict = False
-            if len(_context_cache) < 1024:
-                _context_cache[value] = verdict
-        if verdict:
-            return True
-    return False
+                cached = self._parse_destinations(context)
+            except PacketError as exc:
+                cached = exc
+            if len(context) <= self.MAX_CACHED_VALUE and len(self._destinations) < self.MAX_ENTRIES:
+                self._destinations[context] = cached
+        if isinstance(cached, PacketError):
+            raise cached
+        return cached
 
-
-def decode_envelope(value: bytes | None, *, max_bytes: int) -> Packet:
-    """Decode a packet's value into (destinations, raw data); raise :class:`PacketError` with a user error code."""
-    if value is None:
-        raise PacketError(ErrorCode.NOT_JSON, "packet has no value")
-    if len(value) > max_bytes:
-        raise PacketError(ErrorCode.TOO_LARGE, f"packet is {len(value)} bytes, the limit is {max_bytes}")
-    try:
-        envelope = _envelope_decoder.decode(value)
-    except msgspec.ValidationError as exc:
-        raise PacketError(ErrorCode.BAD_PACKET, f"bad packet shape: {_describe(exc)}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise PacketError(ErrorCode.NOT_JSON, f"value is not UTF-8 JSON: {_describe(exc)}") from None
-    context = bytes(envelope.pipeline_context)
-    destinations = _destinations_cache.get(context)
-    if destinations is None:
+    def _parse_destinations(self, context: bytes) -> tuple[Destination, ...]:
         try:
             destinations = tuple(_pipeline_context_decoder.decode(context).destinations)
         except msgspec.ValidationError as exc:
-            raise PacketError(ErrorCode.BAD_PACKET, f"bad packet shape: pipeline_context.{_describe(exc)}") from None
+            raise PacketError(ErrorCode.BAD_PACKET, f"bad packet shape: pipeline_context.{describe(exc)}") from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise PacketError(ErrorCode.NOT_JSON, f"value is not UTF-8 JSON: {_describe(exc)}") from None
+            raise PacketError(ErrorCode.NOT_JSON, f"value is not UTF-8 JSON: {describe(exc)}") from None
+        except RecursionError:
+            raise PacketError(ErrorCode.BAD_PACKET, "pipeline_context is nested too deeply") from None
         if not destinations:
             raise PacketError(ErrorCode.BAD_PACKET, "pipeline_context.destinations is empty")
-        if len(_destinations_cache) < 10_000:  # bounded: hostile traffic cannot grow it forever
-            _destinations_cache[context] = destinations
-    return destinations, bytes(envelope.data)
+        if len(destinations) > self.max_destinations:
+            raise PacketError(ErrorCode.TOO_MANY_DESTINATIONS,
+                              f"{len(destinations)} destinations, the limit is {self.max_destinations}")
+        return destinations
 
 
-def decode_data(raw: bytes, *, max_depth: int) -> dict[str, Any]:
-    """Decode ``data`` into a dict (column -> value) and bound its nesting depth."""
+def decode_keys(doc: bytes, *, max_depth: int) -> tuple[str, ...]:
+    """The column names of ``data`` (a non-empty JSON object), after bounding its nesting depth."""
     try:
-        data = _data_decoder.decode(raw)
+        keys = tuple(_keys_decoder.decode(doc))
     except msgspec.ValidationError:
         raise PacketError(ErrorCode.BAD_PACKET, "data must be a JSON object of column -> value") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # e.g. invalid UTF-8 inside the raw data
-        raise PacketError(ErrorCode.NOT_JSON, f"data is not JSON: {_describe(exc)}") from None
-    if not data:
+        raise PacketError(ErrorCode.NOT_JSON, f"data is not JSON: {describe(exc)}") from None
+    except RecursionError:
+        raise PacketError(ErrorCode.BAD_PACKET, f"data is nested deeper than {max_depth} levels") from None
+    if not keys:
         raise PacketError(ErrorCode.BAD_PACKET, "data is empty: give at least one column")
+    if not doc.isascii():  # the values were skipped, not read: their UTF-8 is checked here, in C
+        try:
+            doc.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PacketError(ErrorCode.NOT_JSON, f"data is not UTF-8 (byte {exc.start})") from None
     # Depth can only exceed the limit if there are more openers than the limit: counting bytes in C spares
     # the walk for the (nearly all) packets whose values are flat.
-    if raw.count(b"[") + raw.count(b"{") > max_depth and _depth(data, max_depth + 1) > max_depth + 1:
-        raise PacketError(ErrorCode.BAD_PACKET, f"data is nested deeper than {max_depth} levels")
-    return data
+    if doc.count(b"[") + doc.count(b"{") > max_depth:
+        try:
+            deep = _depth(_any_decoder.decode(doc), max_depth + 1) > max_depth + 1
+        except (msgspec.DecodeError, RecursionError):
+            deep = True
+        if deep:
+            raise PacketError(ErrorCode.BAD_PACKET, f"data is nested deeper than {max_depth} levels")
+    return keys
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -156,18 +249,22 @@ def _depth(value: Any, limit: int) -> int:
     return depth
 
 
-def check_identifier(kind: str, name: str) -> None:
-    """Refuse any schema/table name that is not a plain identifier; it is never spliced into SQL either way."""
+def shorten(text: str, limit: int = 80) -> str:
+    """A client-given name cut for a message: an error line never echoes a megabyte back."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_identifier(kind: str, name: str, code: ErrorCode = ErrorCode.UNKNOWN_TABLE) -> None:
+    """Refuse any name that is not a plain identifier; it is never spliced into SQL either way."""
     if not _IDENTIFIER.fullmatch(name) or len(name.encode()) > MAX_IDENTIFIER_BYTES:
-        shown = name if len(name) <= 80 else name[:79] + "…"
-        raise PacketError(ErrorCode.UNKNOWN_TABLE, f"invalid {kind} name {shown!r}: use letters, digits and _")
+        raise PacketError(code, f"invalid {kind} name {shorten(name)!r}: use letters, digits and _")
 
 
-def _describe(exc: Exception) -> str:
-    return str(exc).replace("`", "").replace("$.", "").replace(" - at $", "")
+def describe(exc: Exception) -> str:
+    return shorten(str(exc).replace("`", "").replace("$.", "").replace(" - at $", ""), 200)
 
 
-def make_packet(destinations: list[dict[str, str]], data: Any) -> bytes:
+def make_packet(destinations: list[dict[str, Any]], data: Any) -> bytes:
     """Encode a packet value from destinations and data (used by ``kapow send`` and :mod:`kapow.client`)."""
     return msgspec.json.encode({"pipeline_context": {"destinations": destinations}, "data": data})
 
@@ -177,9 +274,11 @@ def destination_label(vanity: str, database: str, schema: str, table: str) -> st
     return f"{vanity}/{database}/{schema}.{table}"
 
 
-def destination_json(dest: Destination) -> bytes:
-    """One destination as the JSON the client wrote, for the ``kapow-destination`` error header."""
-    return msgspec.json.encode(
-        {"type": dest.type, "vanity": dest.vanity, "database": dest.database, "schema": dest.schema,
-         "table": dest.table}
-    )
+def destination_json(dest: Destination, *, limit: int = 256) -> bytes:
+    """One destination as JSON, for the ``kapow-destination`` error header; each name is cut to ``limit``."""
+    out: dict[str, Any] = {"type": shorten(dest.type, limit), "vanity": shorten(dest.vanity, limit),
+                           "database": shorten(dest.database, limit), "schema": shorten(dest.schema, limit),
+                           "table": shorten(dest.table, limit)}
+    if dest.mode != "insert":
+        out["mode"] = shorten(dest.mode, limit)
+    return msgspec.json.encode(out)

@@ -47,7 +47,8 @@ POOL_IN_USE = Gauge("kapow_pool_connections_in_use", "Connections in use", ["van
 # gauge: the pool's bound (max_connections) per destination (vanity, database)
 POOL_MAX = Gauge("kapow_pool_connections_max", "Connections allowed (max_connections)", ["vanity", "database"],
                  registry=REGISTRY)
-# gauge: circuit state per destination (0 closed, 1 half-open, 2 open); refreshed once a second
+# gauge: circuit state per destination (0 closed, 1 half-open, 2 open: kapow.pipeline.circuit.CircuitState);
+# refreshed once a second, and probed on a timer while open, so it clears without traffic
 CIRCUIT = Gauge("kapow_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
                 ["vanity", "database"], registry=REGISTRY)
 # gauge: batches consumed but not yet committed
@@ -58,4 +59,12 @@ ASSIGNED = Gauge("kapow_partitions_assigned", "Partitions assigned to this proce
 LOOP_HEARTBEAT = Gauge("kapow_loop_heartbeat_timestamp_seconds", "Unix time of the consumer loop's latest turn",
                        registry=REGISTRY)
 
-CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+# gauge: bytes of packets consumed and not yet landed or parked; past pipeline.max_buffer_bytes the consumer pauses
+BUFFER_BYTES = Gauge("kapow_buffer_bytes", "Bytes of packets consumed and not yet landed or parked",
+                     registry=REGISTRY)
+# gauge: works waiting per table state (held: a table failing; queued: waiting for a worker), per destination
+TABLES_HELD = Gauge("kapow_tables_held", "Tables held by a failure (lock, timeout) per destination",
+                    ["vanity", "database"], registry=REGISTRY)
+# counter: parked packets republished by the automatic redrive, by outcome (redriven|skipped|gave_up)
+REDRIVE = Counter("kapow_redrive", "Parked packets handled by the automatic redrive, by outcome",
+                  ["outcome"], registry=REGISTRY)

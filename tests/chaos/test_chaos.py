@@ -233,7 +233,7 @@ def test_connections_cut_and_stalled(scenario: Make) -> None:
         flaky = Dest("px", uid("chaos_db"), port=proxy.port, statement_timeout_ms=2000, connect_timeout_s=2.0)
         direct = Dest("wh", uid("chaos_db"))
         s = scenario("tcp_faults", dests=[flaky, direct], kafka_settings=FAST_GROUP,
-                     pipeline={"batch_max_messages": 500, "retry_budget_s": 5.0}).setup()
+                     pipeline={"batch_max_messages": 500, "hold_s": 5.0}).setup()
         cuts = int(pick(4, 20))
         s.feed(int(rate * (cuts + 5 + stall * pick(1, 2) + 12)), rate)  # the load outlasts the faults
         s.start_writer().wait_assigned(60)

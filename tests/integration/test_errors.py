@@ -193,7 +193,7 @@ def test_dead_destination_parks_while_live_one_lands_then_reschedule(
     proxy = TcpProxy(kit.PG_PORT)  # nothing listens on proxy.port until it starts: the destination is dead
     env.extra_destinations = [{"vanity": "dead", "host": "127.0.0.1", "port": proxy.port, "databases": [later],
                                "connect_timeout_s": 2}]
-    env.pipeline = {"retry_budget_s": 2, "retry_initial_backoff_s": 0.1, "circuit_failures_to_open": 3,
+    env.pipeline = {"hold_s": 2, "retry_initial_backoff_s": 0.1, "circuit_failures_to_open": 3,
                     "circuit_open_s": 1}
     both = [kit.dest(live, "items"), kit.dest(later, "items", vanity="dead")]
     w = writers(env)
@@ -231,7 +231,7 @@ def test_dlq_purge_and_show(make_env: Callable[..., kit.Env], writers: Callable[
     db = env.databases[0]
     dead = TcpProxy(kit.PG_PORT)
     env.extra_destinations = [{"vanity": "dead", "host": "127.0.0.1", "port": dead.port, "databases": [db]}]
-    env.pipeline = {"retry_budget_s": 0.5, "circuit_failures_to_open": 1}
+    env.pipeline = {"hold_s": 0.5, "circuit_failures_to_open": 1}
     writers(env)
     kit.publish(env.topic, kit.packets([kit.dest(db, "items", vanity="dead")], [good(i) for i in range(5)]))
     kit.read_all(env.system_errors, expect=5, timeout=60)
@@ -264,7 +264,7 @@ def test_postgres_restart_mid_stream_count_exact(make_env: Callable[..., kit.Env
         with psycopg.connect(pg.dsn(db), autocommit=True) as conn:
             conn.execute(ITEMS_DDL.encode())
         env.extra_destinations = [{"vanity": "priv", "host": "127.0.0.1", "port": pg.port, "databases": [db]}]
-        env.pipeline = {"batch_max_messages": 500, "retry_budget_s": 20, "circuit_failures_to_open": 50}
+        env.pipeline = {"batch_max_messages": 500, "hold_s": 20, "circuit_failures_to_open": 50}
         total = 20_000
         w = writers(env)
         w.wait_assigned()

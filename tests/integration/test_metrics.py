@@ -25,7 +25,7 @@ def test_metrics_count_a_known_stream(make_env: Callable[..., kit.Env], http_wri
     kit.sql(db, DDL)
     env.extra_destinations = [{"vanity": "vault", "host": "127.0.0.1", "port": harness.dead_port(),
                                "databases": [db], "connect_timeout_s": 1}]
-    env.pipeline = {"retry_budget_s": 0.5, "retry_initial_backoff_s": 0.05}
+    env.pipeline = {"hold_s": 0.5, "retry_initial_backoff_s": 0.05}
     port = harness.free_port()
     writer = http_writers(harness.http_config(env, port), port)
     writer.wait_ready()
@@ -116,7 +116,7 @@ def test_lag_is_measured_while_the_writer_is_behind(make_env: Callable[..., kit.
     env = make_env(partitions=2)
     db = env.databases[0]
     kit.sql(db, DDL)
-    env.pipeline = {"max_in_flight_batches": 1, "batch_max_messages": 50, "retry_budget_s": 120,
+    env.pipeline = {"batch_max_messages": 50, "hold_s": 120,
                     "circuit_failures_to_open": 1000, "retry_max_backoff_s": 0.5}
     with TcpProxy(kit.PG_PORT) as proxy:
         port = harness.free_port()

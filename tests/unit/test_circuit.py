@@ -1,42 +1,66 @@
-"""The per-destination circuit breaker: closed -> open after N failures -> one probe -> closed or open again."""
+"""The circuit breaker: opens after consecutive database failures, probed on a timer, closes on success."""
 
 from __future__ import annotations
 
-import time
+from kapow.errors import ErrorCode, Failure, Scope
+from kapow.pipeline.circuit import Circuit, CircuitState
 
-from kapow.errors import ErrorCode, Failure
-from kapow.pipeline.persist import Circuit
-
-DOWN = Failure(ErrorCode.DATABASE_UNAVAILABLE, "refused")
+DOWN = Failure(ErrorCode.DATABASE_UNAVAILABLE, "refused", Scope.DATABASE)
 
 
-def test_opens_after_consecutive_failures_and_parks() -> None:
-    c = Circuit(failures_to_open=3, open_s=60)
-    for _ in range(2):
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def circuit(clock: Clock) -> Circuit:
+    return Circuit("wh/db", failures_to_open=3, open_s=5.0, clock=clock)
+
+
+def test_opens_after_consecutive_failures_only() -> None:
+    clock = Clock()
+    c = circuit(clock)
+    c.failure(DOWN)
+    c.failure(DOWN)
+    assert c.state is CircuitState.CLOSED
+    c.success()
+    c.failure(DOWN)
+    c.failure(DOWN)
+    assert c.closed
+    c.failure(DOWN)
+    assert c.state is CircuitState.OPEN and c.last_failure is DOWN
+
+
+def test_probe_due_only_after_the_interval_and_once() -> None:
+    clock = Clock()
+    c = circuit(clock)
+    for _ in range(3):
         c.failure(DOWN)
-        assert c.admit() == "go" and c.state == "closed"
-    c.failure(DOWN)
-    assert c.state == "open" and c.admit() == "park" and c.last_failure is DOWN
+    clock.now += 4.9
+    assert not c.probe_due()
+    assert abs(c.seconds_to_probe() - 0.1) < 1e-6
+    clock.now += 0.2
+    assert c.probe_due()
+    assert c.state is CircuitState.HALF_OPEN
+    assert not c.probe_due()  # one probe at a time
 
 
-def test_success_resets_the_count() -> None:
-    c = Circuit(failures_to_open=2, open_s=60)
-    c.failure(DOWN)
+def test_a_failed_probe_reopens_at_once_and_a_good_one_closes() -> None:
+    clock = Clock()
+    c = circuit(clock)
+    for _ in range(3):
+        c.failure(DOWN)
+    clock.now += 5
+    assert c.probe_due()
+    c.failure(DOWN)  # one failure of the probe is enough: not three again
+    assert c.state is CircuitState.OPEN
+    assert not c.probe_due()
+    clock.now += 5
+    assert c.probe_due()
     c.success()
+    assert c.state is CircuitState.CLOSED
     c.failure(DOWN)
-    assert c.admit() == "go"
-
-
-def test_one_probe_at_a_time_then_close_or_reopen() -> None:
-    c = Circuit(failures_to_open=1, open_s=0.05)
-    c.failure(DOWN)
-    assert c.admit() == "park"
-    time.sleep(0.06)
-    assert c.admit() == "go"  # this caller is the probe
-    assert c.admit() == "wait" and c.state == "half_open"  # the others wait for its outcome
-    c.failure(DOWN)  # the probe failed: open again, for another interval
-    assert c.admit() == "park"
-    time.sleep(0.06)
-    assert c.admit() == "go"
-    c.success()
-    assert c.state == "closed" and c.admit() == "go" and c.admit() == "go"
+    assert c.closed  # the count started again

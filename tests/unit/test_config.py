@@ -51,6 +51,21 @@ def test_product_md_example_parses() -> None:
         (GOOD + "[http]\nlisten = 'nope'\n", "http.listen"),
         (GOOD + "[log]\nlevel = 'LOUD'\n", "log.level"),
         ("[kafka]\nbootstrap_servers='x'\ntopics=['t']\n", "destinations"),
+        # values that used to escape the one-line rule (a C assertion, tracebacks, or every packet parked)
+        (GOOD.replace('topics = ["events"]', 'topics = ["events"]\ngroup_id = ""'),
+         "kafka.group_id: must not be empty"),
+        (GOOD + "[pipeline]\nbatch_max_messages = 100000000\n", "pipeline.batch_max_messages: must be between"),
+        (GOOD + "[pipeline]\nhold_s = -1\n", "pipeline.hold_s"),
+        (GOOD + "[pipeline]\nmax_json_depth = 5000\n", "pipeline.max_json_depth"),
+        (GOOD + '[kafka.settings]\n"no.such.property" = 1\n', 'kafka.settings: No such configuration property'),
+        (GOOD + '[kafka.settings]\n"fetch.wait.max.ms" = "abc"\n', "kafka.settings: Invalid value"),
+        (GOOD.replace('databases = ["analytics"]', 'databases = ["a"]\nstatement_timeout_ms = -1'),
+         "destinations[0].statement_timeout_ms: must be between"),
+        (GOOD.replace('databases = ["analytics"]', 'databases = ["a"]\nmodes = ["merge"]'), "destinations[0].modes"),
+        (GOOD.replace('topics = ["events"]', 'topics = ["events"]\nuser_errors_topic = "bad topic!"'),
+         "kafka.user_errors_topic: 'bad topic!' is not a legal Kafka topic name"),
+        (GOOD.replace('topics = ["events"]', 'topics = ["a/b"]'), "kafka.topics: 'a/b' is not a legal"),
+        (GOOD.replace('topics = ["events"]', 'topics = ["kapow.errors.system.done"]'), "error topic"),
     ],
 )
 def test_bad_configs(text: str, needle: str) -> None:

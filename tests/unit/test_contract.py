@@ -1,44 +1,66 @@
-"""Packet decoding: header filter, envelope shape, data, identifiers."""
+"""Packet decoding: header filter, envelope shape, data keys, identifiers, limits; hostile input never escapes."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kapow.contract import (
-    CONTEXT_VALUE,
-    check_identifier,
-    decode_data,
-    decode_envelope,
-    is_pipeline_packet,
-    make_packet,
-)
-from kapow.errors import ErrorCode, PacketError
+from kapow.contract import CONTEXT_VALUE, PacketDecoder, check_identifier, decode_keys, make_packet
+from kapow.errors import ErrorClass, ErrorCode, PacketError
 
 DEST = {"type": "postgres", "vanity": "wh", "database": "db", "schema": "public", "table": "t"}
 
 
+def decoder(**limits: int) -> PacketDecoder:
+    return PacketDecoder(**{"max_bytes": 1 << 20, "max_depth": 32, "max_destinations": 16, **limits})
+
+
+def code_of(value: bytes | None, **limits: int) -> ErrorCode:
+    with pytest.raises(PacketError) as err:
+        decoder(**limits).decode(value)
+    return err.value.failure.code
+
+
 def test_header_filter() -> None:
-    assert is_pipeline_packet([("context", CONTEXT_VALUE)])
-    assert is_pipeline_packet([("x", b"1"), ("context", b'{"consumer":{"type":"data_pipeline"},"extra":1}')])
-    assert not is_pipeline_packet(None)
-    assert not is_pipeline_packet([])
-    assert not is_pipeline_packet([("context", b'{"consumer":{"type":"other"}}')])
-    assert not is_pipeline_packet([("context", b"not json")])
-    assert not is_pipeline_packet([("context", None)])
-    assert not is_pipeline_packet([("Context", CONTEXT_VALUE)])
-    assert not is_pipeline_packet([("context", b'["consumer"]')])
+    d = decoder()
+    assert d.is_pipeline_packet([("context", CONTEXT_VALUE)])
+    assert d.is_pipeline_packet([("x", b"1"), ("context", b'{"consumer":{"type":"data_pipeline"},"extra":1}')])
+    assert not d.is_pipeline_packet(None)
+    assert not d.is_pipeline_packet([])
+    assert not d.is_pipeline_packet([("context", b'{"consumer":{"type":"other"}}')])
+    assert not d.is_pipeline_packet([("context", b"not json")])
+    assert not d.is_pipeline_packet([("context", None)])
+    assert not d.is_pipeline_packet([("Context", CONTEXT_VALUE)])
+    assert not d.is_pipeline_packet([("context", b'["consumer"]')])
+
+
+def test_a_context_header_nested_a_thousand_deep_is_foreign_traffic_not_a_crash() -> None:
+    deep = b'{"consumer":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    assert not decoder().is_pipeline_packet([("context", deep)])
+    assert not decoder().is_pipeline_packet([("context", b"[" * 100_000)])
+
+
+def test_header_cache_is_bounded_in_entries_and_bytes() -> None:
+    d = decoder()
+    for i in range(5000):
+        d.is_pipeline_packet([("context", b'{"consumer":{"type":"x%d"}}' % i)])
+    big = b'{"consumer":{"type":"data_pipeline"},"pad":"' + b"x" * 1_000_000 + b'"}'
+    assert d.is_pipeline_packet([("context", big)])
+    assert len(d._contexts) <= PacketDecoder.MAX_ENTRIES
+    assert big not in d._contexts
 
 
 def test_envelope_keeps_data_bytes_exact() -> None:
     raw = b'{"pipeline_context":{"destinations":[' + msgspec.json.encode(DEST) + b']},' \
-          b'"data":{"amount": 12345678901234567.89, "s":"a\\\\b"}}'
-    destinations, data = decode_envelope(raw, max_bytes=1 << 20)
-    assert data == b'{"amount": 12345678901234567.89, "s":"a\\\\b"}'
-    assert destinations[0].table == "t"
-    assert destinations[0].schema == "public"
+          b'"data":{"amount": 12345678901234567.89, "s":"a\\\\b", "huge": 1e400}}'
+    packet = decoder().decode(raw)
+    assert packet.doc == b'{"amount": 12345678901234567.89, "s":"a\\\\b", "huge": 1e400}'
+    assert packet.keys == ("amount", "s", "huge")
+    assert packet.destinations[0].table == "t"
+    assert packet.destinations[0].schema == "public"
+    assert packet.destinations[0].mode == "insert"
 
 
 @pytest.mark.parametrize(
@@ -56,32 +78,57 @@ def test_envelope_keeps_data_bytes_exact() -> None:
         (b'{"pipeline_context":{"destinations":"x"},"data":{"a":1}}', ErrorCode.BAD_PACKET),
         (b'{"pipeline_context":{"destinations":[{"vanity":1,"database":"d","table":"t"}]},"data":{}}',
          ErrorCode.BAD_PACKET),
+        (make_packet([DEST], {"a": "x"}).replace(b'"x"', b'"\xff"'), ErrorCode.NOT_JSON),  # invalid UTF-8 in data
+        (make_packet([{**DEST, "metadata": {"nope": "c"}}], {"a": 1}), ErrorCode.BAD_PACKET),
     ],
 )
 def test_bad_envelopes(value: bytes | None, code: ErrorCode) -> None:
-    with pytest.raises(PacketError) as err:
-        decode_envelope(value, max_bytes=1 << 20)
-    assert err.value.failure.code is code
+    assert code_of(value) is code
 
 
 def test_too_large() -> None:
-    with pytest.raises(PacketError) as err:
-        decode_envelope(b" " * 101, max_bytes=100)
-    assert err.value.failure.code is ErrorCode.TOO_LARGE
+    assert code_of(b" " * 101, max_bytes=100) is ErrorCode.TOO_LARGE
+
+
+def test_too_many_destinations_is_one_user_error() -> None:
+    value = make_packet([{**DEST, "table": f"t{i}"} for i in range(2000)], {"a": 1})
+    assert code_of(value) is ErrorCode.TOO_MANY_DESTINATIONS
+    assert len(decoder().decode(make_packet([DEST] * 16, {"a": 1})).destinations) == 16
 
 
 @pytest.mark.parametrize("raw", [b"[1]", b"1", b'"s"', b"{}", b"null"])
 def test_data_must_be_a_non_empty_object(raw: bytes) -> None:
     with pytest.raises(PacketError) as err:
-        decode_data(raw, max_depth=32)
+        decode_keys(raw, max_depth=32)
     assert err.value.failure.code is ErrorCode.BAD_PACKET
 
 
 def test_depth_limit() -> None:
     deep = b'{"a":' + b"[" * 40 + b"]" * 40 + b"}"
     with pytest.raises(PacketError, match="nested deeper"):
-        decode_data(deep, max_depth=32)
-    assert decode_data(b'{"a":[[[1]]]}', max_depth=32) == {"a": [[[1]]]}
+        decode_keys(deep, max_depth=32)
+    assert decode_keys(b'{"a":[[[1]]]}', max_depth=32) == ("a",)
+    flat_but_many = b'{"a":[' + b",".join([b"[1]"] * 100) + b"]}"  # many openers, depth 3
+    assert decode_keys(flat_but_many, max_depth=32) == ("a",)
+
+
+@pytest.mark.parametrize("depth", [33, 999, 1000, 5000, 100_000])
+def test_data_nested_any_depth_is_a_user_error_never_a_recursion_error(depth: int) -> None:
+    value = make_packet([DEST], {"x": 1}).replace(b'{"x":1}', b'{"x":' + b"[" * depth + b"]" * depth + b"}")
+    assert code_of(value) is ErrorCode.BAD_PACKET
+
+
+def test_pipeline_context_nested_deep_is_a_user_error() -> None:
+    value = b'{"pipeline_context":' + b"[" * 5000 + b"]" * 5000 + b',"data":{"a":1}}'
+    assert code_of(value) is ErrorCode.BAD_PACKET
+
+
+def test_destination_cache_is_bounded_in_bytes() -> None:
+    d = decoder()
+    for i in range(50):
+        value = make_packet([{**DEST, "vanity": "v" * 1_000_000, "table": f"t{i}"}], {"a": 1})
+        d.decode(value)
+    assert all(len(k) <= PacketDecoder.MAX_CACHED_VALUE for k in d._destinations)
 
 
 @pytest.mark.parametrize("name", ['x"; DROP TABLE t; --', "a b", "", "1abc", "a" * 64, "tab\tle", "é"])
@@ -105,16 +152,38 @@ json_values = st.recursive(
 
 @given(st.dictionaries(st.text(min_size=1, max_size=20), json_values, min_size=1, max_size=10))
 def test_roundtrip_any_data(data: dict[str, object]) -> None:
-    packet = make_packet([DEST], data)
-    _, raw = decode_envelope(packet, max_bytes=1 << 24)
-    assert decode_data(raw, max_depth=64) == data
-    assert msgspec.json.decode(raw) == data
+    packet = decoder(max_depth=64).decode(make_packet([DEST], data))
+    assert packet.keys == tuple(data)
+    assert msgspec.json.decode(packet.doc) == data
 
 
-@given(st.binary(max_size=200))
-def test_decoding_never_raises_anything_but_packet_error(value: bytes) -> None:
+def _mutations() -> st.SearchStrategy[bytes]:
+    valid = make_packet([DEST], {"id": 1, "v": "x", "n": [1, {"a": 2}]})
+    return st.one_of(
+        st.binary(max_size=300),
+        st.builds(lambda i, b: valid[:i] + b + valid[i:], st.integers(0, len(valid)), st.binary(max_size=8)),
+        st.builds(lambda i: valid[:i], st.integers(0, len(valid))),
+        st.builds(lambda n: valid.replace(b'"x"', b"[" * n + b"]" * n), st.integers(0, 3000)),
+        st.builds(lambda s: valid.replace(b'"x"', msgspec.json.encode(s)), st.text(max_size=50)),
+    )
+
+
+@settings(max_examples=400)
+@given(_mutations())
+def test_decoding_never_raises_anything_but_a_user_packet_error(value: bytes) -> None:
+    d = decoder()
     try:
-        _, raw = decode_envelope(value, max_bytes=1 << 20)
-        decode_data(raw, max_depth=32)
+        packet = d.decode(value)
     except PacketError as exc:
-        assert exc.failure.code.error_class.value == "user"
+        assert exc.failure.code.error_class is ErrorClass.USER
+    else:  # what passes is a valid UTF-8 JSON object with at least one key, bounded in depth
+        assert packet.keys
+        assert isinstance(msgspec.json.decode(packet.doc), dict)
+
+
+def test_huge_numbers_pass_through_raw_even_in_deep_packets() -> None:
+    value = make_packet([DEST], {"n": 0}).replace(b'{"n":0}', b'{"n": 1e400, "deep": ' + b"[" * 20 + b"]" * 20
+                                                   + b', "more": [' + b",".join([b"[[]]"] * 10) + b"]}")
+    packet = decoder().decode(value)
+    assert packet.keys == ("n", "deep", "more")
+    assert b"1e400" in packet.doc

@@ -194,14 +194,14 @@ class Scratch:
                 for f in admin.delete_consumer_groups([self.group], request_timeout=10).values():
                     f.result(timeout=15)
 
-    def config(self, *, batch: int, connections: int, in_flight: int = 4) -> str:
+    def config(self, *, batch: int, connections: int) -> str:
         """The writer's TOML: defaults except what the run varies; HTTP off so parallel writers never clash."""
         return (
             f'[kafka]\nbootstrap_servers = "{BOOTSTRAP}"\ngroup_id = "{self.group}"\ntopics = ["{self.topic}"]\n'
             f'user_errors_topic = "{self.user_errors}"\nsystem_errors_topic = "{self.system_errors}"\n\n'
             f'[[destinations]]\nvanity = "bench"\n{_pg_location()}databases = ["{self.database}"]\n'
             f"max_connections = {connections}\n\n"
-            f"[pipeline]\nbatch_max_messages = {batch}\nmax_in_flight_batches = {in_flight}\n\n"
+            f"[pipeline]\nbatch_max_messages = {batch}\n\n"
             '[http]\nenabled = false\n\n[log]\nlevel = "INFO"\nformat = "json"\n'
         )
 

@@ -61,6 +61,12 @@ class CommitWindow(Generic[B]):
                     commit[tp] = offset + 1
         return released, commit
 
+    def clear(self) -> list[B]:
+        """Drop every batch (after a revoke: what was not committed is consumed again by the next owner)."""
+        dropped = list(self._batches)
+        self._batches.clear()
+        return dropped
+
     def forget(self, partitions: set[tuple[str, int]]) -> None:
         """Drop offsets of partitions no longer ours (after a lost assignment); their batches still finish."""
         for batch in self._batches:

@@ -1,12 +1,16 @@
-"""The writer's main loop: consume → filter/sort → persist (worker threads) → publish errors → commit.
+"""The writer's main loop: consume → sort → persist (lanes) → publish errors → commit, never blocked by one table.
 
-One thread owns the consumer, the error producer and the commit window; persist groups run on worker threads.
-The loop never blocks on one slow destination for longer than a poll: it keeps consuming while up to
-``max_in_flight_batches`` batches are being written, and waits only when that window is full.
+One thread owns the consumer, the error producer and the commit window. Sorted rows are handed to the database
+lanes (:mod:`kapow.pipeline.persist`), which answer through a queue; the loop drains the answers between polls,
+so a held table or a dead database delays only its own packets while everything else is consumed and landed.
+Offsets are committed in consumption order, only over batches whose every packet has landed or sits,
+acknowledged, on an error topic (:mod:`kapow.pipeline.commit`). Memory is bounded: past
+``pipeline.max_buffer_bytes`` of unanswered packets the consumer pauses, and what is held longest is parked.
 
-Rebalances use the eager protocol: when partitions are revoked the loop first finishes and commits every
-in-flight batch (they were consumed while we owned the partitions), so the next owner starts exactly where
-we stopped. Shutdown (SIGTERM/SIGINT) does the same within ``shutdown_deadline_s``, then leaves the group.
+Rebalances use the eager protocol: when partitions are revoked the loop first finishes and commits what it can
+within ``shutdown_deadline_s``, then drops the rest (the next owner consumes it again from the committed
+offsets; replays are no-ops). Shutdown (SIGTERM/SIGINT) does the same, then leaves the group; it returns within
+the deadline plus a few seconds, whatever is stuck.
 """
 
 from __future__ import annotations
@@ -18,35 +22,34 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from kapow import metrics
-from kapow.deadletter.publisher import ErrorPublisher, describe
-from kapow.errors import ErrorClass
-from kapow.kafka.clients import ensure_topics, make_consumer, make_producer
+from kapow.config import Config
+from kapow.deadletter.publisher import ErrorPublisher
+from kapow.kafka.factory import KafkaClients, LibrdkafkaClients
 from kapow.pipeline.batch import Batch
 from kapow.pipeline.commit import CommitWindow
-from kapow.pipeline.persist import Destinations, Persister
+from kapow.pipeline.observe import Observer
+from kapow.pipeline.persist import Persister
 from kapow.pipeline.sort import Sorter
-from kapow.postgres.catalog import Catalog
-
-if TYPE_CHECKING:
-    from confluent_kafka import Consumer, Message
-
-    from kapow.config import Config
+from kapow.pipeline.work import ErrorRecord, WorkResult
 
 log = logging.getLogger("kapow.writer")
+
+MAX_WINDOW = 20_000  # batches consumed and not committed; past it the consumer pauses like for bytes
+CLOSE_TIMEOUT_S = 3.0
 
 
 def tune_gc() -> None:
     """Collect young objects every 50,000 allocations instead of 700, and freeze what startup made.
 
-    Every packet allocates a few containers (its decoded dict, key tuple, row), so the default threshold ran a
-    generation-0 collection every few packets' worth of work; the hot path makes no reference cycles, so those
-    collections found nothing and cost about a quarter of the writer's CPU (measured: 2.4 s -> 1.8 s of CPU
-    for 300,000 packets). Memory stays bounded: batches are released as soon as they are committed.
+    Every packet allocates a few containers (its row, key tuple), so the default threshold ran a generation-0
+    collection every few packets' worth of work; the hot path makes no reference cycles, so those collections
+    found nothing and cost about a quarter of the writer's CPU (measured: 2.4 s -> 1.8 s of CPU for 300,000
+    packets). Memory stays bounded: batches are released as soon as they are committed.
     """
     gc.collect()
     gc.freeze()
@@ -56,35 +59,44 @@ def tune_gc() -> None:
 class Writer:
     """Runs the pipeline until :meth:`stop` is called (or a signal arrives, via :meth:`install_signals`)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, clients: KafkaClients | None = None,
+                 persister: Persister | None = None) -> None:
         self.config = config
-        k = config.kafka
-        self.catalog = Catalog(ttl=config.pipeline.catalog_ttl_s)
-        self.destinations = Destinations(config)
-        self.sorter = Sorter(config, self.catalog)
-        self.persister = Persister(config, self.catalog, self.destinations)
+        self.clients = clients or LibrdkafkaClients(config)
+        self.persister = persister or Persister(config)
+        self.sorter = Sorter(config)
+        self.observer = Observer(config)
         self.window: CommitWindow[Batch] = CommitWindow()
-        self._producer = make_producer(k.bootstrap_servers, k.settings)
-        self.errors = ErrorPublisher(self._producer, user_topic=k.user_errors_topic, system_topic=k.system_errors_topic)
-        self._consumer: Consumer | None = None
+        self._batches: dict[int, Batch] = {}
+        self.errors: ErrorPublisher | None = None
+        self._consumer: Any = None
         self._seq = 0
         self._stop = threading.Event()
         self._signals = 0
         self.assigned: set[tuple[str, int]] = set()
         self.started_at = time.time()
         self.ready = False
-        self.totals: dict[str, int] = {"received": 0, "filtered": 0, "landed": 0, "duplicate": 0,
-                                       "user_error": 0, "system_error": 0}
-        # gauges refreshed once a second from the loop (see _refresh_gauges), never per packet
-        self._gauges_due = 0.0
-        self._lag_keys: set[tuple[str, int]] = set()
-        self._lag_base: dict[tuple[str, int], int] = {}
-        self._acked_counted = dict.fromkeys(ErrorClass, 0)
+        self.draining = False
+        self.held_bytes = 0  # bytes of packets consumed and not yet answered or acknowledged
+        self._paused = False
+        self._pressure_since = 0.0
+        self._committed: dict[tuple[str, int], int] = {}
+        self.last_commit = time.monotonic()
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return self.observer.totals
+
+    @property
+    def destinations(self) -> DestinationsView:
+        """Circuits and pools per (vanity, database), as the HTTP side reads them."""
+        return DestinationsView(self.persister)
 
     # ------------------------------------------------------------------ lifecycle
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals += 1
@@ -94,55 +106,62 @@ class Writer:
         log.info("signal %s: finishing in-flight batches, then leaving", signal.Signals(signum).name)
         self.stop()
 
+    def _on_hangup(self, _signum: int, _frame: FrameType | None) -> None:
+        log.warning("SIGHUP ignored: the config is read at start only; restart the writer to apply a change")
+
     def stop(self) -> None:
         self._stop.set()
 
     def run(self) -> bool:
         """Run until stopped; True when every in-flight batch was finished and committed on the way out."""
         k = self.config.kafka
-        ensure_topics(k.bootstrap_servers, {k.user_errors_topic: 3, k.system_errors_topic: 3}, settings=k.settings)
-        tune_gc()
-        consumer = make_consumer(k.bootstrap_servers, k.group_id, k.settings)
+        max_bytes = self.clients.prepare_topics()
+        self.errors = ErrorPublisher(self.clients.producer(max_bytes), user_topic=k.user_errors_topic,
+                                     system_topic=k.system_errors_topic, max_bytes=max_bytes)
+        consumer = self.clients.consumer()
         self._consumer = consumer
-        consumer.subscribe(k.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        consumer.subscribe(list(k.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        tune_gc()
         log.info("writer started", extra={"fields": {"topics": k.topics, "group": k.group_id}})
-        p = self.config.pipeline
         try:
             while not self._stop.is_set():
-                wait = p.batch_max_wait_ms / 1000 if not len(self.window) else 0.005
-                msgs = consumer.consume(p.batch_max_messages, wait)
-                if msgs:
-                    self._handle(msgs)
-                self.errors.poll(0)
-                self._advance()
-                while len(self.window) >= p.max_in_flight_batches and not self._stop.is_set():
-                    self._wait_head(0.05)
-                    self._advance()
-                    self._refresh_gauges()
-                self._refresh_gauges()
+                self.step()
         finally:
             drained = self._shutdown(consumer)
         return drained
 
-    def _shutdown(self, consumer: Consumer) -> bool:
+    def step(self) -> None:
+        """One turn of the loop: consume, hand over, collect answers, publish, commit, observe."""
+        assert self.errors is not None
+        p = self.config.pipeline
+        self._pressure()
+        wait = p.batch_max_wait_ms / 1000 if not len(self.window) else 0.005
+        msgs = self._consumer.consume(p.batch_max_messages, wait)
+        if msgs:
+            self._handle(msgs)
+        self._collect(0.0)
+        self.errors.poll(0)
+        self._advance(asynchronous=True)
+        self.observer.tick(self._refresh_gauges, self.errors.published)
+
+    def _shutdown(self, consumer: Any) -> bool:
+        self.draining = True
         deadline = time.monotonic() + self.config.pipeline.shutdown_deadline_s
         drained = self._drain(deadline)
         if not drained:
-            log.warning("shutdown deadline reached with %d batches unfinished; they will be replayed", len(self.window))
-            self.persister.stop_retrying()
-        try:
-            consumer.close()  # leaves the group at once: partitions move without waiting for the session timeout
-        except KafkaException as exc:
-            log.warning("consumer close: %s", exc)
-        self.errors.flush(max(0.5, deadline - time.monotonic()))
-        if drained:
-            self.persister.close()
-        self.destinations.close()
+            log.warning("shutdown deadline reached with %d batches unfinished; they will be replayed",
+                        len(self.window))
+        self.persister.cancel()
+        _bounded(consumer.close, CLOSE_TIMEOUT_S, "consumer close")  # leaves the group: partitions move at once
+        if self.errors is not None:
+            self.errors.flush(max(0.5, min(CLOSE_TIMEOUT_S, deadline - time.monotonic())))
+        self.persister.close(timeout=1.0 if drained else 0.0)
         log.info("writer stopped", extra={"fields": self.totals})
         return drained
 
     # ------------------------------------------------------------------ the steps
-    def _handle(self, msgs: list[Message]) -> None:
+    def _handle(self, msgs: list[Any]) -> None:
         good = []
         for msg in msgs:
             err = msg.error()
@@ -156,73 +175,81 @@ class Writer:
             return
         started = time.monotonic()
         self._seq += 1
-        batch = self.sorter.sort(self._seq, good)
-        sort_seconds = time.monotonic() - started
-        metrics.STEP_DURATION.labels("sort", "-").observe(sort_seconds)
+        batch, works = self.sorter.sort(self._seq, good)
+        metrics.STEP_DURATION.labels("sort", "-").observe(time.monotonic() - started)
         metrics.BATCH_SIZE.observe(len(good))
-        for record in batch.errors:
-            self.errors.publish(batch, record)
-        batch.futures = [self.persister.submit(group) for group in batch.groups.values()]
         self.window.add(batch)
+        self._batches[batch.seq] = batch
+        for record in batch.errors:
+            self._publish(batch, record, at_sort=True)
+        batch.errors = []
+        for work in works:
+            batch.pending += 1
+            batch.nbytes += work.nbytes
+            self.held_bytes += work.nbytes
+            self.persister.submit(work)
         metrics.IN_FLIGHT.set(len(self.window))
 
-    def _collect(self, batch: Batch) -> None:
-        """Gather a persisted batch's results and publish its persist failures (once)."""
-        if batch.collected or not batch.persisted:
-            return
-        for future in batch.futures:
-            result = future.result()
-            batch.results.append(result)
-            database = result.group.key[1]
-            metrics.STEP_DURATION.labels("persist", database).observe(result.seconds)
-            metrics.ROWS.labels(database, "landed").inc(result.inserted)
-            metrics.ROWS.labels(database, "duplicate").inc(result.duplicates)
-            for record in result.failed:
-                self.errors.publish(batch, record)
-        batch.collected = True
+    def _publish(self, batch: Batch, record: ErrorRecord, *, at_sort: bool) -> None:
+        assert self.errors is not None
+        self.observer.failed(batch, record, at_sort=at_sort)
+        size = len(record.msg.value() or b"")
+        batch.unacked += 1
+        batch.nbytes += size
+        self.held_bytes += size
 
-    def _advance(self) -> None:
-        for batch in self.window:
-            if batch.collected:
-                continue
-            if not batch.persisted:
-                break
-            self._collect(batch)
+        def acked() -> None:
+            batch.ack()
+            batch.nbytes -= size
+            if self._batches.get(batch.seq) is batch:  # not a batch dropped by a revoke meanwhile
+                self.held_bytes -= size
+
+        self.errors.publish(record, acked)
+
+    def _collect(self, timeout: float) -> None:
+        for result in self.persister.collect(timeout):
+            self._answer(result)
+
+    def _answer(self, result: WorkResult) -> None:
+        batch = self._batches.get(result.work.batch)
+        if batch is None:  # from before a revoke: its batch was dropped and will be consumed again
+            return
+        work = result.work
+        batch.pending -= 1
+        batch.nbytes -= work.nbytes
+        self.held_bytes -= work.nbytes
+        batch.landed += result.landed
+        batch.duplicates += result.duplicates
+        batch.probes += result.probes
+        self.observer.answered(result)
+        for record in result.failed:
+            self._publish(batch, record, at_sort=False)
+        if len(batch.topics) > 1 or log.isEnabledFor(logging.DEBUG):
+            batch.results.append(result)
+        else:
+            work.rows = []  # nothing reads them again: let the packets go now
+
+    def _advance(self, *, asynchronous: bool) -> None:
         released, offsets = self.window.release()
         if not released:
             return
-        self._commit(offsets, asynchronous=True)
+        self._commit(offsets, asynchronous=asynchronous)
         now_ms = time.time() * 1000
         for batch in released:
-            self._account(batch, now_ms)
+            self._batches.pop(batch.seq, None)
+            self.observer.account(batch, now_ms)
         metrics.IN_FLIGHT.set(len(self.window))
-
-    def _wait_head(self, timeout: float) -> None:
-        head = self.window.head()
-        if head is None:
-            return
-        pending = [f for f in head.futures if not f.done()]
-        if pending:
-            try:
-                pending[0].exception(timeout)  # waits for completion; never raises the task's own error
-            except TimeoutError:
-                pass
-        self.errors.poll(0 if pending else timeout)
 
     def _drain(self, deadline: float) -> bool:
         """Finish and commit every in-flight batch, or give up at ``deadline``; True when all are done."""
+        assert self.errors is not None
         while len(self.window):
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            self._wait_head(min(0.05, max(0.0, deadline - time.monotonic())))
-            for batch in self.window:
-                self._collect(batch)
-            released, offsets = self.window.release()
-            if released:
-                self._commit(offsets, asynchronous=False)
-                now_ms = time.time() * 1000
-                for batch in released:
-                    self._account(batch, now_ms)
+            self._collect(min(0.05, left))
+            self.errors.poll(0)
+            self._advance(asynchronous=False)
         return True
 
     def _commit(self, offsets: dict[tuple[str, int], int], *, asynchronous: bool) -> None:
@@ -232,136 +259,159 @@ class Writer:
         if not tps:
             return
         try:
-            if asynchronous:
-                self._consumer.commit(offsets=tps, asynchronous=True)
-            else:
-                self._consumer.commit(offsets=tps, asynchronous=False)
+            self._consumer.commit(offsets=tps, asynchronous=asynchronous)
         except KafkaException as exc:  # e.g. a rebalance in progress: the next commit (or a replay) covers it
             log.warning("offset commit failed: %s", exc)
-
-    def _account(self, batch: Batch, now_ms: float) -> None:
-        topic = next(iter(batch.offsets))[0] if batch.offsets else "-"
-        landed = sum(r.inserted for r in batch.results)
-        duplicate = sum(r.duplicates for r in batch.results)
-        failures = batch.errors + [rec for r in batch.results for rec in r.failed]
-        user = sum(1 for rec in failures if rec.failure.error_class is ErrorClass.USER)
-        system = len(failures) - user
-        t = self.totals
-        t["received"] += batch.received
-        t["filtered"] += batch.filtered
-        t["landed"] += landed
-        t["duplicate"] += duplicate
-        t["user_error"] += user
-        t["system_error"] += system
-        metrics.PACKETS.labels(topic, "filter", "filtered").inc(batch.filtered)
-        metrics.PACKETS.labels(topic, "filter", "passed").inc(batch.packets)
-        sort_user = sum(1 for rec in batch.errors if rec.failure.error_class is ErrorClass.USER)
-        metrics.PACKETS.labels(topic, "sort", "user_error").inc(sort_user)
-        metrics.PACKETS.labels(topic, "sort", "system_error").inc(len(batch.errors) - sort_user)
-        metrics.PACKETS.labels(topic, "persist", "landed").inc(landed)
-        metrics.PACKETS.labels(topic, "persist", "duplicate").inc(duplicate)
-        metrics.PACKETS.labels(topic, "persist", "user_error").inc(user - sort_user)
-        metrics.PACKETS.labels(topic, "persist", "system_error").inc(system - (len(batch.errors) - sort_user))
-        for rec in failures:
-            db = rec.destination.database if rec.destination is not None else "-"
-            metrics.ERRORS.labels(db, rec.failure.error_class.value, rec.failure.code.value).inc()
-            log.info("packet failed", extra={"fields": describe(rec)})
-        if batch.first_ts_ms > 0:
-            metrics.END_TO_END.observe(max(0.0, (now_ms - batch.first_ts_ms) / 1000))
-            metrics.END_TO_END.observe(max(0.0, (now_ms - batch.last_ts_ms) / 1000))
-        fields: dict[str, Any] = {
-            "batch": batch.seq, "received": batch.received, "filtered": batch.filtered, "landed": landed,
-            "duplicate": duplicate, "user_errors": user, "system_errors": system,
-            "ms": round((time.monotonic() - batch.started) * 1000, 1),
-            "partitions": sorted(f"{t}[{p}]" for t, p in batch.offsets),
-        }
-        log.info("batch committed", extra={"fields": fields})
-        if log.isEnabledFor(logging.DEBUG):  # one line per packet, only when asked for
-            for group in batch.groups.values():
-                where = "/".join(group.key[:2]) + f"/{group.key[2]}.{group.key[3]}"
-                for row in (*group.rows, *group.unchecked):
-                    m = row.msg
-                    log.debug("packet committed", extra={"fields": {
-                        "topic": m.topic(), "partition": m.partition(), "offset": m.offset(), "destination": where}})
-
-    # ------------------------------------------------------------------ gauges, once a second
-    def _refresh_gauges(self) -> None:
-        """Consumer lag, pools, circuits and acknowledged error records: cheap, local reads, once a second."""
-        now = time.monotonic()
-        if now < self._gauges_due:
             return
-        self._gauges_due = now + 1.0
-        metrics.LOOP_HEARTBEAT.set(time.time())
+        for tp in tps:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+        self.last_commit = time.monotonic()
+
+    # ------------------------------------------------------------------ memory bound
+    def _pressure(self) -> None:
+        """Pause the consumer past the memory bound; park what is held if the pressure lasts."""
+        p = self.config.pipeline
+        over = self.held_bytes > p.max_buffer_bytes or len(self.window) > MAX_WINDOW
+        now = time.monotonic()
+        if over:
+            if not self._paused:
+                self._set_paused(True)
+                self._pressure_since = now
+                log.warning("memory bound reached (%d bytes held, %d batches): consumption paused",
+                            self.held_bytes, len(self.window))
+            elif now - self._pressure_since > 1.0:
+                freed = self.persister.shed()
+                self._pressure_since = now
+                if freed:
+                    log.warning("parked %d bytes of held packets to relieve memory", freed)
+        elif self._paused and self.held_bytes < 0.8 * p.max_buffer_bytes and len(self.window) < MAX_WINDOW * 0.8:
+            self._set_paused(False)
+            log.info("consumption resumed (%d bytes held)", self.held_bytes)
+
+    def _set_paused(self, paused: bool) -> None:
+        self._paused = paused
+        tps = [TopicPartition(t, p) for t, p in self.assigned]
+        if not tps or self._consumer is None:
+            return
         try:
-            self._refresh_lag()
-            for (vanity, database), pool in self.destinations.pools().items():
-                metrics.POOL_IN_USE.labels(vanity, database).set(pool.in_use)
-                metrics.POOL_MAX.labels(vanity, database).set(pool.max_size)
-            for (vanity, database), circuit in self.destinations.circuits().items():
-                metrics.CIRCUIT.labels(vanity, database).set(metrics.CIRCUIT_VALUES[circuit.state])
-            k = self.config.kafka
-            for error_class, topic in ((ErrorClass.USER, k.user_errors_topic),
-                                       (ErrorClass.SYSTEM, k.system_errors_topic)):
-                acked = self.errors.published[error_class]
-                if acked > self._acked_counted[error_class]:
-                    metrics.ERROR_RECORDS.labels(topic).inc(acked - self._acked_counted[error_class])
-                    self._acked_counted[error_class] = acked
-        except Exception as exc:  # a gauge must never stop the pipeline
-            log.debug("refreshing gauges: %s", exc)
+            (self._consumer.pause if paused else self._consumer.resume)(tps)
+        except KafkaException as exc:
+            log.warning("consumer %s: %s", "pause" if paused else "resume", exc)
+
+    # ------------------------------------------------------------------ health
+    @property
+    def commit_stalled_s(self) -> float:
+        """Seconds the oldest uncommitted batch has waited (0 when nothing waits)."""
+        head = self.window.head()
+        return 0.0 if head is None else time.monotonic() - head.started
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy?, why): unhealthy when commits have been stuck past every bound the pipeline sets itself."""
+        p = self.config.pipeline
+        limit = p.hold_s + 2 * p.shutdown_deadline_s + 60.0
+        stalled = self.commit_stalled_s
+        if stalled > limit:
+            return False, f"no commit for {stalled:.0f} s (limit {limit:.0f} s): an error topic or the broker is stuck"
+        return True, "ok"
+
+    def _refresh_gauges(self) -> None:
+        for (vanity, database), lane in self.persister.lanes().items():
+            metrics.POOL_IN_USE.labels(vanity, database).set(lane.pool.in_use)
+            metrics.POOL_MAX.labels(vanity, database).set(lane.config.max_connections)
+            metrics.CIRCUIT.labels(vanity, database).set(lane.circuit.state.value)
+        metrics.BUFFER_BYTES.set(self.held_bytes)
+        self._refresh_lag()
 
     def _refresh_lag(self) -> None:
-        """Lag = high watermark (cached from fetch responses, no broker call) - position; before this process
-        consumed from a partition, its position is unknown and the committed offset (asked once) stands in."""
+        """Lag = high watermark (cached from fetch responses) - the group's committed offset: what is not yet
+        safely handled, which is what an operator needs to know (a position ahead of the commit lands nothing)."""
         consumer = self._consumer
         if consumer is None:
             return
-        keys = set(self.assigned)
-        for gone in self._lag_keys - keys:
-            metrics.LAG.remove(gone[0], str(gone[1]))
-            self._lag_base.pop(gone, None)
-        self._lag_keys = keys
-        if not keys:
-            return
-        positions = consumer.position([TopicPartition(t, p) for t, p in keys])
-        unknown = [TopicPartition(tp.topic, tp.partition) for tp in positions
-                   if tp.offset < 0 and (tp.topic, tp.partition) not in self._lag_base]
-        if unknown:  # asked once per assignment; a failure is not asked again (-1: unknown)
-            try:
-                for tp in consumer.committed(unknown, timeout=2.0):
-                    self._lag_base[(tp.topic, tp.partition)] = max(tp.offset, 0)
-            except KafkaException:
-                self._lag_base.update(((tp.topic, tp.partition), -1) for tp in unknown)
-        for tp in positions:
-            _low, high = consumer.get_watermark_offsets(tp, cached=True)
-            position = tp.offset if tp.offset >= 0 else self._lag_base.get((tp.topic, tp.partition), -1)
-            if high < 0 or position < 0:
+        for tp in list(self.assigned):
+            _low, high = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            committed = self._committed.get(tp, -1)
+            if high < 0 or committed < 0:
                 continue
-            metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+            metrics.LAG.labels(tp[0], str(tp[1])).set(max(0, high - committed))
 
     # ------------------------------------------------------------------ rebalance callbacks
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self.assigned.update((tp.topic, tp.partition) for tp in partitions)
+        self._paused = False
+        try:  # the committed offsets, once: the lag gauge counts from there until we commit ourselves
+            for tp in consumer.committed(partitions, timeout=5.0):
+                if tp.offset >= 0:
+                    self._committed[(tp.topic, tp.partition)] = tp.offset
+                else:
+                    low, _high = consumer.get_watermark_offsets(tp, timeout=5.0)
+                    self._committed[(tp.topic, tp.partition)] = max(low, 0)
+        except KafkaException as exc:
+            log.debug("committed offsets unknown at assignment: %s", exc)
         metrics.ASSIGNED.set(len(self.assigned))
         self.ready = True
         names = sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
         log.info("partitions assigned", extra={"fields": {"partitions": names}})
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Finish and commit everything consumed so far, while the partitions are still ours."""
-        deadline = time.monotonic() + self.config.pipeline.shutdown_deadline_s + self.config.pipeline.retry_budget_s
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Finish and commit what can be within the deadline, while the partitions are still ours; drop the rest."""
+        deadline = time.monotonic() + self.config.pipeline.shutdown_deadline_s
         if not self._drain(deadline):
-            log.warning("revoke: %d batches unfinished; the next owner replays them", len(self.window))
-        self.errors.flush(5.0)
-        revoked = {(tp.topic, tp.partition) for tp in partitions}
-        self.window.forget(revoked)
-        self.assigned -= revoked
-        metrics.ASSIGNED.set(len(self.assigned))
-        log.info("partitions revoked", extra={"fields": {"partitions": sorted(f"{t}[{p}]" for t, p in revoked)}})
+            log.warning("revoke: %d batches unfinished; the next owner consumes them again", len(self.window))
+        self._forget({(tp.topic, tp.partition) for tp in partitions}, "revoked")
 
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Lost (not revoked) partitions cannot be committed any more; their in-flight rows still land."""
-        lost = {(tp.topic, tp.partition) for tp in partitions}
-        self.window.forget(lost)
-        self.assigned -= lost
+    def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Lost (not revoked) partitions cannot be committed any more: drop everything in flight for them."""
+        self._forget({(tp.topic, tp.partition) for tp in partitions}, "lost")
+
+    def _forget(self, gone: set[tuple[str, int]], how: str) -> None:
+        dropped = self.persister.cancel()
+        self.window.clear()
+        self._batches.clear()
+        self.held_bytes = 0
+        self.assigned -= gone
+        for tp in gone:
+            self._committed.pop(tp, None)
+            try:
+                metrics.LAG.remove(tp[0], str(tp[1]))
+            except KeyError:
+                pass
         metrics.ASSIGNED.set(len(self.assigned))
-        log.warning("partitions lost", extra={"fields": {"partitions": sorted(f"{t}[{p}]" for t, p in lost)}})
+        metrics.IN_FLIGHT.set(0)
+        self.ready = bool(self.assigned)
+        log.log(logging.WARNING if how == "lost" else logging.INFO, "partitions %s", how,
+                extra={"fields": {"partitions": sorted(f"{t}[{p}]" for t, p in gone), "dropped_works": dropped}})
+
+
+class _CircuitView:
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+
+class DestinationsView:
+    """Read-only view of the lanes for ``/readyz`` and the console: ``.state`` of circuits, ``.in_use`` of pools."""
+
+    def __init__(self, persister: Persister) -> None:
+        self._persister = persister
+
+    def circuits(self) -> dict[tuple[str, str], Any]:
+        return {k: _CircuitView(lane.circuit.state.label) for k, lane in self._persister.lanes().items()}
+
+    def pools(self) -> dict[tuple[str, str], Any]:
+        return {k: lane.pool for k, lane in self._persister.lanes().items()}
+
+
+def _bounded(call: Any, timeout: float, what: str) -> None:
+    """Run ``call`` on a daemon thread and wait at most ``timeout``: a stuck broker cannot hold the exit."""
+    thread = threading.Thread(target=_quiet, args=(call, what), name=f"kapow-{what.replace(' ', '-')}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        log.warning("%s did not finish within %.0f s; leaving it", what, timeout)
+
+
+def _quiet(call: Any, what: str) -> None:
+    try:
+        call()
+    except Exception as exc:
+        log.warning("%s: %s", what, exc)

@@ -1,47 +1,53 @@
-"""What a destination table looks like: columns, their kinds, required columns and whether it has a unique key.
+"""What a destination table looks like: columns, required columns, unique keys and the writer's privileges.
 
-Sort validates every packet against this, so it is cached per (vanity, database, schema, table). An entry
-lives for ``ttl`` seconds and is dropped early when the database says the table changed (an undefined-column
-or undefined-table error during persist). Missing tables are cached too, for a shorter time, so that a flood of
-packets for a table that does not exist costs one catalog query, not one per packet.
+Every row is validated against this (:mod:`kapow.postgres.validate`) and every statement is built from it
+(:mod:`kapow.postgres.statements`), so it is cached per (vanity, database, schema, table). Traffic may spread
+over thousands of tables, so the cache is bounded in bytes and evicts the least recently used entry; missing
+tables are cached too, for a few seconds, so that a flood of packets for a table that does not exist costs one
+catalog query, not one per packet. Tables are read in bulk: one query for every table a transaction is about to
+write, never one query per table.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from kapow.contract import TableKey
+
 _CATALOG_SQL = """
-SELECT c.oid::int8,
-       c.relkind::text,
-       has_table_privilege(c.oid, 'INSERT'),
-       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid
-               AND i.indpred IS NULL),
-       coalesce(json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory,
-                                          t.typname, a.attnotnull,
-                                          a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
-                                          a.attgenerated <> '' OR a.attidentity = 'a')
-                         ORDER BY a.attnum)
-                FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '[]')
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_attribute a ON a.attrelid = c.oid
-LEFT JOIN pg_type t ON t.oid = a.atttypid
-WHERE n.nspname = %s AND c.relname = %s
-GROUP BY c.oid, c.relkind
+WITH wanted AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS w(nspname, relname))
+SELECT w.nspname, w.relname, c.oid IS NOT NULL, coalesce(c.relkind::text, ''),
+       coalesce(has_table_privilege(c.oid, 'INSERT'), false),
+       coalesce(has_table_privilege(c.oid, 'UPDATE'), false),
+       coalesce(has_table_privilege(c.oid, 'DELETE'), false),
+       coalesce((SELECT json_agg(json_build_array(i.indisprimary, i.indimmediate,
+                   (SELECT json_agg(a.attname ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
+                    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum)))
+                 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+                   AND i.indexprs IS NULL), '[]'),
+       coalesce((SELECT json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                                                  a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+                                                  a.attgenerated <> '' OR a.attidentity = 'a')
+                                 ORDER BY a.attnum)
+                 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]')
+FROM wanted w
+LEFT JOIN pg_namespace n ON n.nspname = w.nspname
+LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.relname
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Column:
     name: str
-    sql_type: str  # as format_type() spells it, e.g. "numeric(12,2)", for messages
-    category: str
+    sql_type: str  # as format_type() spells it, e.g. "numeric(12,2)", for messages and type-driven decoding
     not_null: bool
     has_default: bool
     generated: bool  # cannot be written (GENERATED ALWAYS)
@@ -49,67 +55,130 @@ class Column:
 
 @dataclass(slots=True)
 class Table:
-    """One destination table as the catalog saw it."""
+    """One destination table as the catalog saw it, with small caches of what is derived from it.
+
+    The caches (verdicts per keyset, statements per shape) live and die with the entry, so the catalog's bound
+    bounds them too; they are filled by the one lane worker writing the table at a time.
+    """
 
     schema: str
     name: str
     columns: dict[str, Column]
-    has_unique_key: bool
+    primary_key: tuple[str, ...] | None
+    unique_keys: tuple[tuple[str, ...], ...]  # immediate (non-deferrable), non-partial: usable as arbiters
+    deferrable_only: bool  # it has unique keys, but only deferrable ones (ON CONFLICT cannot use them)
     can_insert: bool
-    required: frozenset[str]  # NOT NULL without a default: every packet must give these
+    can_update: bool
+    can_delete: bool
     loaded_at: float = field(default_factory=time.monotonic)
-    # keyset -> None (fine) or an error message; packets to one table nearly always share their keyset
-    keyset_verdicts: dict[tuple[str, ...], str | None] = field(default_factory=dict)
+    verdicts: dict[Any, Any] = field(default_factory=dict)  # kapow.postgres.validate's cache
+    statements: dict[Any, Any] = field(default_factory=dict)  # kapow.postgres.statements' cache
+
+    MAX_DERIVED = 64  # entries per cache: a table sees a few keysets, not thousands
+
+    @property
+    def has_unique_key(self) -> bool:
+        return bool(self.unique_keys)
+
+    @property
+    def required(self) -> frozenset[str]:
+        """NOT NULL columns without a default: every inserted row must give these."""
+        return frozenset(c.name for c in self.columns.values() if c.not_null and not c.has_default)
 
     @property
     def qualified(self) -> sql.Identifier:
         """``"schema"."table"``, quoted by psycopg: names reach SQL only this way."""
         return sql.Identifier(self.schema, self.name)
 
+    def size(self) -> int:
+        """Rough bytes this entry holds, for the catalog's bound."""
+        return 512 + 200 * len(self.columns) + 300 * (len(self.verdicts) + len(self.statements))
 
-def load_table(conn: psycopg.Connection[Any], schema: str, table: str) -> Table | None:
-    """Read one table's shape; ``None`` when there is no such table (or it is not a table)."""
+
+def load_tables(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> dict[tuple[str, str], Table | None]:
+    """Read the shape of many tables in one query; ``None`` for each that does not exist (or is not a table)."""
+    out: dict[tuple[str, str], Table | None] = {}
+    if not names:
+        return out
     with conn.cursor() as cur:
-        cur.execute(_CATALOG_SQL, (schema, table))
-        row = cur.fetchone()
-    conn.rollback()  # leave the connection idle: the catalog read needs no transaction of its own
-    if row is None or row[1] not in ("r", "p"):
-        return None
-    columns: dict[str, Column] = {}
-    for name, type_, category, _typname, not_null, has_default, generated in row[4]:
-        columns[name] = Column(name, type_, category, not_null, has_default, generated)
-    required = frozenset(c.name for c in columns.values() if c.not_null and not c.has_default)
-    return Table(schema, table, columns, bool(row[3]), bool(row[2]), required)
+        cur.execute(_CATALOG_SQL, ([s for s, _ in names], [t for _, t in names]))
+        rows = cur.fetchall()
+    if not conn.autocommit:
+        conn.rollback()  # leave the connection idle: the catalog read needs no transaction of its own
+    for schema, name, exists, relkind, can_insert, can_update, can_delete, keys, cols in rows:
+        if not exists or relkind not in ("r", "p"):
+            out[(schema, name)] = None
+            continue
+        columns = {c[0]: Column(c[0], c[1], c[2], c[3], c[4]) for c in cols}
+        primary = next((tuple(k[2]) for k in keys if k[0] and k[1]), None)
+        unique = tuple(tuple(k[2]) for k in keys if k[1])
+        out[(schema, name)] = Table(schema, name, columns, primary, unique, bool(keys) and not unique,
+                                    can_insert, can_update, can_delete)
+    return out
 
 
 class Catalog:
-    """Thread-safe cache of :class:`Table` entries, keyed by (vanity, database, schema, table)."""
+    """Thread-safe, byte-bounded LRU cache of :class:`Table` entries, keyed by :class:`TableKey`."""
 
-    def __init__(self, *, ttl: float = 60.0, missing_ttl: float = 5.0) -> None:
+    def __init__(self, *, ttl: float = 60.0, missing_ttl: float = 5.0, max_bytes: int = 64 * 1024 * 1024) -> None:
         self._ttl = ttl
         self._missing_ttl = missing_ttl
-        self._entries: dict[tuple[str, str, str, str], tuple[Table | None, float]] = {}
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[TableKey, tuple[Table | None, float, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str, str, str]) -> tuple[bool, Table | None]:
-        """(cached?, table). A cached ``None`` means the table is known not to exist."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return False, None
-        table, at = entry
-        if time.monotonic() - at > (self._ttl if table is not None else self._missing_ttl):
-            return False, None
-        return True, table
+    def get(self, key: TableKey) -> tuple[bool, Table | None]:
+        """(cached and fresh?, table). A cached ``None`` means the table is known not to exist."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return False, None
+            table, at, _size = entry
+            if time.monotonic() - at > (self._ttl if table is not None else self._missing_ttl):
+                return False, None
+            self._entries.move_to_end(key)
+            return True, table
 
-    def age(self, key: tuple[str, str, str, str]) -> float:
+    def age(self, key: TableKey) -> float:
         """Seconds since the entry was loaded (infinite when there is none)."""
-        entry = self._entries.get(key)
+        with self._lock:
+            entry = self._entries.get(key)
         return time.monotonic() - entry[1] if entry is not None else float("inf")
 
-    def put(self, key: tuple[str, str, str, str], table: Table | None) -> None:
+    def put(self, key: TableKey, table: Table | None) -> None:
+        size = (table.size() if table is not None else 200) + sys.getsizeof(key)
         with self._lock:
-            self._entries[key] = (table, time.monotonic())
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[2]
+            self._entries[key] = (table, time.monotonic(), size)
+            self._bytes += size
+            while self._bytes > self._max_bytes and len(self._entries) > 1:
+                _, (_, _, gone) = self._entries.popitem(last=False)
+                self._bytes -= gone
 
-    def invalidate(self, key: tuple[str, str, str, str]) -> None:
+    def refresh_size(self, key: TableKey) -> None:
+        """Re-measure an entry whose derived caches grew, so that the bound stays true."""
         with self._lock:
-            self._entries.pop(key, None)
+            entry = self._entries.get(key)
+            if entry is None or entry[0] is None:
+                return
+            size = entry[0].size() + sys.getsizeof(key)
+            self._bytes += size - entry[2]
+            self._entries[key] = (entry[0], entry[1], size)
+
+    def invalidate(self, key: TableKey) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[2]
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)

@@ -1,11 +1,16 @@
 """A small, bounded connection pool per (vanity, database).
 
-Why not ``psycopg_pool``: when a database is down, its pool reconnects in a background thread and callers only
-ever see ``PoolTimeout``, with the real cause (refused, auth failed, too many clients, shutting down) in a log
-line. KaPoW must classify that cause per packet (system vs user error, SQLSTATE) and feed a circuit breaker, so
-connections here are opened by the caller's own thread and the real exception propagates. Everything else a
-pool must do is kept: at most ``max_connections`` open at once (the database's load is bounded, a burst is
-paced out), idle connections are reused, broken ones are dropped.
+Why KaPoW's own and not ``psycopg_pool`` (decided again for issue 15, with its ``reconnect_failed`` and
+``check`` hooks in view): when a database is down, psycopg_pool reconnects in a background thread and a caller
+only ever sees ``PoolTimeout`` after its whole wait, with the real cause (refused, auth failed, too many clients,
+shutting down) in a log line. KaPoW classifies that cause by SQLSTATE to decide whose fault it is and what it
+holds (a row, a table, the database: :mod:`kapow.errors`), and a lane must learn within one connect timeout that
+its database is gone, not after a pool wait. ``reconnect_failed`` reports the failure to the pool's owner, not
+to the caller waiting for a connection, so the hooks do not close that gap. Here connections are opened by the
+caller's own thread and the server's exception reaches it. Everything else a pool must do is kept: at most
+``max_connections`` open at once (the database's load is bounded, a burst is paced out), idle connections are
+reused, broken ones are dropped. The pool's own errors are ``psycopg.OperationalError``s, so they classify like
+any other failure to reach the database.
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ log = logging.getLogger(__name__)
 Configure = Callable[[psycopg.Connection[tuple[object, ...]]], None]
 
 
-class PoolBusy(TimeoutError):
+class PoolBusy(psycopg.OperationalError):
     """Every connection stayed lent out for the whole wait: our own back-pressure, not the database failing."""
 
 
-class PoolClosed(Exception):
-    """The pool was closed while a caller waited for a connection."""
+class PoolClosed(psycopg.OperationalError):
+    """The pool was closed (the writer is stopping) while a caller waited for a connection."""
 
 
 class _BoundedConnection(psycopg.Connection[tuple[object, ...]]):

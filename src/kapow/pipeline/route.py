@@ -1,0 +1,87 @@
+"""Resolve a packet's destination against the config: which table, which database's settings, or why not.
+
+Only configured destinations are reachable (PRODUCT.md §3): the vanity must name a configured server and the
+database one of its databases; the schema and table must be plain identifiers (they are quoted anyway, never
+spliced) outside the system schemas and inside the allowlists; the mode must be one the server allows, and any
+key, version or metadata column a plain identifier. Each verdict depends only on the destination entry, which
+repeats from packet to packet, so it is cached by the entry; the cache belongs to the router (one per loop),
+holds only small entries and is capped, so hostile traffic with ever-new, huge destinations costs CPU, never
+memory.
+"""
+
+from __future__ import annotations
+
+from kapow.config import Config, DestinationConfig
+from kapow.contract import MODES, SINK_TYPES, SYSTEM_SCHEMAS, Destination, TableKey, check_identifier, shorten
+from kapow.errors import ErrorCode, Failure, PacketError
+
+Route = tuple[TableKey, DestinationConfig]
+
+
+class Router:
+    """Destination -> (table key, its server's config), or the user :class:`Failure` that refuses it."""
+
+    MAX_ENTRIES = 100_000
+    MAX_NAME = 256  # entries with longer names are resolved every time, never cached
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._cache: dict[Destination, Route | Failure] = {}
+
+    def route(self, dest: Destination) -> Route | Failure:
+        cached = self._cache.get(dest)
+        if cached is not None:
+            return cached
+        try:
+            verdict: Route | Failure = self._resolve(dest)
+        except PacketError as exc:
+            verdict = exc.failure
+        longest = max(len(dest.vanity), len(dest.database), len(dest.schema), len(dest.table), len(dest.type),
+                      len(dest.mode))
+        if len(self._cache) < self.MAX_ENTRIES and longest <= self.MAX_NAME:
+            self._cache[dest] = verdict
+        return verdict
+
+    def _resolve(self, dest: Destination) -> Route:
+        if dest.type not in SINK_TYPES:
+            raise PacketError(
+                ErrorCode.UNSUPPORTED_DESTINATION_TYPE,
+                f"destination type {shorten(dest.type)!r} is not supported"
+                f" (supported: {', '.join(sorted(SINK_TYPES))})",
+            )
+        cfg = self._config.destination(dest.vanity)
+        if cfg is None:
+            raise PacketError(ErrorCode.UNKNOWN_DESTINATION, f"vanity {shorten(dest.vanity)!r} is not configured")
+        if dest.database not in cfg.databases:
+            raise PacketError(
+                ErrorCode.UNKNOWN_DESTINATION,
+                f"database {shorten(dest.database)!r} is not configured for vanity {shorten(dest.vanity)!r}",
+            )
+        check_identifier("schema", dest.schema)
+        check_identifier("table", dest.table)
+        if SYSTEM_SCHEMAS.fullmatch(dest.schema):
+            raise PacketError(ErrorCode.FORBIDDEN_DESTINATION, f"schema {dest.schema!r} is a system schema")
+        if cfg.schemas is not None and dest.schema not in cfg.schemas:
+            raise PacketError(
+                ErrorCode.FORBIDDEN_DESTINATION, f"schema {dest.schema!r} is not allowed for {dest.vanity!r}"
+            )
+        if cfg.tables is not None and f"{dest.schema}.{dest.table}" not in cfg.tables and dest.table not in cfg.tables:
+            raise PacketError(
+                ErrorCode.FORBIDDEN_DESTINATION,
+                f"table {dest.schema}.{dest.table} is not allowed for {dest.vanity!r}",
+            )
+        if dest.mode not in MODES:
+            raise PacketError(ErrorCode.BAD_PACKET,
+                              f"mode {shorten(dest.mode)!r} is not one of {', '.join(MODES)}")
+        if dest.mode not in cfg.modes:
+            raise PacketError(ErrorCode.FORBIDDEN_MODE,
+                              f"mode {dest.mode!r} is not allowed for {dest.vanity!r}"
+                              f" (allowed: {', '.join(cfg.modes)})")
+        for column in (*(dest.key or ()), *([dest.version] if dest.version else [])):
+            check_identifier("column", column, ErrorCode.BAD_PACKET)
+        if dest.key is not None and not dest.key:
+            raise PacketError(ErrorCode.BAD_PACKET, "key must name at least one column")
+        if dest.metadata is not None:
+            for _field, column in dest.metadata.columns():
+                check_identifier("column", column, ErrorCode.BAD_PACKET)
+        return TableKey(dest.vanity, dest.database, dest.schema, dest.table), cfg

@@ -1,0 +1,233 @@
+"""Write one unit of work: the queued works of one or many tables of one database, on one connection.
+
+The steps, for every table of the unit: read its shape from the catalog (all missing tables in one query),
+validate each row (:mod:`kapow.postgres.validate`), plan the statements (:mod:`kapow.postgres.statements`); then
+ONE round trip applies every table's statements, each table fenced (:mod:`kapow.postgres.writer`); then each
+table is settled on its own: landed, its bad rows isolated (:mod:`kapow.postgres.isolate`), or failed in a way
+that holds it (a lock, a timeout) or its database (the connection).
+
+This module decides nothing about waiting, retrying or parking: it reports, per table, either the results of
+its works or the failure that stopped them, and the lane (:mod:`kapow.pipeline.lane`) decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import psycopg
+
+from kapow.config import DestinationConfig
+from kapow.contract import TableKey
+from kapow.errors import TABLE_WIDE_USER_CODES, ErrorCode, Failure, Scope
+from kapow.pipeline.work import ErrorRecord, Row, TableWork, WorkResult
+from kapow.postgres.catalog import Catalog, Table, load_tables
+from kapow.postgres.isolate import IsolationAborted, isolate
+from kapow.postgres.statements import RowIn, Statement, plan
+from kapow.postgres.validate import key_columns, validate
+from kapow.postgres.writer import apply_unit
+
+log = logging.getLogger(__name__)
+
+# A catalog entry older than this is reread before a schema failure is believed: a client who adds a column and
+# starts sending it is refused for about a second, not for the catalog's whole TTL.
+RECHECK_AFTER_S = 1.0
+SCHEMA_CODES = frozenset({ErrorCode.UNKNOWN_COLUMN, ErrorCode.MISSING_COLUMN, ErrorCode.UNKNOWN_TABLE,
+                          ErrorCode.NO_UNIQUE_KEY, ErrorCode.MISSING_KEY})
+
+
+@dataclass(slots=True)
+class TableJob:
+    """One table's part of a unit: its queued works, oldest first."""
+
+    key: TableKey
+    config: DestinationConfig
+    works: list[TableWork]
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    """Per table: ``results`` when every work is answered, else the ``failure`` that stopped it (not a row's)."""
+
+    job: TableJob
+    results: list[WorkResult] | None = None
+    failure: Failure | None = None
+
+
+@dataclass(slots=True)
+class _Prepared:
+    job: TableJob
+    table: Table | None
+    rows: list[Row] = field(default_factory=list)  # rows to write, flattened in offset order
+    owners: list[int] = field(default_factory=list)  # index of each row's work in job.works
+    inputs: list[RowIn] = field(default_factory=list)
+    failed: list[tuple[int, ErrorRecord]] = field(default_factory=list)  # (work index, record), before writing
+    statements: list[Statement] = field(default_factory=list)
+
+
+def write_unit(conn: psycopg.Connection[Any], catalog: Catalog, jobs: list[TableJob]) -> list[JobOutcome]:
+    """Write ``jobs`` on ``conn``. Raises when nothing was written (the whole call failed); else one outcome each."""
+    tables = _tables(conn, catalog, [job.key for job in jobs])
+    prepared = [_prepare(conn, catalog, job, tables[job.key]) for job in jobs]
+    to_apply = [p for p in prepared if p.statements]
+    outcomes = apply_unit(conn, [p.statements for p in to_apply]) if to_apply else []
+    by_job = dict(zip([id(p) for p in to_apply], outcomes, strict=True))
+    out: list[JobOutcome] = []
+    for p in prepared:
+        outcome = by_job.get(id(p))
+        if outcome is None:  # nothing to write: every row failed validation (or there were none)
+            out.append(JobOutcome(p.job, results=_results(p, 0, [])))
+            continue
+        if outcome.failure is None:
+            out.append(JobOutcome(p.job, results=_landed(p, outcome.affected)))
+            continue
+        out.append(_settle(conn, catalog, p, outcome.failure))
+    return out
+
+
+def _tables(conn: psycopg.Connection[Any], catalog: Catalog, keys: list[TableKey]) -> dict[TableKey, Table | None]:
+    """Every table of the unit from the catalog, the missing ones (and stale misses) read in one query."""
+    found: dict[TableKey, Table | None] = {}
+    wanted: list[TableKey] = []
+    for key in keys:
+        cached, table = catalog.get(key)
+        if cached and (table is not None or catalog.age(key) < RECHECK_AFTER_S):
+            found[key] = table
+        else:
+            wanted.append(key)
+    if wanted:
+        loaded = load_tables(conn, [(k.schema, k.table) for k in wanted])
+        for key in wanted:
+            table = loaded.get((key.schema, key.table))
+            catalog.put(key, table)
+            found[key] = table
+    return found
+
+
+def _prepare(conn: psycopg.Connection[Any], catalog: Catalog, job: TableJob, table: Table | None) -> _Prepared:
+    p = _Prepared(job, table)
+    _validate(p)
+    if any(r.failure.code in SCHEMA_CODES for _, r in p.failed) and catalog.age(job.key) >= RECHECK_AFTER_S:
+        fresh = load_tables(conn, [(job.key.schema, job.key.table)]).get((job.key.schema, job.key.table))
+        catalog.put(job.key, fresh)  # the table may have changed since we read it: believe a fresh read only
+        p = _Prepared(job, fresh)
+        _validate(p)
+    if p.rows and p.table is not None:
+        keys_of = order_keys(p.table, p.inputs)
+        p.statements = plan(p.table, p.inputs, keys_of)
+        catalog.refresh_size(job.key)
+    return p
+
+
+def _validate(p: _Prepared) -> None:
+    table = p.table
+    for w, work in enumerate(p.job.works):
+        for row in work.rows:
+            if table is None:
+                failure: Failure | None = unknown_table(p.job.key)
+            else:
+                failure = validate(table, p.job.config, row.dest, row.keys)
+            if failure is not None:
+                p.failed.append((w, ErrorRecord(row.msg, failure, row.dest)))
+                continue
+            p.rows.append(row)
+            p.owners.append(w)
+            p.inputs.append(_row_in(row))
+
+
+def _row_in(row: Row) -> RowIn:
+    meta = row.dest.metadata
+    if meta is None:
+        return RowIn(row.doc, row.keys, row.dest)
+    msg = row.msg
+    values = {"offset": msg.offset(), "partition": msg.partition(), "topic": msg.topic(),
+              "timestamp": msg.timestamp()[1], "key": msg.key()}
+    extra = []
+    keys = list(row.keys)
+    for name, column in meta.columns():
+        value = values[name]
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if name == "timestamp" and isinstance(value, int):
+            value = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(value / 1000)) + f".{value % 1000:03d}Z"
+        extra.append(msgspec.json.encode(column) + b":" + msgspec.json.encode(value))
+        if column not in keys:
+            keys.append(column)
+    doc = row.doc[:-1].rstrip() + b"," + b",".join(extra) + b"}"  # data is a non-empty object: '{...}'
+    return RowIn(doc, tuple(keys), row.dest)
+
+
+def order_keys(table: Table, inputs: list[RowIn]) -> dict[int, tuple[str, ...]]:
+    """Every row's unique key, when order between rows of one key matters; else none (the fast path).
+
+    Inserts of one shape keep their order inside one statement. Order matters across statements: rows that
+    give different columns (one key inserted in two shapes: the first must win) or any upsert or delete.
+    """
+    first = inputs[0]
+    if all(r.dest.mode == "insert" and r.keys == first.keys and r.dest == first.dest for r in inputs):
+        return {}
+    out: dict[int, tuple[str, ...]] = {}
+    for i, row in enumerate(inputs):
+        key = key_columns(table, row.dest)
+        if isinstance(key, tuple) and all(c in row.keys for c in key):
+            out[i] = key
+    return out
+
+
+def unknown_table(key: TableKey) -> Failure:
+    return Failure(ErrorCode.UNKNOWN_TABLE, f"table {key.schema}.{key.table} does not exist in database"
+                                            f" {key.database!r}")
+
+
+def _settle(conn: psycopg.Connection[Any], catalog: Catalog, p: _Prepared, failure: Failure) -> JobOutcome:
+    """A table whose fenced statements failed: hold it, or fail its rows, or isolate the bad ones."""
+    if failure.scope is not Scope.ROW:
+        return JobOutcome(p.job, failure=failure)
+    if failure.code in TABLE_WIDE_USER_CODES:
+        # Validation passed, so the table changed under us (a column dropped, a privilege revoked): reread it and
+        # try once more, when every row is validated afresh; a second refusal is believed for every row.
+        catalog.invalidate(p.job.key)
+        if all(w.attempts == 0 for w in p.job.works):
+            return JobOutcome(p.job, failure=Failure(ErrorCode.TIMEOUT, f"table changed while writing:"
+                                                                         f" {failure.message}", Scope.TABLE))
+        failed_all = [(p.owners[i], ErrorRecord(row.msg, failure, row.dest)) for i, row in enumerate(p.rows)]
+        return JobOutcome(p.job, results=_results(p, 0, failed_all))
+    assert p.table is not None
+    try:
+        isolated = isolate(conn, p.table, p.statements, p.inputs)
+    except IsolationAborted as exc:
+        return JobOutcome(p.job, failure=exc.failure)
+    failed = [(p.owners[i], ErrorRecord(p.rows[i].msg, f, p.rows[i].dest)) for i, f in isolated.failures]
+    sources = sum(s.sources for s in p.statements)
+    duplicates = max(0, sources - len(isolated.failures) - isolated.affected)
+    results = _results(p, duplicates, failed)
+    if results:
+        results[0].probes = isolated.probes
+    return JobOutcome(p.job, results=results)
+
+
+def _landed(p: _Prepared, affected: list[int]) -> list[WorkResult]:
+    elements = sum(len(s.elements) for s in p.statements)
+    return _results(p, max(0, elements - sum(affected)), [])
+
+
+def _results(p: _Prepared, duplicates: int, failed: list[tuple[int, ErrorRecord]]) -> list[WorkResult]:
+    """Split a table's counts over its works: failures exactly, no-ops from the first work on."""
+    now = time.monotonic()
+    results = [WorkResult(work, seconds=now - work.enqueued_at, attempts=work.attempts + 1)
+               for work in p.job.works]
+    for w, record in p.failed:
+        results[w].failed.append(record)
+    for w, record in failed:
+        results[w].failed.append(record)
+    remaining_dup = duplicates
+    for result in results:
+        ok = len(result.work.rows) - len(result.failed)
+        dup = min(ok, remaining_dup)
+        remaining_dup -= dup
+        result.duplicates = dup
+        result.landed = ok - dup
+    return results

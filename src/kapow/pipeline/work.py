@@ -1,0 +1,68 @@
+"""The units of work that flow from sort to the database lanes and back: rows, table works, results.
+
+A :class:`TableWork` is one batch's rows for one table. It is what a database lane queues, orders, holds while
+its table or database is unwell, writes (together with other tables' works) and finally answers with a
+:class:`WorkResult`: how many rows changed, how many were no-ops, and an :class:`ErrorRecord` for each packet that
+failed. These are plain data: the lane never sees a batch and the loop never sees a connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from kapow.contract import Destination, TableKey
+from kapow.errors import Failure
+
+if TYPE_CHECKING:
+    from confluent_kafka import Message
+
+    from kapow.config import DestinationConfig
+
+
+class Row(msgspec.Struct, gc=False):
+    """One packet's row bound for one table (a msgspec Struct: one is built per packet, so it must be cheap)."""
+
+    msg: Message
+    doc: bytes  # the packet's ``data`` exactly as the client sent it
+    keys: tuple[str, ...]  # its column names, in the client's order
+    dest: Destination  # the destination entry that sent it here (its mode and options)
+
+
+@dataclass(slots=True)
+class ErrorRecord:
+    """A failed packet (for one destination, or for all when ``destination`` is None) bound for an error topic."""
+
+    msg: Message
+    failure: Failure
+    destination: Destination | None
+    attempts: int = 1
+
+
+@dataclass(slots=True, eq=False)
+class TableWork:
+    """One batch's rows for one table, as queued in its database's lane."""
+
+    key: TableKey
+    config: DestinationConfig
+    rows: list[Row]
+    batch: int  # the sequence number of the batch it belongs to
+    nbytes: int  # bytes of the packets it holds, for the writer's memory bound
+    enqueued_at: float = 0.0  # monotonic; set by the lane
+    epoch: int = 0  # the lane's cancel epoch when queued: work from before a revoke is never retried
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class WorkResult:
+    """What became of one :class:`TableWork`: every row landed, was a no-op, or failed with a record."""
+
+    work: TableWork
+    landed: int = 0  # rows that took effect
+    duplicates: int = 0  # rows that changed nothing: a replay, a delete of an absent row, a stale version
+    failed: list[ErrorRecord] = field(default_factory=list)
+    seconds: float = 0.0  # from queued to answered
+    attempts: int = 1
+    probes: int = 0  # statements spent isolating bad rows

@@ -1,0 +1,193 @@
+"""Turn the rows bound for one table into as few statements as keep their meaning, and write those statements.
+
+Every statement takes its rows as ONE parameter, a JSON array of the clients' own ``data`` objects, and lets
+PostgreSQL type them: ``json_populate_recordset(NULL::tbl, $1::json)`` casts each value with the column's own
+input function, in C. So Python never touches a value, a number like ``1e400`` reaches a ``numeric`` column
+exactly, and one statement lands thousands of rows. Rows giving the same columns share a statement (the columns
+they do not give take their defaults).
+
+Inserts are the common case and need no planning beyond that. Upserts and deletes must take effect in offset
+order, even inside one batch, and PostgreSQL refuses to touch one row twice in one statement, so the operations
+on each key are first *folded* (two upserts merge, an upsert then a delete is a delete, ...), and what cannot be
+folded is split into *rounds* applied one after the other: round 1 holds every key's first operation, round 2
+its second, and so on. A replay of the same packets therefore converges to the same final table.
+
+Names reach SQL only as :class:`psycopg.sql.Identifier`; the SQL text of each shape is cached on the table's
+catalog entry, so it is bounded and dies with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from psycopg import sql
+
+from kapow.contract import Destination
+from kapow.postgres.catalog import Table
+
+INSERT, UPSERT, DELETE = "insert", "upsert", "delete"
+_raw_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+class RowIn(msgspec.Struct, gc=False):
+    """One row to write: the JSON object the client sent, its column names and its destination's options."""
+
+    doc: bytes
+    keys: tuple[str, ...]
+    dest: Destination
+
+
+@dataclass(slots=True)
+class Element:
+    """One element of a statement's JSON array; ``sources`` are the rows it stands for (several when folded)."""
+
+    doc: bytes
+    sources: list[int]
+
+
+@dataclass(slots=True)
+class Statement:
+    kind: str
+    columns: tuple[str, ...]
+    dest: Destination  # its options (key, version) shape the SQL
+    text: str
+    elements: list[Element] = field(default_factory=list)
+
+    def payload(self, lo: int = 0, hi: int | None = None) -> str:
+        docs = [e.doc for e in self.elements[lo:hi]]
+        return (b"[" + b",".join(docs) + b"]").decode()  # valid UTF-8: kapow.contract checked every doc
+
+    @property
+    def sources(self) -> int:
+        return sum(len(e.sources) for e in self.elements)
+
+
+def plan(table: Table, rows: Sequence[RowIn], keys_of: dict[int, tuple[str, ...]]) -> list[Statement]:
+    """Statements that apply ``rows`` (in offset order) to ``table``; ``keys_of`` gives each non-insert row's key.
+
+    ``keys_of`` maps a row index to the unique key its destination resolved to (only rows of upsert or delete
+    destinations, or every row when the table sees mixed modes, need one).
+    """
+    if not keys_of:
+        return _plan_inserts(table, rows)
+    return _plan_rounds(table, rows, keys_of)
+
+
+def _plan_inserts(table: Table, rows: Sequence[RowIn]) -> list[Statement]:
+    by_shape: dict[tuple[tuple[str, ...], Destination], Statement] = {}
+    for i, row in enumerate(rows):
+        shape = (row.keys, row.dest)
+        stmt = by_shape.get(shape)
+        if stmt is None:
+            stmt = by_shape[shape] = Statement(INSERT, row.keys, row.dest, statement_text(table, INSERT, row.keys,
+                                                                                          row.dest, ()))
+        stmt.elements.append(Element(row.doc, [i]))
+    return list(by_shape.values())
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: str
+    doc: bytes
+    keys: tuple[str, ...]
+    dest: Destination
+    sources: list[int]
+
+
+def _plan_rounds(table: Table, rows: Sequence[RowIn], keys_of: dict[int, tuple[str, ...]]) -> list[Statement]:
+    per_key: dict[Any, list[_Op]] = {}
+    for i, row in enumerate(rows):
+        key_cols = keys_of.get(i)
+        if key_cols is None:  # an insert with no resolvable key in a mixed table: its own key, never folded
+            per_key[("row", i)] = [_Op(INSERT, row.doc, row.keys, row.dest, [i])]
+            continue
+        values = _key_values(row.doc, key_cols)
+        op = _Op(row.dest.mode, row.doc, row.keys, row.dest, [i])
+        ops = per_key.setdefault((key_cols, values), [])
+        if not ops or not _fold(ops, op):
+            ops.append(op)
+    rounds: list[dict[tuple[str, tuple[str, ...], Destination], Statement]] = []
+    for ops in per_key.values():
+        for r, op in enumerate(ops):
+            if r == len(rounds):
+                rounds.append({})
+            shape = (op.kind, op.keys if op.kind != DELETE else (), op.dest)
+            stmt = rounds[r].get(shape)
+            if stmt is None:
+                key = keys_of.get(op.sources[0], ())
+                stmt = rounds[r][shape] = Statement(op.kind, shape[1], op.dest,
+                                                    statement_text(table, op.kind, shape[1], op.dest, key))
+            stmt.elements.append(Element(op.doc, op.sources))
+    return [stmt for shapes in rounds for stmt in shapes.values()]
+
+
+def _key_values(doc: bytes, key_cols: tuple[str, ...]) -> tuple[bytes, ...]:
+    fields = _raw_decoder.decode(doc)
+    return tuple(bytes(fields[c]).strip() if c in fields else b"" for c in key_cols)
+
+
+def _fold(ops: list[_Op], op: _Op) -> bool:
+    """Fold ``op`` into the key's last operation when the result is the same as applying both; True if folded."""
+    last = ops[-1]
+    if last.dest.version is not None or op.dest.version is not None:
+        return False  # a version guard decides per packet against the stored row: never merge across it
+    if last.dest.key != op.dest.key:
+        return False
+    kinds = (last.kind, op.kind)
+    if kinds == (UPSERT, UPSERT):
+        last.doc, last.keys = _merge(last.doc, op.doc)
+    elif kinds in ((UPSERT, DELETE), (INSERT, DELETE)):
+        ops[-1] = _Op(DELETE, op.doc, op.keys, op.dest, last.sources)
+        last = ops[-1]
+    elif kinds not in ((DELETE, DELETE), (INSERT, INSERT), (UPSERT, INSERT)):
+        return False  # delete then write, insert then upsert: a new round keeps the order
+    last.sources.append(op.sources[0])
+    return True
+
+
+def _merge(first: bytes, second: bytes) -> tuple[bytes, tuple[str, ...]]:
+    """Two upserts of one key as one: the second's columns win, the first's others stay."""
+    merged = _raw_decoder.decode(first)
+    merged.update(_raw_decoder.decode(second))
+    return msgspec.json.encode(merged), tuple(merged)
+
+
+def statement_text(table: Table, kind: str, columns: tuple[str, ...], dest: Destination,
+                   key: tuple[str, ...]) -> str:
+    """The SQL of one statement shape, built once per table and cached on its catalog entry."""
+    cache_key = (kind, columns, key, dest.version)
+    cached = table.statements.get(cache_key)
+    if cached is not None:
+        text: str = cached
+        return text
+    text = _build(table, kind, columns, key, dest.version).as_string(None)
+    if len(table.statements) < table.MAX_DERIVED:
+        table.statements[cache_key] = text
+    return text
+
+
+def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ...],
+           version: str | None) -> sql.Composed:
+    tbl = table.qualified
+    source = sql.SQL("json_populate_recordset(NULL::{tbl}, $1::json)").format(tbl=tbl)
+    if kind == DELETE:
+        match = sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in key)
+        guard = sql.SQL(" AND t.{v} <= r.{v}").format(v=sql.Identifier(version)) if version else sql.SQL("")
+        return sql.SQL("DELETE FROM {tbl} AS t USING {source} AS r WHERE {match}{guard}").format(
+            tbl=tbl, source=source, match=match, guard=guard)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    head = sql.SQL("INSERT INTO {tbl} AS t ({cols}) SELECT {cols} FROM {source}").format(tbl=tbl, cols=cols,
+                                                                                         source=source)
+    if kind == INSERT:
+        return sql.SQL("{head} ON CONFLICT DO NOTHING").format(head=head)
+    updates = [c for c in columns if c not in key]
+    target = sql.SQL(", ").join(sql.Identifier(c) for c in key)
+    if not updates:
+        return sql.SQL("{head} ON CONFLICT ({target}) DO NOTHING").format(head=head, target=target)
+    assign = sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in updates)
+    guard = sql.SQL(" WHERE t.{v} <= EXCLUDED.{v}").format(v=sql.Identifier(version)) if version else sql.SQL("")
+    return sql.SQL("{head} ON CONFLICT ({target}) DO UPDATE SET {assign}{guard}").format(
+        head=head, target=target, assign=assign, guard=guard)

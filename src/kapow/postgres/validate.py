@@ -1,0 +1,110 @@
+"""Validation of rows against their table, in one place, beside the catalog it reads.
+
+A row is checked for what the table itself can tell us before anything is written: the table has a unique key
+the write can rely on, the writer may do what the mode asks, every column named exists and may be set, every
+required column is there, and (for upsert and delete) the key columns are given. The verdict depends only on the
+table, the destination's options and the row's set of keys, which repeat from packet to packet, so it is cached
+on the :class:`~kapow.postgres.catalog.Table` entry, one dict lookup per row on the hot path.
+
+Values are not checked here, on purpose: PostgreSQL's own input functions check them in the batch, in C, and a
+row they refuse is isolated by the writer (:mod:`kapow.postgres.isolate`), which then names the column and its
+type. A Python check per value would cost every packet to spare the rare bad one.
+"""
+
+from __future__ import annotations
+
+from kapow.config import DestinationConfig
+from kapow.contract import Destination, shorten
+from kapow.errors import ErrorCode, Failure
+from kapow.postgres.catalog import Table
+
+
+def key_columns(table: Table, dest: Destination) -> tuple[str, ...] | Failure:
+    """The unique key a write of ``dest``'s mode relies on: ``dest.key``, else the primary key, else the only one."""
+    if dest.key is not None:
+        wanted = set(dest.key)
+        for key in table.unique_keys:
+            if set(key) == wanted:
+                return key
+        return Failure(ErrorCode.NO_UNIQUE_KEY,
+                       f"table {table.schema}.{table.name} has no non-deferrable unique constraint on "
+                       f"({shorten(', '.join(dest.key), 200)})")
+    if table.primary_key is not None and table.primary_key in table.unique_keys:
+        return table.primary_key
+    if len(table.unique_keys) == 1:
+        return table.unique_keys[0]
+    if not table.unique_keys:
+        return _no_unique_key(table)
+    return Failure(ErrorCode.NO_UNIQUE_KEY,
+                   f"table {table.schema}.{table.name} has several unique constraints and no primary key: name the"
+                   " one to use with \"key\": [columns] in the destination")
+
+
+def _no_unique_key(table: Table) -> Failure:
+    if table.deferrable_only:
+        return Failure(ErrorCode.NO_UNIQUE_KEY,
+                       f"table {table.schema}.{table.name} has only DEFERRABLE unique constraints, which ON CONFLICT"
+                       " cannot use; make one NOT DEFERRABLE (or add a primary key)")
+    return Failure(ErrorCode.NO_UNIQUE_KEY,
+                   f"table {table.schema}.{table.name} has no primary key or unique constraint, so replays would"
+                   " duplicate rows; add one (or set allow_no_unique_key for this destination)")
+
+
+def validate(table: Table, config: DestinationConfig, dest: Destination, keys: tuple[str, ...]) -> Failure | None:
+    """Check one row (its column names ``keys``) for ``dest`` against ``table``; ``None`` when it may be written."""
+    cache_key = (keys, dest.mode, dest.key, dest.version, config.allow_no_unique_key)
+    verdicts = table.verdicts
+    if cache_key in verdicts:
+        verdict: Failure | None = verdicts[cache_key]
+        return verdict
+    verdict = _check(table, config, dest, keys)
+    if len(verdicts) < table.MAX_DERIVED:
+        verdicts[cache_key] = verdict
+    return verdict
+
+
+def _check(table: Table, config: DestinationConfig, dest: Destination, keys: tuple[str, ...]) -> Failure | None:
+    where = f"{table.schema}.{table.name}"
+    mode = dest.mode
+    if mode == "insert":
+        if not table.has_unique_key and not config.allow_no_unique_key:
+            return _no_unique_key(table)
+        if not table.can_insert:
+            return Failure(ErrorCode.FORBIDDEN_DESTINATION, f"KaPoW may not insert into {where}")
+    else:
+        key = key_columns(table, dest)
+        if isinstance(key, Failure):
+            return key
+        privileges = (("insert", table.can_insert), ("update", table.can_update)) if mode == "upsert" else (
+            ("delete", table.can_delete),)
+        for what, allowed in privileges:
+            if not allowed:
+                return Failure(ErrorCode.FORBIDDEN_DESTINATION, f"KaPoW may not {what} rows of {where}")
+        missing_key = [k for k in key if k not in keys]
+        if missing_key:
+            return Failure(ErrorCode.MISSING_KEY,
+                           f"{mode} needs the key column{'s' if len(missing_key) > 1 else ''}"
+                           f" {', '.join(missing_key)} of {where} in data")
+        if dest.version is not None:
+            if dest.version not in table.columns:
+                return Failure(ErrorCode.UNKNOWN_COLUMN, f"version column {shorten(dest.version)!r} is not a column"
+                                                         f" of {where}")
+            if dest.version not in keys:
+                return Failure(ErrorCode.MISSING_KEY, f"{mode} with a version guard needs {dest.version} in data")
+        if mode == "delete":
+            return None  # only the key (and version) of a delete are read; other columns are ignored
+    columns = table.columns
+    unknown = [k for k in keys if k not in columns]
+    if unknown:
+        shown = ", ".join(repr(shorten(k, 64)) for k in unknown[:5])
+        return Failure(ErrorCode.UNKNOWN_COLUMN, f"unknown column{'s' if len(unknown) > 1 else ''} {shown} in {where}")
+    generated = [k for k in keys if columns[k].generated]
+    if generated:
+        return Failure(ErrorCode.UNKNOWN_COLUMN,
+                       f"unknown column {generated[0]!r}: it is generated by {where} and cannot be set")
+    missing = table.required.difference(keys)
+    if missing:
+        names = ", ".join(sorted(missing))
+        return Failure(ErrorCode.MISSING_COLUMN,
+                       f"missing required column{'s' if len(missing) > 1 else ''} {names} (NOT NULL, no default)")
+    return None

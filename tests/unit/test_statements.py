@@ -1,0 +1,125 @@
+"""Statement planning: inserts share statements by shape; upserts and deletes fold per key into ordered rounds.
+
+The property: applying the planned statements, in order, leaves the same table as applying every packet alone,
+in offset order; and no statement touches one key twice (PostgreSQL refuses that for ON CONFLICT DO UPDATE).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kapow.contract import Destination
+from kapow.pipeline.unit import order_keys
+from kapow.postgres.catalog import Column, Table
+from kapow.postgres.statements import DELETE, INSERT, UPSERT, RowIn, Statement, plan
+
+
+def table() -> Table:
+    cols = {name: Column(name, "bigint", name == "id", False, False) for name in ("id", "a", "b", "c")}
+    return Table("public", "t", cols, ("id",), (("id",),), False, True, True, True)
+
+
+DEST = {mode: Destination("wh", "db", "t", mode=mode) for mode in (INSERT, UPSERT, DELETE)}
+
+
+def row(mode: str, data: dict[str, int]) -> RowIn:
+    return RowIn(msgspec.json.encode(data), tuple(data), DEST[mode])
+
+
+def apply_one(state: dict[int, dict[str, Any]], kind: str, data: dict[str, Any]) -> int:
+    """One element, as PostgreSQL applies it (our model of the three statements); rows changed."""
+    key = data["id"]
+    if kind == DELETE:
+        return 1 if state.pop(key, None) is not None else 0
+    if key not in state:
+        state[key] = {"id": key, "a": None, "b": None, "c": None, **data}
+        return 1
+    if kind == UPSERT:
+        state[key].update(data)
+        return 1
+    return 0
+
+
+def run_plan(statements: list[Statement]) -> dict[int, dict[str, Any]]:
+    state: dict[int, dict[str, Any]] = {}
+    for stmt in statements:
+        keys = [msgspec.json.decode(e.doc)["id"] for e in stmt.elements]
+        if stmt.kind == UPSERT:
+            assert len(keys) == len(set(keys)), "an upsert statement touches one key twice"
+        for element in stmt.elements:
+            data = msgspec.json.decode(element.doc)
+            apply_one(state, stmt.kind, {k: v for k, v in data.items() if k in stmt.columns or k == "id"})
+    return state
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from([INSERT, UPSERT, DELETE]), st.integers(0, 3),
+              st.fixed_dictionaries({}, optional={"a": st.integers(0, 9), "b": st.integers(0, 9),
+                                                  "c": st.integers(0, 9)})),
+    max_size=40,
+)
+
+
+@settings(max_examples=500)
+@given(ops)
+def test_planned_statements_end_like_packets_applied_one_by_one(spec: list[tuple[str, int, dict[str, int]]]) -> None:
+    rows = [row(mode, {"id": key, **cols}) for mode, key, cols in spec]
+    expected: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        apply_one(expected, r.dest.mode, msgspec.json.decode(r.doc))
+    statements = plan(table(), rows, order_keys(table(), rows)) if rows else []
+    assert run_plan(statements) == expected
+    sources = sorted(i for s in statements for e in s.elements for i in e.sources)
+    assert sources == list(range(len(rows))), "every packet is in exactly one element"
+
+
+def test_inserts_share_one_statement_per_shape_in_first_seen_order() -> None:
+    rows = [row(INSERT, {"id": 1, "a": 1}), row(INSERT, {"id": 2, "b": 1}), row(INSERT, {"id": 3, "a": 2})]
+    statements = plan(table(), rows, {})
+    assert [(s.columns, len(s.elements)) for s in statements] == [(("id", "a"), 2), (("id", "b"), 1)]
+    assert "ON CONFLICT DO NOTHING" in statements[0].text
+    assert 'INSERT INTO "public"."t"' in statements[0].text
+
+
+def test_two_upserts_of_a_key_merge_into_one_element() -> None:
+    rows = [row(UPSERT, {"id": 1, "a": 1}), row(UPSERT, {"id": 1, "b": 2})]
+    (stmt,) = plan(table(), rows, {0: ("id",), 1: ("id",)})
+    assert msgspec.json.decode(stmt.elements[0].doc) == {"id": 1, "a": 1, "b": 2}
+    assert stmt.elements[0].sources == [0, 1]
+    assert 'ON CONFLICT ("id") DO UPDATE SET "a" = EXCLUDED."a", "b" = EXCLUDED."b"' in stmt.text
+
+
+def test_delete_then_upsert_is_two_rounds_in_order() -> None:
+    rows = [row(UPSERT, {"id": 1, "a": 1}), row(DELETE, {"id": 1}), row(UPSERT, {"id": 1, "b": 2})]
+    statements = plan(table(), rows, {i: ("id",) for i in range(3)})
+    assert [s.kind for s in statements] == [DELETE, UPSERT]
+    assert run_plan(statements) == {1: {"id": 1, "a": None, "b": 2, "c": None}}
+
+
+def test_version_guard_is_never_folded_and_guards_the_sql() -> None:
+    guarded = Destination("wh", "db", "t", mode=UPSERT, version="c")
+    rows = [RowIn(b'{"id":1,"c":5}', ("id", "c"), guarded), RowIn(b'{"id":1,"c":3}', ("id", "c"), guarded)]
+    statements = plan(table(), rows, {0: ("id",), 1: ("id",)})
+    assert len(statements) == 2
+    assert 'WHERE t."c" <= EXCLUDED."c"' in statements[0].text
+    delete = plan(table(), [RowIn(b'{"id":1,"c":5}', ("id", "c"), Destination("wh", "db", "t", mode=DELETE,
+                                                                                   version="c"))], {0: ("id",)})
+    assert 'AND t."c" <= r."c"' in delete[0].text
+
+
+def test_statement_text_is_cached_on_the_table_and_bounded() -> None:
+    t = table()
+    for i in range(Table.MAX_DERIVED * 3):
+        cols = {"id": i, **({"a": 1} if i % 2 else {}), **({"b": 1} if i % 3 else {}), f"x{i}": 1}
+        plan(t, [row(INSERT, cols)], {})
+    assert len(t.statements) <= Table.MAX_DERIVED
+
+
+def test_inserts_of_one_key_in_two_shapes_keep_the_first() -> None:
+    rows = [row(INSERT, {"id": 2, "b": 1}), row(INSERT, {"id": 1, "a": 1}), row(INSERT, {"id": 1, "b": 5})]
+    statements = plan(table(), rows, {i: ("id",) for i in range(3)})
+    assert run_plan(statements)[1] == {"id": 1, "a": 1, "b": None, "c": None}
