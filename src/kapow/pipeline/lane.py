@@ -150,6 +150,24 @@ class DatabaseLane:
             queue = self._tables.get(key)
             return queue is None or queue.failure is None
 
+    def recently_ok(self, within_s: float = 30.0) -> bool:
+        return self.last_success > 0 and self._clock() - self.last_success < within_s
+
+    def probe(self) -> bool:
+        """Try the database now (one connection, ``SELECT 1``); the circuit learns the outcome."""
+        try:
+            with self.pool.connection() as conn:
+                conn.execute("SELECT 1")
+        except Exception as exc:
+            self.circuit.failure(classify_exception(exc))
+            return False
+        self.circuit.success()
+        with self._cond:
+            self.last_success = self._clock()
+            self._backoff_until = 0.0
+            self._cond.notify_all()
+        return True
+
     def busy(self) -> bool:
         with self._cond:
             return bool(self._pending) or any(q.busy for q in self._tables.values())
@@ -349,15 +367,5 @@ class DatabaseLane:
                     return
             if not self.circuit.probe_due():
                 continue
-            try:
-                self.pool.discard_idle()
-                with self.pool.connection() as conn:
-                    conn.execute("SELECT 1")
-            except Exception as exc:
-                self.circuit.failure(classify_exception(exc))
-                continue
-            self.circuit.success()
-            with self._cond:
-                self.last_success = self._clock()
-                self._backoff_until = 0.0
-                self._cond.notify_all()
+            self.pool.discard_idle()
+            self.probe()

@@ -84,11 +84,18 @@ class Persister:
         return sum(lane.cancel() for lane in self.lanes().values())
 
     def healthy(self, key: TableKey) -> bool:
-        """Would a write to ``key`` go ahead now? (Unconfigured destinations are never healthy.)"""
+        """Would a write to ``key`` go ahead now? (Unconfigured destinations are never healthy.)
+
+        A lane that has not written for a while is probed first (one connection, bounded by its connect
+        timeout), so the redrive never republishes into a database that is still down.
+        """
         try:
-            return self.lane(key.vanity, key.database).healthy(key)
+            lane = self.lane(key.vanity, key.database)
         except KeyError:
             return False
+        if lane.healthy(key) and not lane.recently_ok():
+            lane.probe()
+        return lane.healthy(key)
 
     def close(self, timeout: float = 0.0) -> None:
         for lane in self.lanes().values():

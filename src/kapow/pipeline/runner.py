@@ -82,6 +82,7 @@ class Writer:
         self._pressure_since = 0.0
         self._committed: dict[tuple[str, int], int] = {}
         self.last_commit = time.monotonic()
+        self.redriver: Any = None
 
     @property
     def totals(self) -> dict[str, int]:
@@ -120,6 +121,11 @@ class Writer:
                                      system_topic=k.system_errors_topic, max_bytes=max_bytes)
         consumer = self.clients.consumer()
         self._consumer = consumer
+        if self.config.pipeline.redrive and self.redriver is None:
+            from kapow.deadletter.redrive import Redriver
+
+            self.redriver = Redriver(self.config, self.persister.healthy)
+            self.redriver.start()
         consumer.subscribe(list(k.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
         tune_gc()
@@ -153,6 +159,8 @@ class Writer:
             log.warning("shutdown deadline reached with %d batches unfinished; they will be replayed",
                         len(self.window))
         self.persister.cancel()
+        if self.redriver is not None:
+            self.redriver.stop(timeout=1.0)
         _bounded(consumer.close, CLOSE_TIMEOUT_S, "consumer close")  # leaves the group: partitions move at once
         if self.errors is not None:
             self.errors.flush(max(0.5, min(CLOSE_TIMEOUT_S, deadline - time.monotonic())))

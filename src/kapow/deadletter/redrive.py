@@ -1,0 +1,291 @@
+"""Redrive parked packets once their destination is healthy again: exactly once, by one writer of the group.
+
+A packet parked on the system-errors topic because its destination was down (or its table locked or slow past
+``pipeline.hold_s``) needs no human: once the destination takes writes again it is republished to its source
+topic and lands like any packet. This thread does that in every writer:
+
+* **one writer of the group** — the redrive consumer joins the group ``<group_id>.redrive`` on the
+  system-errors topic, so each of its partitions is redriven by exactly one live writer, and moves on a rebalance;
+* **exactly once** — the republished copy, the DLQ marker that hides the parked record (the compacted
+  ``<topic>.done`` topic the DLQ tools read) and the redrive group's offset are written in ONE Kafka transaction:
+  a crash anywhere either did all three or none; a zombie writer is fenced by the group generation;
+* **only when healthy** — a record waits (its partition paused) until its destination's lane says the table
+  takes writes, and at least ``redrive_delay_s`` after it failed;
+* **paced and bounded** — at most ``redrive_rate`` records per second; a packet already tried
+  ``redrive_max_attempts`` times, parked for another reason (``internal``), cut to fit (``kapow-value-truncated``),
+  from a topic this writer does not consume, or already rescheduled or purged by an operator, is left for
+  ``kapow dlq`` and never touched.
+
+Republished copies carry ``kapow-attempt`` (one more) and ``kapow-origin`` (the original coordinates), so an audit
+follows a packet across hops.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from kapow import metrics
+from kapow.config import Config
+from kapow.contract import TableKey
+from kapow.deadletter.publisher import (
+    H_ATTEMPT,
+    H_CODE,
+    H_DESTINATION,
+    H_FAILED_AT,
+    H_OFFSET,
+    H_ORIGIN,
+    H_PARTITION,
+    H_TOPIC,
+    H_TRUNCATED,
+    OWN_HEADERS,
+    safe_headers,
+)
+from kapow.errors import ErrorCode
+from kapow.kafka.clients import consumer_config, producer_config
+
+log = logging.getLogger(__name__)
+
+REDRIVABLE = frozenset({ErrorCode.DATABASE_UNAVAILABLE.value, ErrorCode.TIMEOUT.value,
+                        ErrorCode.TOO_MANY_CONNECTIONS.value, ErrorCode.DATABASE_SHUTTING_DOWN.value})
+CHUNK = 500  # records per transaction at most
+RECHECK_S = 1.0  # how often a waiting partition asks again whether its destination is healthy
+
+Health = Callable[[TableKey], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: str  # "redrive" | "skip" | "wait"
+    reason: str = ""
+    key: TableKey | None = None
+
+
+class _DestinationHeader(msgspec.Struct):
+    vanity: str
+    database: str
+    table: str
+    schema: str = "public"
+
+
+def judge(msg: Message, *, topics: frozenset[str], max_attempts: int, delay_s: float, now_ms: int,
+          handled: set[tuple[int, int]], health: Health) -> Verdict:
+    """What to do with one parked record now (pure but for ``health``; unit-tested)."""
+    if (msg.partition() or 0, msg.offset() or 0) in handled:
+        return Verdict("skip", "already handled")
+    meta = {k: v for k, v in safe_headers(msg) if k in OWN_HEADERS and v is not None}
+    code = meta.get(H_CODE, b"").decode("utf-8", "replace")
+    if code not in REDRIVABLE:
+        return Verdict("skip", f"parked for {code or 'an unknown reason'}")
+    if H_TRUNCATED in meta:
+        return Verdict("skip", "value cut to fit the error topic")
+    source = meta.get(H_TOPIC, b"").decode("utf-8", "replace")
+    if source not in topics:
+        return Verdict("skip", "not from a topic this writer consumes")
+    try:
+        attempts = int(meta.get(H_ATTEMPT, b"1")[:20])
+        failed_at = int(meta.get(H_FAILED_AT, b"0")[:20])
+        dest = msgspec.json.decode(meta[H_DESTINATION], type=_DestinationHeader)
+    except (KeyError, ValueError, msgspec.DecodeError):
+        return Verdict("skip", "no readable destination")
+    if attempts >= max_attempts:
+        return Verdict("skip", f"tried {attempts} times")
+    key = TableKey(dest.vanity, dest.database, dest.schema, dest.table)
+    if now_ms < failed_at + delay_s * 1000 or not health(key):
+        return Verdict("wait", key=key)
+    return Verdict("redrive", key=key)
+
+
+def republished_headers(msg: Message) -> list[tuple[str, bytes | None]]:
+    """The client's headers, the attempt count plus one, and the original record's coordinates."""
+    headers = safe_headers(msg)
+    meta = {k: v for k, v in headers if k in OWN_HEADERS and v is not None}
+    attempts = int(meta.get(H_ATTEMPT, b"1")[:20] or 1)
+    origin = next((v for k, v in headers if k == H_ORIGIN and v), None)
+    if origin is None:
+        origin = b"/".join([meta.get(H_TOPIC, b""), meta.get(H_PARTITION, b""), meta.get(H_OFFSET, b"")])
+    out: list[tuple[str, bytes | None]] = [(k, v) for k, v in headers if k not in OWN_HEADERS and k != H_ORIGIN]
+    out.append((H_ATTEMPT, str(attempts + 1).encode()))
+    out.append((H_ORIGIN, origin))
+    return out
+
+
+class Redriver:
+    """The redrive thread of one writer (``start``/``stop``); ``health`` is the writer's view of its lanes."""
+
+    def __init__(self, config: Config, health: Health) -> None:
+        self._config = config
+        self._health = health
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handled: set[tuple[int, int]] = set()
+        self._waiting: dict[int, float] = {}  # paused partition -> when to ask again
+        self._tokens = 0.0
+        self._refill = time.monotonic()
+        self.counts = {"redriven": 0, "skipped": 0, "waiting": 0}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kapow-redrive", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._session()
+            except Exception as exc:  # a broker hiccup must not end redrive for the life of the writer
+                log.warning("redrive: %s; starting again in 5 s", exc)
+                self._stop.wait(5.0)
+
+    def _session(self) -> None:
+        k = self._config.kafka
+        group = f"{k.group_id}.redrive"
+        consumer = Consumer(consumer_config(k.bootstrap_servers, group, k.settings) | {
+            "isolation.level": "read_committed", "client.id": "kapow-redrive"})
+        producer = Producer(producer_config(k.bootstrap_servers, k.settings, **{
+            "transactional.id": f"{group}.{uuid.uuid4().hex}", "client.id": "kapow-redrive", "linger.ms": 5}))
+        markers = Consumer(consumer_config(k.bootstrap_servers, f"{group}.markers", k.settings) | {
+            "client.id": "kapow-redrive-markers"})
+        try:
+            producer.init_transactions(30)
+            markers.assign([TopicPartition(f"{k.system_errors_topic}.done", 0, -2)])  # -2: from the beginning
+            consumer.subscribe([k.system_errors_topic], on_revoke=self._on_revoke)
+            pruned = time.monotonic()
+            while not self._stop.is_set():
+                self._read_markers(markers)
+                if time.monotonic() - pruned > 60:
+                    self._prune(consumer)
+                    pruned = time.monotonic()
+                self._resume_due(consumer)
+                msgs = consumer.consume(CHUNK, 0.5)
+                good = [m for m in msgs if m.error() is None]
+                for m in msgs:
+                    err = m.error()
+                    if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("redrive consumer: %s", err)
+                if good:
+                    self._handle(consumer, producer, good)
+        finally:
+            for client in (consumer, markers):
+                try:
+                    client.close()
+                except KafkaException:
+                    pass
+            producer.flush(5)
+
+    def _on_revoke(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
+        self._waiting.clear()
+
+    def _read_markers(self, markers: Consumer) -> None:
+        """Records rescheduled, purged or redriven (by anyone) are never redriven again."""
+        for msg in markers.consume(10_000, 0):
+            if msg.error() is not None or msg.key() is None:
+                continue
+            try:
+                p, _, o = (msg.key() or b"").decode().partition(":")
+                self._handled.add((int(p), int(o)))
+            except ValueError:
+                continue
+
+    def _prune(self, consumer: Consumer) -> None:
+        """Forget handled records below the group's committed offsets: they are never read again."""
+        try:
+            committed = consumer.committed(consumer.assignment(), timeout=5)
+        except KafkaException:
+            return
+        floor = {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
+        self._handled = {(p, o) for p, o in self._handled if o >= floor.get(p, 0)}
+
+    def _resume_due(self, consumer: Consumer) -> None:
+        now = time.monotonic()
+        due = [p for p, at in self._waiting.items() if at <= now]
+        if due:
+            for p in due:
+                del self._waiting[p]
+            consumer.resume([TopicPartition(self._config.kafka.system_errors_topic, p) for p in due])
+
+    def _handle(self, consumer: Consumer, producer: Producer, msgs: list[Message]) -> None:
+        p = self._config.pipeline
+        k = self._config.kafka
+        topics = frozenset(k.topics)
+        send: list[Message] = []
+        advance: dict[int, int] = {}
+        stopped: set[int] = set()
+        now_ms = int(time.time() * 1000)
+        for msg in msgs:
+            part = msg.partition() or 0
+            if part in stopped:
+                continue
+            verdict = judge(msg, topics=topics, max_attempts=p.redrive_max_attempts, delay_s=p.redrive_delay_s,
+                            now_ms=now_ms, handled=self._handled, health=self._health)
+            if verdict.action == "wait":  # this partition stops here; it is asked again in a second
+                stopped.add(part)
+                tp = TopicPartition(k.system_errors_topic, part, msg.offset() or 0)
+                consumer.pause([tp])
+                consumer.seek(tp)
+                self._waiting[part] = time.monotonic() + RECHECK_S
+                continue
+            if verdict.action == "redrive":
+                self._pace()
+                send.append(msg)
+                self.counts["redriven"] += 1
+                metrics.REDRIVE.labels("redriven").inc()
+            else:
+                self.counts["skipped"] += 1
+                metrics.REDRIVE.labels("skipped").inc()
+            advance[part] = (msg.offset() or 0) + 1
+        self.counts["waiting"] = len(self._waiting)
+        if advance:
+            self._commit(consumer, producer, send, advance)
+
+    def _pace(self) -> None:
+        rate = self._config.pipeline.redrive_rate
+        now = time.monotonic()
+        self._tokens = min(rate, self._tokens + (now - self._refill) * rate)
+        self._refill = now
+        if self._tokens < 1:
+            time.sleep((1 - self._tokens) / rate)
+            self._tokens = 1
+            self._refill = time.monotonic()
+        self._tokens -= 1
+
+    def _commit(self, consumer: Consumer, producer: Producer, send: list[Message], advance: dict[int, int]) -> None:
+        """Republish, mark and move the group's offsets in one transaction (or none of it)."""
+        k = self._config.kafka
+        done_topic = f"{k.system_errors_topic}.done"
+        marker = msgspec.json.encode({"action": "redriven", "at_ms": int(time.time() * 1000)})
+        producer.begin_transaction()
+        try:
+            for msg in send:
+                source = next((v for h, v in safe_headers(msg) if h == H_TOPIC and v), b"").decode()
+                producer.produce(source, value=msg.value(), key=msg.key(),
+                                 headers=republished_headers(msg))  # type: ignore[arg-type]
+                producer.produce(done_topic, key=f"{msg.partition()}:{msg.offset()}".encode(), value=marker)
+            offsets = [TopicPartition(k.system_errors_topic, part, off) for part, off in advance.items()]
+            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(60)
+        except KafkaException:
+            # nothing of this transaction is visible (read_committed); the session starts again from the
+            # group's committed offsets, so these records are judged again
+            try:
+                producer.abort_transaction(30)
+            except KafkaException as exc:
+                log.debug("redrive: abort after a failed transaction: %s", exc)
+            raise
+        for msg in send:
+            self._handled.add((msg.partition() or 0, msg.offset() or 0))
+        if send:
+            log.info("redrove %d parked packets to their source topics", len(send))
