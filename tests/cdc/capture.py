@@ -40,7 +40,7 @@ def read_until(topic: str, done: Callable[[list[Event]], bool], *, timeout: floa
             for msg in consumer.consume(1000, 0.5):
                 if msg.error():
                     continue
-                events.append(Event(msg.key(), msg.value(), msg.partition(), msg.offset()))
+                events.append(Event(msg.key(), msg.value(), msg.partition() or 0, msg.offset() or 0))
         raise AssertionError(f"after {timeout:.0f} s, {len(events)} events on {topic} and the condition still false")
     finally:
         consumer.close()

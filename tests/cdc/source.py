@@ -143,7 +143,8 @@ def bulk_row(i: int, *, months: bool) -> dict[str, Any]:
         "c_timetz": f"0{i % 10}:30:00+0{i % 5}:00", "c_timestamp": f"2026-11-2{i % 10} 10:00:00.{i % 1000000:06d}",
         "c_timestamp3": f"2026-11-2{i % 10} 10:00:00.{i % 1000:03d}",
         "c_timestamptz": f"2026-11-2{i % 10} 10:00:00.{i % 1000000:06d}+01",
-        "c_interval": f"{MONTH_INTERVALS[i % 3]} {i}.{i % 1000000:06d} seconds" if months else f"{i} days {i % 24}:00:00",
+        "c_interval": (f"{MONTH_INTERVALS[i % 3]} {i}.{i % 1000000:06d} seconds" if months
+                       else f"{i} days {i % 24}:00:00"),
         "c_uuid": f"{i:08x}-0000-4000-8000-000000000000", "c_json": f'{{"i": {i}, "s": "x{i}"}}',
         "c_jsonb": f'{{"i": {i}, "tags": ["a", "b"]}}', "c_bytea": "\\x" + i.to_bytes(4, "big").hex(),
         "c_int_array": f"{{{i},{i + 1}}}", "c_text_array": f'{{"t{i}","u"}}', "c_numeric_array": f"{{{i}.5}}",

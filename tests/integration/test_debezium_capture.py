@@ -79,11 +79,13 @@ def _save_fixtures(events: list[Event], schemas: bool, column_types: dict[str, s
     for e in events:
         value = json.loads(e.value) if e.value else None
         body = (value["payload"] if schemas else value) if value else None
+        assert e.key is not None
         key = json.loads(e.key)
         kid = (key["payload"] if schemas else key)["id"]
         op = body["op"] if body else "tombstone"
         name = f"{op}-{kid}"
-        if kid in (1, 2, 3, 4, 5, 11, 14, 100_001, 100_003) and name not in seen and not (op == "r" and kid in (11, 14)):
+        wanted_ids = (1, 2, 3, 4, 5, 11, 14, 100_001, 100_003)
+        if kid in wanted_ids and name not in seen and not (op == "r" and kid in (11, 14)):
             seen.add(name)
             wanted.append({"name": name, "key": e.key.decode() if e.key else None,
                            "value": e.value.decode() if e.value else None})

@@ -134,7 +134,8 @@ class ChangeDecoder:
         if value is None:
             return Change(ChangeKind.SKIP, None, reason="tombstone")
         if len(value) > self._max_bytes:
-            raise PacketError(ErrorCode.TOO_LARGE, f"change event is {len(value)} bytes, the limit is {self._max_bytes}")
+            raise PacketError(ErrorCode.TOO_LARGE,
+                              f"change event is {len(value)} bytes, the limit is {self._max_bytes}")
         try:
             return self._decode(value, key)
         except PacketError:
@@ -209,7 +210,10 @@ class ChangeDecoder:
                     row[name] = convert(x)
                 except BadValue as exc:
                     raise _bad(f"column {name[:63]!r}: {exc}") from None
-        return _ENCODER.encode(row)
+        try:
+            return _ENCODER.encode(row)
+        except (TypeError, ValueError, OverflowError) as exc:  # nothing decoded should fail here; never crash
+            raise _bad(f"row cannot be re-encoded: {exc}") from None
 
     def _delete_key(self, before: dict[str, Any] | None, plan: Plan, raw: bytes, key: bytes | None) -> bytes:
         if before:
@@ -255,7 +259,7 @@ def _row_schema(envelope: SchemaField) -> SchemaField | None:
 
 def _unavailable(value: Any) -> bool:
     if type(value) is str:
-        return value == UNAVAILABLE or value == _UNAVAILABLE_B64
+        return value in (UNAVAILABLE, _UNAVAILABLE_B64)
     return type(value) is list and len(value) == 1 and value[0] == UNAVAILABLE
 
 

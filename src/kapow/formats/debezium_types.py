@@ -161,7 +161,8 @@ def schema_converter(field: SchemaField, max_depth: int, column_type: str | None
     return None
 
 
-def schema_plan(row: SchemaField, max_depth: int, column_types: Mapping[str, str] | None = None) -> dict[str, Converter]:
+def schema_plan(row: SchemaField, max_depth: int,
+                column_types: Mapping[str, str] | None = None) -> dict[str, Converter]:
     """The plan for a row struct (``before``/``after``, or a record key) from its Connect schema."""
     if row.type != "struct" or row.fields is None:
         raise BadValue(f"a row schema must be a struct with fields, got {row.type!r}")

@@ -26,7 +26,7 @@ import datetime as dt
 import re
 from typing import Any
 
-_EPOCH = dt.datetime(1970, 1, 1)  # noqa: DTZ001 - Debezium's local timestamps are naive, epoch-based
+_EPOCH = dt.datetime(1970, 1, 1)  # Debezium's local timestamps are naive, counted from this instant
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _DAY_US = 86_400_000_000
 _MAX_SCALE = 16_383  # PostgreSQL numeric's limit on digits after the point
@@ -194,7 +194,7 @@ def _b64(value: Any, what: str) -> bytes:
 
 
 def decimal_text(unscaled: int, scale: int) -> str:
-    """The exact decimal ``unscaled × 10^-scale`` as text, never through a float."""
+    """The exact decimal ``unscaled * 10^-scale`` as text, never through a float."""
     if not -_MAX_SCALE <= scale <= _MAX_SCALE:
         raise BadValue(f"decimal scale {scale} is out of range")
     try:
