@@ -200,7 +200,7 @@ class ChangeDecoder:
 
     def _row(self, row: dict[str, Any], plan: Plan, raw: bytes) -> bytes:
         self._check(row, raw)
-        if any(marker in raw for marker in _UNAVAILABLE_MARKERS):
+        if _UNAVAILABLE_MARKERS[0] in raw or _UNAVAILABLE_MARKERS[1] in raw:
             for name in [k for k, x in row.items() if _unavailable(x)]:
                 del row[name]
         for name, convert in plan.items():
