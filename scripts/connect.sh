@@ -71,9 +71,13 @@ prop() {  # prop FILE KEY: the value of KEY in a .properties file (last one wins
   sed -n "s/^[[:space:]]*$2[[:space:]]*=[[:space:]]*//p" "$1" | tail -n 1
 }
 
-rest() {  # rest PATH: GET from the worker's REST API, empty on any failure
+rest() {  # rest PATH: GET from the worker's REST API, empty on any failure (python3: no curl needed)
   [ -f "$STATE/rest.port" ] || return 0
-  curl -fsS --max-time 5 "http://127.0.0.1:$(cat "$STATE/rest.port")$1" 2>/dev/null || true
+  python3 -c 'import sys, urllib.request
+try:
+    sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
+except Exception:
+    pass' "http://127.0.0.1:$(cat "$STATE/rest.port")$1"
 }
 
 connector_state() {  # prints "CONNECTOR_STATE TASK_STATE" (e.g. RUNNING RUNNING), or the first line of a trace
@@ -187,13 +191,18 @@ start() {
     rm -f "$wanted"
     die "a worker with another connector config runs in $STATE (pid $(worker_pid)); stop it first"
   fi
+  local db wal
+  db=$(prop "$wanted" database.dbname)
+  if ! wal=$(psql_q "$db" "SHOW wal_level" 2>&1); then
+    rm -f "$wanted"
+    die "cannot reach database $db on $PG_HOST:$PG_PORT: $(printf '%s' "$wal" | tr '\n' ' ')"
+  fi
+  if [ "$wal" != logical ]; then
+    rm -f "$wanted"
+    die "wal_level is '$wal' on $PG_HOST:$PG_PORT; logical decoding needs 'logical' (scripts/services.sh start sets it)"
+  fi
   mv "$wanted" "$STATE/connector.properties"
   chmod 600 "$STATE/connector.properties"
-  local db
-  db=$(prop "$STATE/connector.properties" database.dbname)
-  local wal
-  wal=$(psql_q "$db" "SHOW wal_level" 2>&1) || die "cannot reach database $db on $PG_HOST:$PG_PORT: $wal"
-  [ "$wal" = logical ] || die "wal_level is '$wal' on $PG_HOST:$PG_PORT; logical decoding needs 'logical' (scripts/services.sh start sets it)"
   resolve_jars
   local port
   port=$(free_port)
@@ -246,7 +255,9 @@ drop() {
   PG_USER=$(prop "$STATE/connector.properties" database.user)
   [[ "$slot" =~ ^[a-z0-9_]*$ ]] || die "slot name '$slot' is not a valid replication slot name"
   [[ "$publication" =~ ^[A-Za-z0-9_]*$ ]] || die "publication name '$publication' is not a plain identifier"
-  if [ -n "$slot" ]; then
+  if [ -n "$slot" ] && [ "$(psql_q postgres "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$slot'")" = 0 ]; then
+    say "no replication slot $slot"
+  elif [ -n "$slot" ]; then
     # the walsender of a killed worker may linger a moment: end it, then drop the slot
     psql_q postgres "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '$slot' AND active_pid IS NOT NULL" >/dev/null || true
     local i out
