@@ -66,6 +66,11 @@ max_wal_size = 4GB
 checkpoint_timeout = 15min
 wal_buffers = 16MB
 logging_collector = off
+# Logical decoding, for Debezium's PostgreSQL source (scripts/connect.sh, make cdc-demo): one slot and one
+# WAL sender per running connector.
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
 CONF
   fi
   if as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1; then
@@ -81,7 +86,28 @@ CONF
     sleep 0.2
   done
   "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" || die "PostgreSQL is not ready on 127.0.0.1:$PG_PORT"
+  ensure_logical_decoding "$bin"
   say "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') ready on 127.0.0.1:$PG_PORT (user postgres, no password)"
+}
+
+ensure_logical_decoding() {  # a cluster made before wal_level=logical was part of the template: set it once
+  local bin="$1" wal
+  wal=$("$bin/psql" -X -A -t -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "SHOW wal_level") \
+    || die "cannot ask PostgreSQL its wal_level"
+  [ "$wal" = logical ] && return 0
+  say "wal_level is $wal; setting wal_level = logical (for change data capture) and restarting PostgreSQL once"
+  "$bin/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+    -c "ALTER SYSTEM SET wal_level = logical" \
+    -c "ALTER SYSTEM SET max_replication_slots = 20" \
+    -c "ALTER SYSTEM SET max_wal_senders = 20" >/dev/null || die "ALTER SYSTEM SET wal_level failed"
+  as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -m fast -w -t 60 restart >/dev/null \
+    || { tail -n 30 "$PG_DIR/postgres.log" >&2; die "PostgreSQL failed to restart with wal_level = logical"; }
+  local i
+  for ((i = 0; i < 150; i++)); do
+    "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break
+    sleep 0.2
+  done
+  "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" || die "PostgreSQL is not ready on 127.0.0.1:$PG_PORT after the restart"
 }
 
 stop_postgres() {
