@@ -35,9 +35,7 @@ from kapow.errors import ErrorCode, PacketError
 from kapow.formats.debezium_types import Plan, SchemaField, column_plan, depth, schema_plan
 from kapow.formats.values import BadValue
 
-# The lead adds ErrorCode.BAD_CHANGE_EVENT ("bad_change_event") to kapow.errors; until that lands on this branch
-# the nearest existing user error stands in. Switch to ErrorCode.BAD_CHANGE_EVENT once it exists.
-BAD_CHANGE_EVENT: ErrorCode = {c.value: c for c in ErrorCode}.get("bad_change_event", ErrorCode.BAD_PACKET)
+BAD_CHANGE_EVENT = ErrorCode.BAD_CHANGE_EVENT
 
 # Debezium's ``unavailable.value.placeholder`` default: an unchanged TOASTed column in an update (REPLICA IDENTITY
 # DEFAULT). Such a column is left out of the row, so that an upsert keeps the value the target already has.
