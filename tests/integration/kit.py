@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,13 +20,22 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from kapow.client import Publisher
-from kapow.contract import make_packet
+from kapow.contract import CONTEXT_VALUE, make_packet
 from kapow.kafka.clients import delete_topics, ensure_topics
 
 BOOTSTRAP = os.environ.get("KAPOW_BOOTSTRAP", "127.0.0.1:9092")
 PG_HOST = os.environ.get("KAPOW_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("KAPOW_PG_PORT", "5432"))
 ADMIN_DSN = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"
+
+
+CONTEXT = CONTEXT_VALUE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def uid(prefix: str) -> str:
@@ -165,6 +175,8 @@ class Env:
     tmp: Path
     extra_destinations: list[dict[str, Any]] = field(default_factory=list)
     pipeline: dict[str, Any] = field(default_factory=dict)
+    destination: dict[str, Any] = field(default_factory=dict)  # more keys for the main "wh" destination
+    http_listen: str | None = None  # HTTP on this address (off when None)
 
     def config_text(self) -> str:
         lines = [
@@ -182,11 +194,12 @@ class Env:
             'user = "postgres"',
             "databases = [" + ", ".join(f'"{d}"' for d in self.databases) + "]",
             "max_connections = 4",
-        ]
+        ] + [f"{k} = {_toml(v)}" for k, v in self.destination.items()]
         for extra in self.extra_destinations:
             lines += ["", "[[destinations]]"] + [f"{k} = {_toml(v)}" for k, v in extra.items()]
         lines += ["", "[pipeline]"] + [f"{k} = {_toml(v)}" for k, v in self.pipeline.items()]
-        lines += ["", "[http]", "enabled = false", "", "[log]", 'format = "json"']
+        http = ["enabled = false"] if self.http_listen is None else [f'listen = "{self.http_listen}"']
+        lines += ["", "[http]", *http, "", "[log]", 'format = "json"']
         return "\n".join(lines) + "\n"
 
     def write_config(self) -> Path:

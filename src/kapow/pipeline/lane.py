@@ -114,12 +114,14 @@ class DatabaseLane:
             self.queued_bytes += work.nbytes
             self._cond.notify()
 
-    def cancel(self) -> int:
+    def cancel(self, *, running: bool = False) -> int:
         """Drop every queued work (a revoke or a stop: they are replayed from the uncommitted offsets).
 
-        Works being written finish, but their retries are dropped too: a work from before the cancel never lands
-        after the partitions went to another writer.
+        Works being written finish (or, with ``running``, their statements are cancelled on the server), and their
+        retries are dropped: a work from before the cancel never lands after the partitions went to another writer.
         """
+        if running:
+            self.pool.cancel_running()
         with self._cond:
             dropped = sum(len(q.works) for q in self._tables.values())
             for queue in self._tables.values():

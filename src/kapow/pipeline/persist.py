@@ -79,9 +79,9 @@ class Persister:
         """Park what is held (see :meth:`DatabaseLane.shed`); the bytes freed."""
         return sum(lane.shed() for lane in self.lanes().values())
 
-    def cancel(self) -> int:
-        """Drop every queued work in every lane (revoke, stop); the number of works dropped."""
-        return sum(lane.cancel() for lane in self.lanes().values())
+    def cancel(self, *, running: bool = False) -> int:
+        """Drop every queued work in every lane (revoke, stop); with ``running``, cancel statements under way."""
+        return sum(lane.cancel(running=running) for lane in self.lanes().values())
 
     def healthy(self, key: TableKey) -> bool:
         """Would a write to ``key`` go ahead now? (Unconfigured destinations are never healthy.)

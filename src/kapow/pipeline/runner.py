@@ -153,12 +153,13 @@ class Writer:
 
     def _shutdown(self, consumer: Any) -> bool:
         self.draining = True
+        self.ready = False  # /readyz turns 503 at once: no new work should be routed to a writer on its way out
         deadline = time.monotonic() + self.config.pipeline.shutdown_deadline_s
         drained = self._drain(deadline)
         if not drained:
             log.warning("shutdown deadline reached with %d batches unfinished; they will be replayed",
                         len(self.window))
-        self.persister.cancel()
+        self.persister.cancel(running=not drained)
         if self.redriver is not None:
             self.redriver.stop(timeout=1.0)
         _bounded(consumer.close, CLOSE_TIMEOUT_S, "consumer close")  # leaves the group: partitions move at once
@@ -364,16 +365,17 @@ class Writer:
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         """Finish and commit what can be within the deadline, while the partitions are still ours; drop the rest."""
         deadline = time.monotonic() + self.config.pipeline.shutdown_deadline_s
-        if not self._drain(deadline):
+        drained = self._drain(deadline)
+        if not drained:
             log.warning("revoke: %d batches unfinished; the next owner consumes them again", len(self.window))
-        self._forget({(tp.topic, tp.partition) for tp in partitions}, "revoked")
+        self._forget({(tp.topic, tp.partition) for tp in partitions}, "revoked", running=not drained)
 
     def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         """Lost (not revoked) partitions cannot be committed any more: drop everything in flight for them."""
-        self._forget({(tp.topic, tp.partition) for tp in partitions}, "lost")
+        self._forget({(tp.topic, tp.partition) for tp in partitions}, "lost", running=True)
 
-    def _forget(self, gone: set[tuple[str, int]], how: str) -> None:
-        dropped = self.persister.cancel()
+    def _forget(self, gone: set[tuple[str, int]], how: str, *, running: bool) -> None:
+        dropped = self.persister.cancel(running=running)
         self.window.clear()
         self._batches.clear()
         self.held_bytes = 0

@@ -85,6 +85,7 @@ class ConnectionPool:
         self._configure = configure
         self._io_timeout = io_timeout  # longest wait for any answer from the server (None: no bound)
         self._idle: list[tuple[psycopg.Connection[tuple[object, ...]], float]] = []
+        self._lent: set[psycopg.Connection[tuple[object, ...]]] = set()
         self._open = 0  # connections in use or idle
         self._cond = threading.Condition()
         self._closed = False
@@ -97,10 +98,29 @@ class ConnectionPool:
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         conn = self._acquire()
+        with self._cond:
+            self._lent.add(conn)
         try:
             yield conn
         finally:
+            with self._cond:
+                self._lent.discard(conn)
             self._release(conn)
+
+    def cancel_running(self) -> int:
+        """Ask the server to cancel whatever the lent connections are running (a stop or a revoke gave up on it).
+
+        Without this, a statement waiting on a lock would land after the writer had let its packets go to
+        another owner. Returns how many connections were asked.
+        """
+        with self._cond:
+            lent = list(self._lent)
+        for conn in lent:
+            try:
+                conn.cancel_safe(timeout=2.0)
+            except Exception as exc:  # noqa: BLE001 - best effort: the connection may be gone already
+                log.debug("cancel on %s: %s", self.name, exc)
+        return len(lent)
 
     def _acquire(self) -> psycopg.Connection[tuple[object, ...]]:
         deadline = time.monotonic() + self._wait_timeout

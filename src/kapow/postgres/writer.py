@@ -61,6 +61,10 @@ def configure_connection(conn: psycopg.Connection[Any], *, statement_timeout_ms:
     conn.execute(APPLY_FUNCTION)
     conn.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
                  (str(statement_timeout_ms), str(lock_timeout_ms)))
+    if conn.info.server_version >= 140000:
+        # a writer killed while its statement waits (on a lock, say) must not have that statement land later:
+        # the server checks every second that the client is still there, and aborts if not
+        conn.execute("SELECT set_config('client_connection_check_interval', '1000', false)")
 
 
 @dataclass(slots=True)

@@ -1,0 +1,271 @@
+"""One team's mistake never stops another's (issue 9): every failure confined to its row, its table, its database.
+
+Each test here reproduces something that, before the lanes, stopped or parked other teams' packets: a trigger
+that refuses a row, a deferred foreign key, a locked table, a database that goes away for a while, records too
+large for the error topic, and clients that try to exhaust the writer's memory or metric labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import psycopg
+from confluent_kafka import Producer
+
+from tests.integration import kit
+from tests.tools.tcp_proxy import TcpProxy
+
+PLAIN = "CREATE TABLE {t} (id bigint PRIMARY KEY, v text NOT NULL)"
+Make = Callable[..., kit.Env]
+Start = Callable[[kit.Env], kit.WriterProcess]
+
+
+def rows(ids: range, v: str = "ok") -> list[dict[str, object]]:
+    return [{"id": i, "v": v} for i in ids]
+
+
+def count(db: str, table: str) -> int:
+    return int(kit.scalar(db, f"SELECT count(*) FROM {table}"))
+
+
+def codes(records: list[kit.Record]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in records:
+        code = r.headers["kapow-error-code"].decode()
+        out[code] = out.get(code, 0) + 1
+    return out
+
+
+def test_rows_a_table_refuses_fail_alone_and_never_open_a_circuit(make_env: Make, writers: Start) -> None:
+    """A trigger's RAISE (P0001), a deferred foreign key (23503 at COMMIT), a DEFERRABLE-only unique key and a
+    system catalog were parked as system errors and opened the database's circuit for every other table."""
+    env = make_env(n_databases=2)
+    db, other = env.databases
+    kit.sql(db, PLAIN.format(t="plain"))
+    kit.sql(db, PLAIN.format(t="guarded") + ";"
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN"
+            " IF NEW.v = 'bad' THEN RAISE EXCEPTION 'guarded refuses %%', NEW.id; END IF; RETURN NEW; END$$;"
+            "CREATE TRIGGER t_refuse BEFORE INSERT ON guarded FOR EACH ROW EXECUTE FUNCTION refuse()")
+    kit.sql(db, "CREATE TABLE parent (id bigint PRIMARY KEY); INSERT INTO parent SELECT generate_series(0, 99);"
+                "CREATE TABLE child (id bigint PRIMARY KEY, v text NOT NULL, parent bigint REFERENCES parent"
+                " DEFERRABLE INITIALLY DEFERRED)")
+    kit.sql(db, "CREATE TABLE defer_uniq (id bigint, v text, UNIQUE (id) DEFERRABLE)")
+    kit.sql(other, PLAIN.format(t="plain"))
+    writer = writers(env)
+    writer.wait_assigned()
+    packets: list[bytes] = []
+    for i in range(300):
+        packets += kit.packets([kit.dest(db, "plain"), kit.dest(other, "plain")], rows(range(i, i + 1)))
+        bad = i % 30 == 0
+        packets += kit.packets([kit.dest(db, "guarded")], rows(range(i, i + 1), "bad" if bad else "ok"))
+        packets += kit.packets([kit.dest(db, "child")], [{"id": i, "v": "x", "parent": 1000 + i if bad else i % 100}])
+        if i % 60 == 0:
+            packets += kit.packets([kit.dest(db, "pg_class", schema="pg_catalog")], [{"relname": "x"}])
+            packets += kit.packets([kit.dest(db, "defer_uniq")], rows(range(i, i + 1)))
+    kit.publish(env.topic, packets)
+    kit.wait_for(lambda: count(db, "plain") == 300 and count(other, "plain") == 300
+                 and count(db, "guarded") == 290 and count(db, "child") == 290, 90, "every good row")
+    user = kit.read_all(env.user_errors, expect=10 + 10 + 5 + 5, timeout=60)
+    assert codes(user) == {"row_rejected": 10, "constraint_violation": 10, "forbidden_destination": 5,
+                           "no_unique_key": 5}, codes(user)
+    assert all(b"\n" not in r.headers["kapow-error-message"] for r in user)
+    assert kit.read_all(env.system_errors) == []
+    assert "circuit opened" not in writer.log()
+
+
+@contextlib.contextmanager
+def locked(db: str, table: str) -> Iterator[None]:
+    """Hold a lock that blocks writes (but not reads) on ``table`` for the duration of the block."""
+    conn = psycopg.connect(kit.dsn(db))
+    try:
+        conn.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE".encode())
+        yield
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def test_a_locked_table_holds_only_itself_and_parks_nothing(make_env: Make, writers: Start) -> None:
+    """A 40 s LOCK TABLE opened the circuit of its database (7,501 packets of a healthy table parked) and stopped
+    a table in another database for 20 s."""
+    env = make_env(n_databases=2)
+    db, other = env.databases
+    for table in ("locked", "free"):
+        kit.sql(db, PLAIN.format(t=table))
+    kit.sql(other, PLAIN.format(t="elsewhere"))
+    env.destination = {"lock_timeout_ms": 300}
+    writer = writers(env)
+    writer.wait_assigned()
+    with locked(db, "locked"):
+        for wave in range(4):
+            ids = range(wave * 500, (wave + 1) * 500)
+            kit.publish(env.topic, kit.packets([kit.dest(db, "locked")], rows(ids))
+                        + kit.packets([kit.dest(db, "free")], rows(ids))
+                        + kit.packets([kit.dest(other, "elsewhere")], rows(ids)))
+            kit.wait_for(lambda n=(wave + 1) * 500: count(db, "free") == n and count(other, "elsewhere") == n,
+                         30, f"wave {wave} of the free tables while the other one is locked")
+        assert count(db, "locked") == 0
+        assert "held" in writer.log()
+    kit.wait_for(lambda: count(db, "locked") == 2000, 60, "the locked table, once released")
+    assert kit.read_all(env.system_errors) == [], "an outage shorter than hold_s parks nothing"
+    assert kit.read_all(env.user_errors) == []
+    assert "circuit opened" not in writer.log()
+
+
+def test_an_outage_shorter_than_hold_parks_nothing_and_a_longer_one_comes_back_by_itself(
+        make_env: Make, writers: Start) -> None:
+    env = make_env(n_databases=2)
+    db, other = env.databases
+    kit.sql(db, PLAIN.format(t="items"))
+    kit.sql(other, PLAIN.format(t="items"))
+    proxy = TcpProxy(kit.PG_PORT).start()
+    env.extra_destinations = [{"vanity": "flaky", "host": "127.0.0.1", "port": proxy.port, "databases": [db],
+                               "connect_timeout_s": 1, "max_connections": 2}]
+    env.pipeline = {"hold_s": 6, "retry_initial_backoff_s": 0.1, "circuit_failures_to_open": 2,
+                    "circuit_open_s": 0.5, "redrive_delay_s": 0.5}
+    writer = writers(env)
+    writer.wait_assigned()
+    try:
+        # a short outage: shorter than hold_s, nothing is parked, everything lands when it ends
+        proxy.stop()
+        kit.publish(env.topic, kit.packets([kit.dest(db, "items", vanity="flaky"), kit.dest(other, "items")],
+                                           rows(range(0, 500))))
+        kit.wait_for(lambda: count(other, "items") == 500, 30, "the healthy database during the outage")
+        time.sleep(2)
+        assert count(db, "items") == 0
+        proxy.start()
+        kit.wait_for(lambda: count(db, "items") == 500, 30, "the held packets after a short outage")
+        assert kit.read_all(env.system_errors) == []
+        # a long outage: past hold_s the packets are parked, and redriven without a command once it is back
+        proxy.stop()
+        kit.publish(env.topic, kit.packets([kit.dest(db, "items", vanity="flaky"), kit.dest(other, "items")],
+                                           rows(range(500, 1500))))
+        kit.wait_for(lambda: count(other, "items") == 1500, 30, "the healthy database during the long outage")
+        parked = kit.read_all(env.system_errors, expect=1000, timeout=60)
+        assert len(parked) == 1000 and codes(parked) == {"database_unavailable": 1000}
+        assert count(db, "items") == 500
+        proxy.start()
+        kit.wait_for(lambda: count(db, "items") == 1500, 90, "parked packets redriven by themselves")
+        time.sleep(1)
+        assert count(db, "items") == 1500 and count(other, "items") == 1500
+        marks = kit.read_all(f"{env.system_errors}.done", expect=1000, timeout=30)
+        assert len({r.key for r in marks}) == 1000, "each parked record marked handled exactly once"
+        assert writer.alive()
+    finally:
+        proxy.stop()
+
+
+def test_records_too_large_for_the_error_topic_defaults_never_stop_the_writer(make_env: Make, writers: Start) -> None:
+    """A 1,000,179-byte packet that fails, a 2 MB packet sent lz4-compressed, and a half-megabyte vanity echoed
+    into a header ended in MSG_SIZE_TOO_LARGE and exit 1, on every restart."""
+    env = make_env()
+    db = env.databases[0]
+    kit.sql(db, "CREATE TABLE items (id bigint PRIMARY KEY, v text NOT NULL, n integer)")
+    writer = writers(env)
+    writer.wait_assigned()
+    bad_value = kit.packets([kit.dest(db, "items")], [{"id": 1, "v": "x" * 1_000_000, "n": "not a number"}])[0]
+    assert len(bad_value) > 1_000_000
+    huge = kit.packets([kit.dest(db, "items")], [{"id": 2, "v": "y" * 2_000_000}])[0]  # too_large, compressible
+    vanity = kit.packets([{**kit.dest(db, "items"), "vanity": "v" * 500_000}], [{"id": 3, "v": "z"}])[0]
+    producer = Producer({"bootstrap.servers": kit.BOOTSTRAP, "compression.type": "lz4",
+                         "message.max.bytes": 10_000_000})
+    for key, value in ((b"bad", bad_value), (b"huge", huge), (b"vanity", vanity)):
+        producer.produce(env.topic, value=value, key=key, headers=[("context", kit.CONTEXT)])
+    assert producer.flush(30) == 0
+    kit.publish(env.topic, kit.packets([kit.dest(db, "items")], [{"id": 10 + i, "v": "ok"} for i in range(100)]))
+    kit.wait_for(lambda: count(db, "items") == 100, 60, "the good packets around the huge ones")
+    errors = {r.key: r for r in kit.read_all(env.user_errors, expect=3, timeout=60)}
+    assert set(errors) == {b"bad", b"huge", b"vanity"}
+    assert errors[b"bad"].value == bad_value and errors[b"bad"].headers["kapow-error-code"] == b"bad_value"
+    assert errors[b"huge"].value == huge and errors[b"huge"].headers["kapow-error-code"] == b"too_large"
+    assert errors[b"vanity"].value == vanity
+    assert len(errors[b"vanity"].headers["kapow-destination"]) < 2048
+    assert len(errors[b"vanity"].headers["kapow-error-message"]) <= 600
+    assert writer.alive(), writer.log()[-2000:]
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def test_what_a_client_controls_is_bounded(make_env: Make, writers: Start) -> None:
+    """400 packets with a 1 MB pipeline_context took RSS from 53 to 531 MB; 5,000 unknown databases made 5,000
+    metric series; one packet with 2,000 destinations wrote 218 MB of error records."""
+    env = make_env()
+    db = env.databases[0]
+    kit.sql(db, PLAIN.format(t="items"))
+    port = kit.free_port()
+    env.http_listen = f"127.0.0.1:{port}"
+    writer = writers(env)
+    writer.wait_assigned()
+    kit.publish(env.topic, kit.packets([kit.dest(db, "items")], rows(range(10))))
+    kit.wait_for(lambda: count(db, "items") == 10, 30, "warm-up")
+    before = rss_mb(writer.proc.pid)
+    pad = "p" * 900_000
+    big = [b'{"pipeline_context":{"destinations":[' + json.dumps({**kit.dest(db, "items"), "table": "items"}).encode()
+           + b'],"pad":"' + pad.encode() + b'%d"},"data":{"id":%d,"v":"big"}}' % (i, 1000 + i) for i in range(400)]
+    kit.publish(env.topic, big)
+    kit.wait_for(lambda: count(db, "items") == 410, 120, "400 packets with a 1 MB pipeline_context")
+    grown = rss_mb(writer.proc.pid) - before
+    assert grown < 200, f"RSS grew by {grown:.0f} MB for 400 large packets"
+    kit.publish(env.topic, [kit.packets([kit.dest(f"db_{i}", "items")], [{"id": i, "v": "x"}])[0]
+                            for i in range(5000)])
+    many = kit.packets([kit.dest(db, f"t{i}") for i in range(2000)], [{"id": 1, "v": "x"}])
+    kit.publish(env.topic, many)
+    user = kit.read_all(env.user_errors, expect=5001, timeout=90)
+    assert len(user) == 5001
+    fanout = [r for r in user if r.headers["kapow-error-code"] == b"too_many_destinations"]
+    assert len(fanout) == 1 and fanout[0].value == many[0]
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    labels = set(re.findall(r'database="([^"]*)"', metrics))
+    assert labels <= {db, "-"}, f"{len(labels)} database labels"
+
+
+def test_sighup_is_logged_and_sigterm_is_bounded_with_a_locked_table(make_env: Make, writers: Start) -> None:
+    import signal
+
+    env = make_env()
+    db = env.databases[0]
+    kit.sql(db, PLAIN.format(t="items"))
+    env.destination = {"lock_timeout_ms": 60_000, "statement_timeout_ms": 120_000}  # a lock that does not give up
+    env.pipeline = {"shutdown_deadline_s": 3}
+    port = kit.free_port()
+    env.http_listen = f"127.0.0.1:{port}"
+    writer = writers(env)
+    writer.wait_assigned()
+    writer.signal(signal.SIGHUP)
+    kit.wait_for(lambda: "SIGHUP" in writer.log(), 10, "the SIGHUP line")
+    assert writer.alive()
+    ready: list[int] = []
+    with locked(db, "items"):
+        kit.publish(env.topic, kit.packets([kit.dest(db, "items")], rows(range(100))))
+        time.sleep(1)
+        started = time.monotonic()
+        writer.signal(signal.SIGTERM)
+
+        def probe() -> None:  # /readyz every 100 ms until the writer is gone
+            while writer.alive():
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+                        ready.append(answer.status)
+                except urllib.error.HTTPError as exc:
+                    ready.append(exc.code)
+                except OSError:
+                    pass
+                time.sleep(0.1)
+
+        threading.Thread(target=probe).start()
+        code = writer.proc.wait(30)
+        took = time.monotonic() - started
+    assert code == 0, writer.log()[-2000:]
+    assert took < 3 + 5, f"SIGTERM took {took:.1f} s with a locked table (deadline 3 s)"
+    assert 503 in ready, f"/readyz answered {ready} while draining"
+    assert count(db, "items") == 0  # nothing landed, nothing committed: a restart replays them
