@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install services services-stop services-status test unit integration lint demo bench chaos browser clean
+.PHONY: install services services-stop services-status test unit integration lint demo bench chaos browser docs clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,14 @@ lint: install
 
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# The integration tests alone (real broker and database; a few minutes).
+integration: install services
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+# docs/CONFIG.md is generated from the config structs (tests/docs checks that it is current).
+docs: install
+	$(BIN)/python -m kapow.configdoc
 
 # The console's tests drive Debian's Chromium (Playwright cannot download browsers here); installed once.
 browser:
