@@ -131,7 +131,7 @@ def test_extract_finds_runnable_blocks_and_their_skip_reasons(tmp_path: Path) ->
                    "```python\nraise SystemExit(3)\n```\n")
     found = extract(doc)
     assert [(e.line, e.kind, e.skip) for e in found] == [(3, "shell", None), (8, "python", "needs your own data here"),
-                                                        (17, "python", None)]
+                                                        (19, "python", None)]
     failing = run(found[2], cwd=tmp_path, env=os.environ, names={})
     assert failing.returncode == 3  # a broken example fails
     assert run(found[0], cwd=tmp_path, env=os.environ, names={"one": "two"}).stdout == "two\n"
