@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install services services-stop services-status test unit integration lint demo bench chaos browser docs clean
+.PHONY: install services services-stop services-status test unit integration lint demo bench chaos browser promtool docs clean
 
 install: $(VENV)/.installed
 
@@ -43,7 +43,11 @@ docs: install
 browser:
 	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
-test: install services lint browser
+# promtool checks and unit-tests the alert rules (tests/docs/test_alert_rules.py); Debian's prometheus package.
+promtool:
+	@command -v promtool >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus)
+
+test: install services lint browser promtool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The long fault-injection run (tests/chaos; the short variants are part of `make test`). One JSON line of
