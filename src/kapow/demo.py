@@ -36,6 +36,7 @@ from kapow.config import Config, DestinationConfig, load_config
 from kapow.contract import make_packet
 from kapow.errors import KapowError
 from kapow.kafka.clients import ensure_topics
+from kapow.kafka.connectivity import BrokerUnreachable, wait_for_broker
 
 TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS public.payments (
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS public.payments (
 )
 """
 BAD_EVERY, BAD_AT, FOREIGN_AT = 1000, 500, 700
+BROKER_WAIT_S = 10.0
 BAD_CODE = "bad_value"  # docs/errors.md: PostgreSQL refused a value for its column (amount "twelve")
 
 
@@ -204,6 +206,10 @@ def expected_rows(packets: int) -> int:
 def run_demo(*, packets: int, rate: int, config_path: Path | None = None, wait_s: float = 60.0,
              linger: bool = True) -> int:
     demo = Demo(config_path or default_config())
+    try:  # the broker first: with it down, nothing is created anywhere
+        wait_for_broker(demo.bootstrap, demo.config.kafka.settings, give_up_s=BROKER_WAIT_S)
+    except BrokerUnreachable as exc:
+        raise KapowError(f"demo: {exc}; run: make services") from None
     demo.prepare_database()
     ensure_topics(demo.bootstrap, {demo.topic: 6}, settings=demo.config.kafka.settings)
     config = demo.writer_config()

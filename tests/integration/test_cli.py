@@ -257,3 +257,19 @@ def test_demo_bad_packets_are_bad_value_and_sigterm_stops_its_writer(make_env: C
     records = kit.read_all(env.user_errors, expect=2, timeout=20)
     assert sorted(r.headers["kapow-error-code"].decode() for r in records) == ["bad_value", "bad_value"]
     assert all(b"amount" in r.headers["kapow-error-message"] for r in records)
+
+
+def test_demo_with_the_broker_down_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    config = dead_broker_config(tmp_path)
+    config.write_text(config.read_text().replace('databases = ["db"]', f'databases = ["{kit.uid("kdemo")}"]'))
+    database = config.read_text().split('databases = ["')[1].split('"')[0]
+    line = one_line_error(kapow("demo", "-c", str(config), "--no-wait"))
+    assert line.startswith(f"kapow: demo: Kafka at {DEAD_BROKER} cannot be reached: Connection refused"), line
+    assert kit.scalar("postgres", "SELECT count(*) FROM pg_database WHERE datname = %s", (database,)) == 0
+
+
+def test_demo_finds_its_default_config_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kapow.demo import default_config
+
+    monkeypatch.chdir(tmp_path)
+    assert default_config() == Path(__file__).resolve().parents[2] / "examples" / "kapow.toml"
