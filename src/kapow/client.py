@@ -35,12 +35,29 @@ class DeliveryError(Exception):
     """Kafka did not acknowledge some packets."""
 
 
-def _flush_at_exit(producer: Producer, topic: str, timeout: float) -> None:
+class Tally:
+    """What a Publisher sent and what Kafka said about it; shared with its exit hook, which has no Publisher."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.acked = 0
+        self.failed: list[str] = []  # the first reasons only (bounded); the count is sent - acked - in flight
+
+    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is None:
+            self.acked += 1
+        elif len(self.failed) < 100:
+            self.failed.append(err.str())
+
+
+def _flush_at_exit(producer: Producer, tally: Tally, topic: str, timeout: float) -> None:
     """The finalizer: flush what is still queued; report, never raise (there is no caller left to tell)."""
     left = producer.flush(timeout)
-    if left:
-        print(f"kapow.client: {left} packet(s) to {topic} not delivered within {timeout:.0f} s at exit",
-              file=sys.stderr)
+    lost = tally.sent - tally.acked
+    if lost:
+        why = f" ({tally.failed[0]})" if tally.failed else ""
+        print(f"kapow.client: {lost} packet(s) to {topic} not delivered{why}; {left} still unacknowledged after "
+              f"{timeout:.0f} s", file=sys.stderr)
 
 
 class Publisher:
@@ -52,20 +69,24 @@ class Publisher:
         self.bootstrap = bootstrap
         self.flush_timeout = flush_timeout
         self._producer = make_producer(bootstrap, settings, **{"linger.ms": 20, "batch.size": 1_000_000})
-        self.sent = 0
-        self.acked = 0
-        self.failed: list[str] = []
-        self._finalizer = weakref.finalize(self, _flush_at_exit, self._producer, topic, flush_timeout)
+        self.tally = Tally()
+        self._finalizer = weakref.finalize(self, _flush_at_exit, self._producer, self.tally, topic, flush_timeout)
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is None:
-            self.acked += 1
-        elif len(self.failed) < 1000:  # bounded: the count is in sent - acked
-            self.failed.append(str(err))
+    @property
+    def sent(self) -> int:
+        return self.tally.sent
+
+    @property
+    def acked(self) -> int:
+        return self.tally.acked
+
+    @property
+    def failed(self) -> list[str]:
+        return self.tally.failed
 
     def _on_delivery_report(self, on_error: Callable[[KafkaError], None], err: KafkaError | None,
                             msg: Message) -> None:
-        self._on_delivery(err, msg)
+        self.tally.on_delivery(err, msg)
         if err is not None:
             on_error(err)
 
@@ -80,7 +101,7 @@ class Publisher:
         all_headers = list(headers or [])
         if pipeline:
             all_headers.append((CONTEXT_HEADER, CONTEXT_VALUE))
-        callback: Callable[[KafkaError | None, Message], None] = self._on_delivery
+        callback: Callable[[KafkaError | None, Message], None] = self.tally.on_delivery
         if on_error is not None:
             callback = partial(self._on_delivery_report, on_error)
         while True:
@@ -90,8 +111,8 @@ class Publisher:
                 break
             except BufferError:
                 self._producer.poll(0.05)
-        self.sent += 1
-        if self.sent % 1000 == 0:
+        self.tally.sent += 1
+        if self.tally.sent % 1000 == 0:
             self._producer.poll(0)
 
     def send(self, destinations: list[dict[str, str]], data: dict[str, Any], key: bytes | None = None) -> None:

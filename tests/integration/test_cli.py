@@ -273,3 +273,29 @@ def test_demo_finds_its_default_config_from_any_directory(tmp_path: Path, monkey
 
     monkeypatch.chdir(tmp_path)
     assert default_config() == Path(__file__).resolve().parents[2] / "examples" / "kapow.toml"
+
+
+def test_a_publisher_is_not_kept_alive_by_its_exit_hook() -> None:
+    import gc
+    import weakref
+
+    from kapow.client import Publisher
+
+    closed = Publisher(kit.BOOTSTRAP, "kapow.test.unused")
+    closed.close()
+    dropped = Publisher(kit.BOOTSTRAP, "kapow.test.unused")  # never closed: flushed when collected
+    refs = [weakref.ref(closed), weakref.ref(dropped)]
+    del closed, dropped
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+
+
+def test_a_publisher_that_cannot_deliver_at_exit_says_so_in_one_line() -> None:
+    script = ("from kapow.client import Publisher\n"
+              f"Publisher({DEAD_BROKER!r}, 'kapow.test.nowhere', flush_timeout=2).send([{{'vanity': 'w'}}], "
+              "{'id': 1})\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == ("kapow.client: 1 packet(s) to kapow.test.nowhere not delivered; 1 still unacknowledged "
+                         "after 2 s"), proc.stderr
+    assert "Traceback" not in proc.stderr and "%3|" not in proc.stderr
