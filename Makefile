@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install services services-stop services-status test unit integration lint demo bench chaos browser clean
+.PHONY: install services services-stop services-status test unit integration lint demo bench chaos browser promtool docs clean
 
 install: $(VENV)/.installed
 
@@ -31,11 +31,23 @@ lint: install
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+# The integration tests alone (real broker and database; a few minutes).
+integration: install services
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+# docs/CONFIG.md is generated from the config structs (tests/docs checks that it is current).
+docs: install
+	$(BIN)/python -m kapow.configdoc
+
 # The console's tests drive Debian's Chromium (Playwright cannot download browsers here); installed once.
 browser:
 	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
-test: install services lint browser
+# promtool checks and unit-tests the alert rules (tests/docs/test_alert_rules.py); Debian's prometheus package.
+promtool:
+	@command -v promtool >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus)
+
+test: install services lint browser promtool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The long fault-injection run (tests/chaos; the short variants are part of `make test`). One JSON line of

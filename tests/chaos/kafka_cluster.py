@@ -1,7 +1,8 @@
 """A throw-away three-node Apache Kafka cluster (KRaft, each node broker + controller), for broker-loss tests.
 
-Built from the jars `make services` resolved into ``.services/kafka/libs``; lives in a temp dir, listens on
-127.0.0.1:39092-39097 (never the shared 9092/9093), heap 512 MB per node. Nodes can be killed (``kill -9``)
+Built from the jars `make services` resolved into ``.services/kafka/libs``; lives in a temp dir, listens on six
+ports the system says are free (``KAPOW_CHAOS_KAFKA_BASE_PORT=N`` asks for N..N+5 instead, and then a taken port is
+an error naming the port and the process that holds it), heap 512 MB per node. Nodes can be killed (``kill -9``)
 and started again; :meth:`KafkaCluster.destroy` kills every node and removes the directory.
 
 Also runnable by hand: ``python -m tests.chaos.kafka_cluster`` starts one and keeps it up until Ctrl+C.
@@ -25,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 ROOT = Path(__file__).resolve().parents[2]
 LIBS = Path(os.environ.get("KAPOW_SERVICES_DIR", ROOT / ".services")) / "kafka" / "libs"  # as scripts/services.sh
 LOG4J = ROOT / "services" / "kafka" / "log4j2.properties"
-BASE_PORT = int(os.environ.get("KAPOW_CHAOS_KAFKA_BASE_PORT", "39092"))
+BASE_PORT = int(os.environ["KAPOW_CHAOS_KAFKA_BASE_PORT"]) if os.environ.get("KAPOW_CHAOS_KAFKA_BASE_PORT") else None
 
 PROPERTIES = """\
 process.roles=broker,controller
@@ -61,29 +62,88 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-class KafkaCluster:
-    """Three KRaft nodes; node ids 1..3, broker port ``BASE_PORT + 2*(id-1)``, controller port one above."""
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 right now (all held open until all are picked)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
-    def __init__(self, nodes: int = 3, base_port: int = BASE_PORT) -> None:
+
+def port_holder(port: int) -> str:
+    """Who listens on ``port``: "pid N (command line)" from /proc, or a plain phrase when it cannot be told."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue
+        links = set()
+        for fd in fds:
+            try:
+                links.add(os.readlink(fd))
+            except OSError:  # closed meanwhile (the directory listing's own fd, for one)
+                continue
+        if any(f"socket:[{inode}]" in links for inode in inodes):
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                cmd = "?"
+            return f"pid {proc.name} ({cmd[:120]})"
+    return "a process this user cannot see" if inodes else "something that answers but does not show in /proc"
+
+
+class KafkaCluster:
+    """Three KRaft nodes; node ids 1..3, each with a broker port and a controller port.
+
+    With ``base_port`` (or ``KAPOW_CHAOS_KAFKA_BASE_PORT``), node n uses ``base + 2*(n-1)`` and the port above;
+    otherwise free ports the system picks, so that no other service on the machine can collide with it.
+    """
+
+    def __init__(self, nodes: int = 3, base_port: int | None = BASE_PORT) -> None:
         if not any(LIBS.glob("kafka_*.jar")):
             raise RuntimeError(f"no Kafka jars in {LIBS}; run: make services")
         self.ids = list(range(1, nodes + 1))
-        self.base_port = base_port
+        picked = (free_ports(2 * nodes) if base_port is None
+                  else [base_port + i for i in range(2 * nodes)])
+        self._ports = {n: (picked[2 * (n - 1)], picked[2 * (n - 1) + 1]) for n in self.ids}
         for n in self.ids:
-            for port in (self.port(n), self.port(n) + 1):
+            for port in self._ports[n]:
                 if _port_open(port):
-                    raise RuntimeError(f"port {port} is taken: another chaos cluster running?")
+                    how = "KAPOW_CHAOS_KAFKA_BASE_PORT" if base_port is not None else "the system's free-port pick"
+                    raise RuntimeError(f"port {port} on 127.0.0.1 (from {how}) is taken by {port_holder(port)}")
         self.dir = Path(tempfile.mkdtemp(prefix="kapow-kafka3-"))
         self.cluster_id = ""
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        voters = ",".join(f"{n}@127.0.0.1:{self.port(n) + 1}" for n in self.ids)
+        voters = ",".join(f"{n}@127.0.0.1:{self.controller_port(n)}" for n in self.ids)
         for n in self.ids:
             (self.dir / f"node{n}").mkdir()
             (self.dir / f"node{n}" / "server.properties").write_text(PROPERTIES.format(
-                node=n, voters=voters, port=self.port(n), cport=self.port(n) + 1, data=self.dir / f"node{n}" / "data"))
+                node=n, voters=voters, port=self.port(n), cport=self.controller_port(n),
+                data=self.dir / f"node{n}" / "data"))
 
     def port(self, node: int) -> int:
-        return self.base_port + 2 * (node - 1)
+        return self._ports[node][0]
+
+    def controller_port(self, node: int) -> int:
+        return self._ports[node][1]
 
     @property
     def bootstrap(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kapow.config import parse_config
-from kapow.errors import ConfigError
+from kapow.errors import ConfigError, KapowError
 
 GOOD = """
 [kafka]
@@ -75,3 +75,20 @@ def test_bad_configs(text: str, needle: str) -> None:
     assert "\n" not in message
     assert message.startswith("kapow.toml: ")
     assert needle in message, message
+
+
+def test_demo_config_round_trips_through_toml_with_the_port_overrides() -> None:
+    """`kapow demo` hands its writer a copy of the config with KAPOW_BOOTSTRAP/KAFKA_PORT/PG_HOST/PG_PORT applied."""
+    from kapow.demo import apply_overrides, to_toml
+
+    c = parse_config(GOOD + 'password_env = "HOME"\nschemas = ["public"]\n[kafka.settings]\n"security.protocol" = '
+                     '"PLAINTEXT"\n"socket.timeout.ms" = 5000\n[log]\nformat = "text"\n')
+    assert parse_config(to_toml(c)) == c
+    moved = apply_overrides(c, {"KAPOW_KAFKA_PORT": "19092", "KAPOW_PG_PORT": "15432", "KAPOW_PG_HOST": "db.local"})
+    assert moved.kafka.bootstrap_servers == "127.0.0.1:19092"
+    assert (moved.destinations[0].host, moved.destinations[0].port) == ("db.local", 15432)
+    assert parse_config(to_toml(moved)) == moved
+    assert apply_overrides(c, {"KAPOW_BOOTSTRAP": "k:1", "KAPOW_KAFKA_PORT": "2"}).kafka.bootstrap_servers == "k:1"
+    assert apply_overrides(c, {}) == c
+    with pytest.raises(KapowError, match="KAPOW_PG_PORT: expected a port number, got 'x'"):
+        apply_overrides(c, {"KAPOW_PG_PORT": "x"})

@@ -2,6 +2,9 @@
 
 The consumer never auto-commits and never auto-stores offsets: the commit step alone decides what is done.
 The producer is idempotent with ``acks=all``, since an error record is the only copy of a failed packet.
+Every client routes librdkafka's own log lines and errors through KaPoW's logging, rate-limited, with one line of
+its own naming the bootstrap address when the broker cannot be reached (:mod:`kapow.kafka.clientlog`); a
+``logger`` or ``error_cb`` the caller passes wins.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from kapow.kafka.clientlog import client_logging
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +42,7 @@ def consumer_config(bootstrap: str, group_id: str, settings: Settings | None = N
         "client.id": "kapow",
     }
     conf.update(settings or {})
-    return conf
+    return _with_logging(conf, bootstrap)
 
 
 def producer_config(bootstrap: str, settings: Settings | None = None, **extra: Any) -> dict[str, Any]:
@@ -52,6 +57,12 @@ def producer_config(bootstrap: str, settings: Settings | None = None, **extra: A
     }
     conf.update(settings or {})
     conf.update(extra)
+    return _with_logging(conf, bootstrap)
+
+
+def _with_logging(conf: dict[str, Any], bootstrap: str) -> dict[str, Any]:
+    for key, value in client_logging(bootstrap).items():
+        conf.setdefault(key, value)  # a caller's own logger or error_cb (in settings or extra) wins
     return conf
 
 
@@ -69,7 +80,7 @@ def admin_config(bootstrap: str, settings: Settings | None = None) -> dict[str, 
     for key, value in (settings or {}).items():
         if key.startswith(("security.", "sasl.", "ssl.", "client.")):
             conf[key] = value
-    return conf
+    return _with_logging(conf, bootstrap)
 
 
 def ensure_topics(
@@ -98,8 +109,9 @@ def ensure_topics(
                 raise
 
 
-def delete_topics(bootstrap: str, topics: list[str], timeout: float = 30.0) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def delete_topics(bootstrap: str, topics: list[str], timeout: float = 30.0, *,
+                  settings: Settings | None = None) -> None:
+    admin = AdminClient(admin_config(bootstrap, settings))
     for future in admin.delete_topics(topics, operation_timeout=timeout).values():
         try:
             future.result(timeout)

@@ -1,0 +1,259 @@
+"""docs/CONFIG.md, generated: every config key (walked from the structs of :mod:`kapow.config`) and every
+``KAPOW_*`` environment variable the project reads (found by scanning ``src/``, ``scripts/``, ``tests/``,
+``Makefile`` and ``.ci/``).
+
+A reference written by hand drifted: the allowlists, ``allow_no_unique_key``, ``statement_timeout_ms``, the retry
+and circuit keys and ``http.enabled`` were documented nowhere but the code (issue 18). Here the types and
+defaults come from the structs themselves, and the meanings sit in :data:`KEYS` and :data:`ENVIRONMENT` below,
+keyed by dotted path / name. ``tests/docs/test_config_doc.py`` fails when a key or a variable has no meaning here,
+when a meaning names a key that is gone, or when docs/CONFIG.md differs from what this module writes.
+
+    python -m kapow.configdoc            # rewrite docs/CONFIG.md (make docs)
+    python -m kapow.configdoc --check    # exit 1 if it is out of date
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import msgspec
+
+from kapow.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "CONFIG.md"
+
+# What each key means, by dotted path; a list of tables is written `destinations[]`.
+KEYS: dict[str, str] = {
+    "kafka": "The broker, the topics to consume and the error topics.",
+    "kafka.bootstrap_servers": "Broker address(es), `host:port[,host:port...]`.",
+    "kafka.topics": "Topics to consume (at least one; not the error topics).",
+    "kafka.group_id": "Consumer group: every writer process of one deployment uses the same one.",
+    "kafka.user_errors_topic": "Where packets that are the client's fault go (docs/errors.md); created if missing.",
+    "kafka.system_errors_topic": "The dead-letter queue: packets that failed on our side, after their retries; "
+                                 "created if missing, with `<name>.done` beside it for handled records.",
+    "kafka.settings": "Any librdkafka property (`\"security.protocol\" = \"SASL_SSL\"`, `sasl.*`, `ssl.*`, ...), "
+                      "passed to the consumer and the producer; the admin client takes `security.*`, `sasl.*`, "
+                      "`ssl.*` and `client.*` only. Quote keys that contain dots.",
+    "destinations[]": "One `[[destinations]]` table per PostgreSQL server, named by its vanity.",
+    "destinations[].vanity": "The name clients write in a packet's `vanity`; unique.",
+    "destinations[].databases": "The databases of this server that packets may name (at least one).",
+    "destinations[].type": "The sink type; `postgres` is the only one today.",
+    "destinations[].host": "Server host.",
+    "destinations[].port": "Server port (1-65535).",
+    "destinations[].user": "Role KaPoW connects as; it needs `INSERT` on the destination tables.",
+    "destinations[].password_env": "Name of the environment variable that holds the password (must be set at "
+                                   "start); the password itself never sits in the file and never reaches a log.",
+    "destinations[].max_connections": "Connections per database per writer process, at most: a burst is paced "
+                                      "out, not passed on.",
+    "destinations[].connect_timeout_s": "Seconds to wait for a connection to open.",
+    "destinations[].statement_timeout_ms": "PostgreSQL `statement_timeout` of KaPoW's sessions; a statement "
+                                           "past it (e.g. waiting on a lock) is the system error `timeout`.",
+    "destinations[].allow_no_unique_key": "Accept tables without a primary key or unique constraint (replays then "
+                                          "duplicate rows); otherwise their packets are the user error "
+                                          "`no_unique_key`.",
+    "destinations[].schemas": "Allowlist of schemas packets may name; unset means any schema the user may write.",
+    "destinations[].tables": "Allowlist of tables packets may name (`table` or `schema.table`); unset means any "
+                             "table the user may write. Outside either list: the user error "
+                             "`forbidden_destination`.",
+    "pipeline": "Batching, limits, retries and the circuit breaker.",
+    "pipeline.batch_max_messages": "Most records consumed into one batch.",
+    "pipeline.batch_max_wait_ms": "At low rates, the longest a packet waits for company before its batch goes.",
+    "pipeline.max_in_flight_batches": "Batches consumed but not yet committed, at most (backpressure past it).",
+    "pipeline.max_packet_bytes": "Largest record value accepted; larger is the user error `too_large`.",
+    "pipeline.max_json_depth": "Deepest nesting accepted in `data`; deeper is the user error `bad_packet`.",
+    "pipeline.retry_budget_s": "How long a system error is retried (exponential back-off with jitter) before the "
+                               "packet is parked on the system-errors topic.",
+    "pipeline.retry_initial_backoff_s": "First back-off between retries.",
+    "pipeline.retry_max_backoff_s": "Longest back-off between retries.",
+    "pipeline.circuit_failures_to_open": "Consecutive failures of a database that open its circuit (then one "
+                                         "probe per interval instead of one timeout per batch).",
+    "pipeline.circuit_open_s": "How long an open circuit waits before it lets a probe through (half-open).",
+    "pipeline.catalog_ttl_s": "Seconds a table's cached catalog (columns, keys) is trusted before it is read "
+                              "again; it is dropped sooner when the database says the table changed.",
+    "pipeline.shutdown_deadline_s": "On SIGTERM/SIGINT, how long in-flight batches get to finish and commit.",
+    "http": "The HTTP side: console, `/metrics`, `/healthz`, `/readyz`, the DLQ API (docs/OPERATIONS.md).",
+    "http.enabled": "Serve it at all.",
+    "http.listen": "`HOST:PORT` to listen on; anything but loopback needs `KAPOW_ADMIN_TOKEN` set.",
+    "log": "Logging on stderr.",
+    "log.level": "`DEBUG` adds a line per packet; `INFO` has one per batch and one per failed packet.",
+    "log.format": "`json` (one object per line, for machines) or `text` (for a terminal). librdkafka's own lines "
+                  "go through it too, rate-limited.",
+}
+
+# Every KAPOW_* variable read anywhere in the project, and what it does.
+ENVIRONMENT: dict[str, str] = {
+    "KAPOW_ADMIN_TOKEN": "`kapow run`: the bearer token `/api` requires; needed to listen on anything but "
+                         "loopback. Never logged.",
+    "KAPOW_BOOTSTRAP": "Broker for `kapow send` and `kapow dlq` without `-b`/`-c`, for `kapow demo` (overrides "
+                       "the config), the benchmark and the tests. Default `127.0.0.1:9092`.",
+    "KAPOW_BROKER_WAIT_S": "`kapow run`: how long to wait for an unreachable broker at start before giving up "
+                           "(default 60).",
+    "KAPOW_KAFKA_PORT": "`scripts/services.sh` (`make services`): the port Kafka listens on (default 9092); "
+                        "`kapow demo` then uses `127.0.0.1:PORT` unless `KAPOW_BOOTSTRAP` is set.",
+    "KAPOW_KAFKA_CONTROLLER_PORT": "`scripts/services.sh`: the port of Kafka's KRaft controller (default 9093).",
+    "KAPOW_PG_PORT": "`scripts/services.sh`: the port PostgreSQL listens on (default 5432); `kapow demo` and the "
+                     "tests connect there.",
+    "KAPOW_PG_HOST": "`kapow demo` and the tests: PostgreSQL host (default `127.0.0.1`).",
+    "KAPOW_ADMIN_DSN": "The benchmark (`kapow bench`): libpq string of an admin connection that may create "
+                       "databases (default `host=127.0.0.1 port=5432 user=postgres dbname=postgres`).",
+    "KAPOW_SERVICES_DIR": "`scripts/services.sh` and the chaos suite: where the Kafka jars, PostgreSQL data and "
+                          "logs live (default `.services/`).",
+    "KAPOW_CHAOS": "`long` runs the long fault-injection scenarios (`make chaos`); `make test` runs the short ones.",
+    "KAPOW_CHAOS_RESULTS": "The chaos suite appends one JSON line of numbers per scenario here.",
+    "KAPOW_CHAOS_KAFKA_BASE_PORT": "The chaos suite's three-node cluster: first port to try (default: any free "
+                                   "ports the system gives).",
+    "KAPOW_CONSOLE_SCREENSHOT": "The console test also saves a screenshot of the overview there (docs/console.png).",
+    "KAPOW_CONSOLE_WARMUP_S": "The console test streams that many seconds first, so the charts have a history.",
+}
+
+# Names the scan finds that are not settings: values the tests invent to exercise `password_env`.
+NOT_SETTINGS = frozenset({"KAPOW_NOPE_UNSET", "KAPOW_TEST_VAULT_PASSWORD", "KAPOW_TEST_WH_PASSWORD"})
+
+_SCANNED = ("src", "scripts", "tests", "Makefile", ".ci")
+_ENV_NAME = re.compile(r"\bKAPOW_[A-Z][A-Z0-9_]*[A-Z0-9]\b")
+
+
+def type_name(tp: Any) -> str:
+    """A TOML-minded name for a field's type."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(f'`"{a}"`' if isinstance(a, str) else f"`{a}`" for a in args)
+    if origin in (Union, types.UnionType):
+        if type(None) in args:
+            rest = [a for a in args if a is not type(None)]
+            return (type_name(rest[0]) if len(rest) == 1 else " or ".join(type_name(a) for a in rest)) + " (optional)"
+        return " or ".join(type_name(a) for a in args)
+    if origin is list:
+        return f"list of {type_name(args[0])}"
+    if origin is dict:
+        return f"table of {type_name(args[1])}"
+    return {str: "string", int: "integer", float: "float", bool: "boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _default(field: msgspec.structs.FieldInfo) -> str:
+    if field.default is not msgspec.NODEFAULT:
+        value = field.default
+    elif field.default_factory is not msgspec.NODEFAULT:
+        value = field.default_factory()
+    else:
+        return "**required**"
+    if value is None:
+        return "unset"
+    if isinstance(value, msgspec.Struct):
+        return "(table)"
+    return "`" + msgspec.json.encode(value).decode() + "`"
+
+
+def _struct_of(tp: Any) -> tuple[type[msgspec.Struct] | None, bool]:
+    """(the Struct a field holds, whether it is a list of them)."""
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return tp, False
+    if get_origin(tp) is list:
+        inner = get_args(tp)[0]
+        if isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+            return inner, True
+    return None, False
+
+
+def sections(struct: type[msgspec.Struct] = Config, prefix: str = "") -> Iterator[tuple[str, str, list[tuple[
+        str, msgspec.structs.FieldInfo]]]]:
+    """(dotted path, TOML header, [(dotted key, field)]) for every table, depth first."""
+    for field in msgspec.structs.fields(struct):
+        inner, many = _struct_of(field.type)
+        if inner is None:
+            continue
+        path = f"{prefix}{field.name}" + ("[]" if many else "")
+        header = f"[[{prefix}{field.name}]]" if many else f"[{prefix}{field.name}]"
+        rows = [(f"{path}.{f.name}", f) for f in msgspec.structs.fields(inner)]
+        yield path, header, rows
+        yield from sections(inner, f"{path}.")
+
+
+def config_keys(struct: type[msgspec.Struct] = Config) -> list[str]:
+    """Every dotted path the generator documents: tables and keys."""
+    out: list[str] = []
+    for path, _, rows in sections(struct):
+        out.append(path)
+        out.extend(key for key, field in rows if _struct_of(field.type)[0] is None)
+    return out
+
+
+def env_names(root: Path = ROOT) -> dict[str, list[str]]:
+    """Every KAPOW_* name in the scanned files -> the files (relative) that mention it."""
+    found: dict[str, set[str]] = {}
+    for entry in _SCANNED:
+        base = root / entry
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else []
+        for path in files:
+            if (path.suffix in (".pyc", ".png", ".jar") or path == Path(__file__)
+                    or any(part == "__pycache__" or part.endswith(".egg-info") for part in path.parts)):
+                continue  # this module names every variable it documents: it would find them all
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            for name in set(_ENV_NAME.findall(text)) - NOT_SETTINGS:
+                found.setdefault(name, set()).add(str(path.relative_to(root)))
+    return {name: sorted(paths) for name, paths in sorted(found.items())}
+
+
+def render(root: Path = ROOT) -> str:
+    out = ["# Configuration reference", "",
+           "<!-- Generated by `python -m kapow.configdoc` (make docs) from the structs in src/kapow/config.py and",
+           "     the meanings in src/kapow/configdoc.py: edit those, not this file. -->", "",
+           "KaPoW reads one TOML file (`kapow run -c FILE`). Unknown keys, wrong types and missing required keys",
+           "fail at start with one line naming the key. `examples/kapow.toml` is a working example (the demo's);",
+           "[CONTRACT.md](CONTRACT.md) §6 has the minimum.", ""]
+    for path, header, rows in sections():
+        out += [f"## `{header}`", "", KEYS.get(path, ""), "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, field in rows:
+            if _struct_of(field.type)[0] is not None:
+                continue
+            out.append(f"| `{field.name}` | {type_name(field.type)} | {_default(field)} | {KEYS.get(key, '')} |")
+        out.append("")
+    out += ["## Environment variables", "",
+            "Every `KAPOW_*` variable the project reads (found in src/, scripts/, tests/, Makefile and .ci/). A",
+            "destination's password comes from the variable its `password_env` names.", "",
+            "| variable | meaning |", "|---|---|"]
+    for name in env_names(root):
+        out.append(f"| `{name}` | {ENVIRONMENT.get(name, '')} |")
+    return "\n".join(out) + "\n"
+
+
+def problems(root: Path = ROOT, struct: type[msgspec.Struct] = Config) -> list[str]:
+    """What keeps the reference from being complete: keys or variables without a meaning, meanings of nothing."""
+    keys, names = set(config_keys(struct)), set(env_names(root))
+    out = [f"config key {k} has no meaning in kapow.configdoc.KEYS" for k in sorted(keys - set(KEYS))]
+    out += [f"kapow.configdoc.KEYS documents {k}, which config.py no longer has" for k in sorted(set(KEYS) - keys)]
+    out += [f"environment variable {n} has no meaning in kapow.configdoc.ENVIRONMENT" for n in sorted(names - set(
+        ENVIRONMENT))]
+    out += [f"kapow.configdoc.ENVIRONMENT documents {n}, which nothing reads any more" for n in sorted(set(
+        ENVIRONMENT) - names)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    issues = problems()
+    for issue in issues:
+        print(f"configdoc: {issue}", file=sys.stderr)
+    text = render()
+    if "--check" in args:
+        current = DOC.read_text(encoding="utf-8") if DOC.is_file() else ""
+        if current != text:
+            print(f"configdoc: {DOC.relative_to(ROOT)} is out of date: run make docs", file=sys.stderr)
+            return 1
+        return 1 if issues else 0
+    DOC.write_text(text, encoding="utf-8")
+    print(f"wrote {DOC.relative_to(ROOT)}", file=sys.stderr)
+    return 1 if issues else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
