@@ -53,7 +53,13 @@ KEYS: dict[str, str] = {
                                       "out, not passed on.",
     "destinations[].connect_timeout_s": "Seconds to wait for a connection to open.",
     "destinations[].statement_timeout_ms": "PostgreSQL `statement_timeout` of KaPoW's sessions; a statement "
-                                           "past it (e.g. waiting on a lock) is the system error `timeout`.",
+                                           "past it is the system error `timeout`, charged to its table (held and "
+                                           "retried alone, parked after `pipeline.hold_s`).",
+    "destinations[].lock_timeout_ms": "PostgreSQL `lock_timeout` of KaPoW's sessions: a table locked by someone "
+                                      "else fails its statement after this long, so it holds only itself while the "
+                                      "other tables of the same transaction commit.",
+    "destinations[].modes": "Write modes packets may ask for: `insert`, `upsert`, `delete` (default: insert and "
+                            "upsert); another is the user error `forbidden_mode`.",
     "destinations[].allow_no_unique_key": "Accept tables without a primary key or unique constraint (replays then "
                                           "duplicate rows); otherwise their packets are the user error "
                                           "`no_unique_key`.",
@@ -61,19 +67,32 @@ KEYS: dict[str, str] = {
     "destinations[].tables": "Allowlist of tables packets may name (`table` or `schema.table`); unset means any "
                              "table the user may write. Outside either list: the user error "
                              "`forbidden_destination`.",
-    "pipeline": "Batching, limits, retries and the circuit breaker.",
+    "pipeline": "Batching, limits, holding and retries, the circuit breaker and the automatic redrive.",
     "pipeline.batch_max_messages": "Most records consumed into one batch.",
     "pipeline.batch_max_wait_ms": "At low rates, the longest a packet waits for company before its batch goes.",
-    "pipeline.max_in_flight_batches": "Batches consumed but not yet committed, at most (backpressure past it).",
     "pipeline.max_packet_bytes": "Largest record value accepted; larger is the user error `too_large`.",
     "pipeline.max_json_depth": "Deepest nesting accepted in `data`; deeper is the user error `bad_packet`.",
-    "pipeline.retry_budget_s": "How long a system error is retried (exponential back-off with jitter) before the "
-                               "packet is parked on the system-errors topic.",
+    "pipeline.max_destinations": "Most destinations in one packet; more is the user error `too_many_destinations`.",
+    "pipeline.hold_s": "How long packets wait, in memory, while their table or database fails (locked, slow, "
+                       "down) before they are parked on the system-errors topic; everything else keeps landing "
+                       "meanwhile. An outage shorter than this parks nothing.",
+    "pipeline.max_buffer_bytes": "Bytes of packets consumed and not yet landed or parked, at most: past it the "
+                                 "consumer pauses, and what is held longest is parked early.",
+    "pipeline.unit_max_rows": "Most rows written in one database transaction (many tables of one database share "
+                              "one transaction and one round trip).",
+    "pipeline.catalog_max_bytes": "Memory for the cached shapes of destination tables; the least recently used "
+                                  "are evicted past it.",
+    "pipeline.redrive": "Redrive parked packets automatically once their destination is healthy again (one writer "
+                        "of the group, exactly once).",
+    "pipeline.redrive_max_attempts": "A packet tried this many times stays parked for an operator (`kapow dlq`).",
+    "pipeline.redrive_delay_s": "The least time between a packet's parking and its redrive.",
+    "pipeline.redrive_rate": "Parked packets redriven per second, at most.",
     "pipeline.retry_initial_backoff_s": "First back-off between retries.",
     "pipeline.retry_max_backoff_s": "Longest back-off between retries.",
-    "pipeline.circuit_failures_to_open": "Consecutive failures of a database that open its circuit (then one "
-                                         "probe per interval instead of one timeout per batch).",
-    "pipeline.circuit_open_s": "How long an open circuit waits before it lets a probe through (half-open).",
+    "pipeline.circuit_failures_to_open": "Consecutive failures of a database (refused or lost connections, never a "
+                                         "bad row or a locked table) that open its circuit.",
+    "pipeline.circuit_open_s": "While a circuit is open the database is probed this often, with or without "
+                               "traffic; the first success closes it.",
     "pipeline.catalog_ttl_s": "Seconds a table's cached catalog (columns, keys) is trusted before it is read "
                               "again; it is dropped sooner when the database says the table changed.",
     "pipeline.shutdown_deadline_s": "On SIGTERM/SIGINT, how long in-flight batches get to finish and commit.",
@@ -108,6 +127,13 @@ ENVIRONMENT: dict[str, str] = {
     "KAPOW_CHAOS_RESULTS": "The chaos suite appends one JSON line of numbers per scenario here.",
     "KAPOW_CHAOS_KAFKA_BASE_PORT": "The chaos suite's three-node cluster: first port to try (default: any free "
                                    "ports the system gives).",
+    "KAPOW_CDC_FIXTURES": "The Debezium capture test saves the real change events it read there (unit-test "
+                          "fixtures).",
+    "KAPOW_CONNECT_DIR": "`scripts/connect.sh`: where the Kafka Connect worker keeps its state (default "
+                         "`.services/connect/default`; `--state` overrides it).",
+    "KAPOW_CONNECT_HEAP": "`scripts/connect.sh`: the Connect worker's Java heap (default 1g).",
+    "KAPOW_CONNECT_LIBS": "`scripts/connect.sh`: where the Connect and Debezium jars are resolved to (default "
+                          "`.services/connect-libs`).",
     "KAPOW_CONSOLE_SCREENSHOT": "The console test also saves a screenshot of the overview there (docs/console.png).",
     "KAPOW_CONSOLE_WARMUP_S": "The console test streams that many seconds first, so the charts have a history.",
 }

@@ -118,7 +118,7 @@ class ConnectionPool:
         for conn in lent:
             try:
                 conn.cancel_safe(timeout=2.0)
-            except Exception as exc:  # noqa: BLE001 - best effort: the connection may be gone already
+            except Exception as exc:  # best effort: the connection may be gone already
                 log.debug("cancel on %s: %s", self.name, exc)
         return len(lent)
 
