@@ -175,7 +175,12 @@ class ErrorPublisher:
         msg = pending.record.msg
         too_large = isinstance(err, KafkaError) and err.code() in (KafkaError.MSG_SIZE_TOO_LARGE,
                                                                   KafkaError.INVALID_MSG_SIZE)
-        if too_large and pending.stage < 2:
+        if too_large and pending.stage == 2:  # not even the bare metadata fits: the topic is misconfigured now;
+            pending.stage = 0  # start over whole after a pause, so a fixed topic gets the record in full
+            log.warning("error record for %s[%s]@%s refused by %s even without its value; retrying", msg.topic(),
+                        msg.partition(), msg.offset(), topic)
+            pending.due = self._clock() + RETRY_AFTER_S
+        elif too_large:
             pending.stage += 1
             log.warning("error record for %s[%s]@%s too large for %s; retrying with %s", msg.topic(),
                         msg.partition(), msg.offset(), topic,
