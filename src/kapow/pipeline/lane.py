@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kapow.config import DestinationConfig, PipelineConfig
 from kapow.contract import TableKey
@@ -43,6 +44,7 @@ from kapow.postgres.writer import configure_connection
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[WorkResult], None]
+WriteUnit = Callable[[Any, Catalog, list[TableJob]], list[JobOutcome]]
 MAX_TABLES_PER_UNIT = 1000
 ALONE_S = 30.0  # after a whole unit timed out, its tables are written alone this long to find the slow one
 
@@ -64,7 +66,8 @@ class DatabaseLane:
     """Everything one (vanity, database) needs: pool, circuit, table queues, workers and prober."""
 
     def __init__(self, *, vanity: str, database: str, config: DestinationConfig, pipeline: PipelineConfig,
-                 catalog: Catalog, deliver: Deliver, clock: Callable[[], float] = time.monotonic) -> None:
+                 catalog: Catalog, deliver: Deliver, clock: Callable[[], float] = time.monotonic,
+                 pool: Any = None, write: WriteUnit = write_unit) -> None:
         self.vanity = vanity
         self.database = database
         self.name = f"{vanity}/{database}"
@@ -73,8 +76,9 @@ class DatabaseLane:
         self._catalog = catalog
         self._deliver = deliver
         self._clock = clock
+        self._write_unit = write
         timeout_ms, lock_ms = config.statement_timeout_ms, config.lock_timeout_ms
-        self.pool = ConnectionPool(
+        self.pool = pool or ConnectionPool(
             name=self.name, conninfo=config.conninfo(database), password=config.password(),
             max_size=config.max_connections + 1,  # one more for the prober, so it never waits behind a worker
             wait_timeout=max(30.0, config.connect_timeout_s * 2),
@@ -264,7 +268,7 @@ class DatabaseLane:
     def _write(self, jobs: list[TableJob]) -> None:
         try:
             with self.pool.connection() as conn:
-                outcomes = write_unit(conn, self._catalog, jobs)
+                outcomes = self._write_unit(conn, self._catalog, jobs)
         except Exception as exc:
             failure = classify_exception(exc)
             if failure.scope is Scope.ROW:  # the whole call refused on a row's grounds: a bug of ours

@@ -115,6 +115,16 @@ class Writer:
 
     def run(self) -> bool:
         """Run until stopped; True when every in-flight batch was finished and committed on the way out."""
+        self.open()
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            drained = self.close()
+        return drained
+
+    def open(self) -> None:
+        """Size the error topics, make the clients, subscribe, and start the redrive."""
         k = self.config.kafka
         max_bytes = self.clients.prepare_topics()
         self.errors = ErrorPublisher(self.clients.producer(max_bytes), user_topic=k.user_errors_topic,
@@ -130,12 +140,10 @@ class Writer:
                            on_lost=self._on_lost)
         tune_gc()
         log.info("writer started", extra={"fields": {"topics": k.topics, "group": k.group_id}})
-        try:
-            while not self._stop.is_set():
-                self.step()
-        finally:
-            drained = self._shutdown(consumer)
-        return drained
+
+    def close(self) -> bool:
+        """Finish what can be within the deadline, commit, leave the group; True when nothing was left behind."""
+        return self._shutdown(self._consumer)
 
     def step(self) -> None:
         """One turn of the loop: consume, hand over, collect answers, publish, commit, observe."""
