@@ -125,14 +125,20 @@ class Record:
     offset: int
 
 
-def read_all(topic: str, *, expect: int | None = None, timeout: float = 30.0) -> list[Record]:
-    """Every record on ``topic`` (from the start); with ``expect``, wait until that many arrived."""
+def read_all(topic: str, *, expect: int | None = None, timeout: float = 30.0,
+             allow_missing: bool = False) -> list[Record]:
+    """Every record on ``topic`` (from the start); with ``expect``, wait until that many arrived.
+
+    A topic that does not exist is an error (an empty list would make ``read_all(t) == []`` pass for a typo),
+    unless ``allow_missing``.
+    """
     c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": uid("reader"), "auto.offset.reset": "earliest",
                   "enable.auto.commit": False})
     out: list[Record] = []
     try:
         admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
         if topic not in admin.list_topics(timeout=10).topics:
+            assert allow_missing, f"topic {topic} does not exist"
             return out
         ends = end_offsets(topic)
         c.assign([TopicPartition(topic, p, 0) for p in ends])
