@@ -115,6 +115,30 @@ class PipelineConfig(_Strict):
     redrive_rate: float = 2000.0  # records per second, at most
 
 
+class RouteConfig(_Strict):
+    """A plain topic bound to one table (PRODUCT.md §1b): its records need no envelope and no header."""
+
+    topic: str
+    vanity: str
+    database: str
+    table: str
+    schema: str = "public"
+    format: Format = "json"
+    mode: Mode = "insert"  # json only: a Debezium event says its own operation
+    key: list[str] | None = None  # the unique constraint to match on (default: the primary key)
+    version: str | None = None  # a column that must not move backwards (upserts and deletes guarded by it)
+    # Kafka record fields (offset, partition, topic, timestamp, key) or, for debezium, the source's lsn and
+    # ts_ms -> the column that takes them
+    metadata: dict[str, str] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.vanity}/{self.database}/{self.schema}.{self.table}"
+
+
+ROUTE_METADATA = frozenset({"offset", "partition", "topic", "timestamp", "key", "lsn", "ts_ms"})
+
+
 class HttpConfig(_Strict):
     enabled: bool = True
     listen: str = "127.0.0.1:8080"
@@ -128,6 +152,7 @@ class LogConfig(_Strict):
 class Config(_Strict):
     kafka: KafkaConfig
     destinations: list[DestinationConfig]
+    routes: list[RouteConfig] = msgspec.field(default_factory=list)
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
@@ -137,6 +162,11 @@ class Config(_Strict):
             if dest.vanity == vanity:
                 return dest
         return None
+
+    @property
+    def consumed_topics(self) -> list[str]:
+        """Every topic the writer consumes: the envelope topics, then the routes' topics."""
+        return [*self.kafka.topics, *(r.topic for r in self.routes)]
 
 
 _PATH = re.compile(r"\$\.?")
@@ -223,19 +253,25 @@ def _check(config: Config, source: str) -> None:
         fail("kafka.bootstrap_servers", "must not be empty")
     if not k.group_id.strip():
         fail("kafka.group_id", "must not be empty")
-    if not k.topics:
-        fail("kafka.topics", "name at least one topic to consume")
-    for key, topic in [("kafka.topics", t) for t in k.topics] + [
-            ("kafka.user_errors_topic", k.user_errors_topic), ("kafka.system_errors_topic", k.system_errors_topic)]:
+    if not k.topics and not config.routes:
+        fail("kafka.topics", "name at least one topic to consume (or add a [[routes]] table)")
+    named = [("kafka.topics", t) for t in k.topics] + [(f"routes[{i}].topic", r.topic)
+                                                       for i, r in enumerate(config.routes)]
+    for key, topic in [*named, ("kafka.user_errors_topic", k.user_errors_topic),
+                       ("kafka.system_errors_topic", k.system_errors_topic)]:
         if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
             fail(key, f"{topic[:80]!r} is not a legal Kafka topic name (letters, digits, '.', '_', '-'; at most 249)")
-    if len(set(k.topics)) != len(k.topics):
-        fail("kafka.topics", "names a topic twice")
+    seen_topics: set[str] = set()
+    for key, topic in named:
+        if topic in seen_topics:
+            fail(key, f"topic {topic!r} is consumed twice (a topic is either an envelope topic or one route's)")
+        seen_topics.add(topic)
     if k.user_errors_topic == k.system_errors_topic:
         fail("kafka.system_errors_topic", "must differ from kafka.user_errors_topic")
     for topic in (k.user_errors_topic, k.system_errors_topic, f"{k.system_errors_topic}.done"):
-        if topic in k.topics:
-            fail("kafka.topics", f"must not include the error topic {topic!r}")
+        for key, named_topic in named:
+            if topic == named_topic:
+                fail(key, f"must not be the error topic {topic!r}")
     _check_kafka_settings(config, fail)
     if not config.destinations:
         fail("destinations", "configure at least one [[destinations]] table")
@@ -265,6 +301,8 @@ def _check(config: Config, source: str) -> None:
                 fail(f"{key}.schemas", f"{name[:80]!r} is not a plain identifier")
         if dest.password_env is not None and dest.password_env not in os.environ:
             fail(f"{key}.password_env", f"environment variable {dest.password_env} is not set")
+    for i, route in enumerate(config.routes):
+        _check_route(config, route, f"routes[{i}]", fail)
     p = config.pipeline
     for name, lo, hi in _PIPELINE_RANGES:
         value = getattr(p, name)
@@ -275,6 +313,30 @@ def _check(config: Config, source: str) -> None:
     host, _, port = config.http.listen.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         fail("http.listen", f"expected HOST:PORT, got {config.http.listen!r}")
+
+
+def _check_route(config: Config, route: RouteConfig, key: str, fail: Callable[[str, str], NoReturn]) -> None:
+    dest = config.destination(route.vanity)
+    if dest is None:
+        fail(f"{key}.vanity", f"{route.vanity!r} is not a configured destination")
+    if route.database not in dest.databases:
+        fail(f"{key}.database", f"{route.database!r} is not one of {route.vanity!r}'s databases")
+    for name, value in (("schema", route.schema), ("table", route.table), *(("key", c) for c in route.key or ()),
+                        *([("version", route.version)] if route.version else [])):
+        if not _IDENTIFIER.fullmatch(value) or len(value.encode()) > 63:
+            fail(f"{key}.{name}", f"{value[:80]!r} is not a plain identifier")
+    if route.key is not None and not route.key:
+        fail(f"{key}.key", "name at least one column")
+    if route.format == "json" and route.mode not in dest.modes:
+        fail(f"{key}.mode", f"{route.mode!r} is not allowed for {route.vanity!r} (its modes: {', '.join(dest.modes)})")
+    if route.format == "debezium" and "upsert" not in dest.modes:
+        fail(f"{key}.format", f"a debezium route upserts: allow \"upsert\" in {route.vanity!r}'s modes")
+    for field, column in (route.metadata or {}).items():
+        if field not in ROUTE_METADATA or (field in ("lsn", "ts_ms") and route.format != "debezium"):
+            fail(f"{key}.metadata", f"{field!r} is not a record field (offset, partition, topic, timestamp, key;"
+                                    " lsn, ts_ms for debezium)")
+        if not _IDENTIFIER.fullmatch(column):
+            fail(f"{key}.metadata", f"{column[:80]!r} is not a plain identifier")
 
 
 def _check_kafka_settings(config: Config, fail: Callable[[str, str], NoReturn]) -> None:

@@ -188,6 +188,7 @@ class Env:
     pipeline: dict[str, Any] = field(default_factory=dict)
     destination: dict[str, Any] = field(default_factory=dict)  # more keys for the main "wh" destination
     http_listen: str | None = None  # HTTP on this address (off when None)
+    routes: list[dict[str, Any]] = field(default_factory=list)  # [[routes]] tables
 
     def config_text(self) -> str:
         lines = [
@@ -208,6 +209,13 @@ class Env:
         ] + [f"{k} = {_toml(v)}" for k, v in self.destination.items()]
         for extra in self.extra_destinations:
             lines += ["", "[[destinations]]"] + [f"{k} = {_toml(v)}" for k, v in extra.items()]
+        for route in self.routes:
+            lines += ["", "[[routes]]"]
+            for k, v in route.items():
+                if isinstance(v, dict):
+                    lines.append(f"{k} = {{ " + ", ".join(f"{a} = {_toml(b)}" for a, b in v.items()) + " }")
+                else:
+                    lines.append(f"{k} = {_toml(v)}")
         lines += ["", "[pipeline]"] + [f"{k} = {_toml(v)}" for k, v in self.pipeline.items()]
         http = ["enabled = false"] if self.http_listen is None else [f'listen = "{self.http_listen}"']
         lines += ["", "[http]", *http, "", "[log]", 'format = "json"']

@@ -220,7 +220,7 @@ class Redriver:
     def _handle(self, consumer: Consumer, producer: Producer, msgs: list[Message]) -> None:
         p = self._config.pipeline
         k = self._config.kafka
-        topics = frozenset(k.topics)
+        topics = frozenset(self._config.consumed_topics)
         send: list[Message] = []
         advance: dict[int, int] = {}
         stopped: set[int] = set()

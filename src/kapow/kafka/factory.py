@@ -39,7 +39,7 @@ class LibrdkafkaClients:
 
         k = self._config.kafka
         admin = AdminClient(admin_config(k.bootstrap_servers, k.settings))
-        return prepare_error_topics(admin, inputs=list(k.topics), user=k.user_errors_topic,
+        return prepare_error_topics(admin, inputs=self._config.consumed_topics, user=k.user_errors_topic,
                                     system=k.system_errors_topic)
 
     def consumer(self) -> Any:

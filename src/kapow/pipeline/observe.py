@@ -43,7 +43,7 @@ class Observer:
                 metrics.ROWS.labels(database, outcome)
         for code in ErrorCode:
             metrics.ERRORS.labels("-", code.error_class.value, code.value)
-        for topic in self._config.kafka.topics:
+        for topic in self._config.consumed_topics:
             for step, outcome in (("filter", "filtered"), ("filter", "passed"), ("sort", "user_error"),
                                   ("sort", "system_error"), ("persist", "landed"), ("persist", "duplicate"),
                                   ("persist", "user_error"), ("persist", "system_error")):

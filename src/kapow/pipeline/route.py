@@ -11,11 +11,61 @@ memory.
 
 from __future__ import annotations
 
-from kapow.config import Config, DestinationConfig
-from kapow.contract import MODES, SINK_TYPES, SYSTEM_SCHEMAS, Destination, TableKey, check_identifier, shorten
+from dataclasses import dataclass
+
+from kapow.config import Config, DestinationConfig, RouteConfig
+from kapow.contract import (
+    MODES,
+    SINK_TYPES,
+    SYSTEM_SCHEMAS,
+    Destination,
+    Metadata,
+    TableKey,
+    check_identifier,
+    shorten,
+)
 from kapow.errors import ErrorCode, Failure, PacketError
 
 Route = tuple[TableKey, DestinationConfig]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """A ``[[routes]]`` entry, resolved once: its table, its server's config and a destination per mode."""
+
+    config: RouteConfig
+    key: TableKey
+    destination: DestinationConfig
+    dests: dict[str, Destination]  # mode -> the destination rows of that mode carry (key, version, metadata)
+    source_columns: tuple[tuple[str, str], ...]  # ("lsn" | "ts_ms", column): filled from a Debezium event
+    max_bytes: int = 1024 * 1024
+    max_depth: int = 32
+
+    @property
+    def deletes(self) -> bool:
+        """Whether a tombstone (or a Debezium delete) may delete: the route upserts or deletes, and the server
+        allows deletes."""
+        return "delete" in self.destination.modes and (self.config.format == "debezium"
+                                                        or self.config.mode in ("upsert", "delete"))
+
+
+def route_specs(config: Config) -> dict[str, RouteSpec]:
+    """Every route of the config by its topic (the config was checked: vanity and database exist)."""
+    out: dict[str, RouteSpec] = {}
+    for route in config.routes:
+        dest_config = config.destination(route.vanity)
+        assert dest_config is not None
+        meta = route.metadata or {}
+        kafka_fields = {k: v for k, v in meta.items() if k in ("offset", "partition", "topic", "timestamp", "key")}
+        metadata = Metadata(**kafka_fields) if kafka_fields else None
+        key = tuple(route.key) if route.key else None
+        dests = {mode: Destination(route.vanity, route.database, route.table, schema=route.schema, mode=mode,
+                                   key=key, version=route.version, metadata=metadata) for mode in MODES}
+        source = tuple((k, v) for k, v in meta.items() if k in ("lsn", "ts_ms"))
+        out[route.topic] = RouteSpec(route, TableKey(route.vanity, route.database, route.schema, route.table),
+                                     dest_config, dests, source, config.pipeline.max_packet_bytes,
+                                     config.pipeline.max_json_depth)
+    return out
 
 
 class Router:
@@ -27,6 +77,7 @@ class Router:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._cache: dict[Destination, Route | Failure] = {}
+        self.routes = route_specs(config)
 
     def route(self, dest: Destination) -> Route | Failure:
         cached = self._cache.get(dest)

@@ -136,10 +136,10 @@ class Writer:
 
             self.redriver = Redriver(self.config, self.persister.healthy)
             self.redriver.start()
-        consumer.subscribe(list(k.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_lost)
+        topics = self.config.consumed_topics
+        consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         tune_gc()
-        log.info("writer started", extra={"fields": {"topics": k.topics, "group": k.group_id}})
+        log.info("writer started", extra={"fields": {"topics": topics, "group": k.group_id}})
 
     def close(self) -> bool:
         """Finish what can be within the deadline, commit, leave the group; True when nothing was left behind."""

@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from kapow.config import Config
-from kapow.contract import PacketDecoder, TableKey
+from kapow.contract import PacketDecoder, TableKey, decode_keys
 from kapow.errors import ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.batch import Batch, TopicCounts
 from kapow.pipeline.filter import is_pipeline_record
-from kapow.pipeline.route import Router
+from kapow.pipeline.route import Router, RouteSpec
 from kapow.pipeline.work import ErrorRecord, Row, TableWork
 
 if TYPE_CHECKING:
@@ -49,6 +51,13 @@ class Sorter:
             if counts is None:
                 counts = topics[topic] = TopicCounts()
             try:
+                route = self.router.routes.get(topic)
+                if route is not None:  # a routed topic: no envelope, no header, one fixed table
+                    if self._file_routed(batch, works, msg, route):
+                        counts.passed += 1
+                    else:
+                        counts.filtered += 1
+                    continue
                 if not is_pipeline_record(self.decoder, msg):
                     counts.filtered += 1
                     continue
@@ -65,6 +74,35 @@ class Sorter:
             batch.first_ts_ms = msgs[0].timestamp()[1]
             batch.last_ts_ms = msgs[-1].timestamp()[1]
         return batch, list(works.values())
+
+    def _file_routed(self, batch: Batch, works: dict[TableKey, TableWork], msg: Message, route: RouteSpec) -> bool:
+        """File a routed record; False when it is skipped (a tombstone the route does not delete with)."""
+        value = msg.value()
+        fmt = route.config.format
+        if value is None and (fmt == "debezium" or not route.deletes):
+            return False  # tombstones of a Debezium topic only serve compaction; json routes: counted, skipped
+        try:
+            if value is None:
+                dest = route.dests["delete"]
+                doc = tombstone_row(msg.key(), route)
+                row = Row(msg, doc, decode_keys(doc, max_depth=self.decoder.max_depth), dest)
+            elif len(value) > self.decoder.max_bytes:
+                raise PacketError(ErrorCode.TOO_LARGE,
+                                  f"record is {len(value)} bytes, the limit is {self.decoder.max_bytes}")
+            elif fmt == "debezium":  # decoded by the lane, which knows the table's column types
+                row = Row(msg, b"", (), route.dests["upsert"], route)
+            else:
+                row = Row(msg, value, decode_keys(value, max_depth=self.decoder.max_depth),
+                          route.dests[route.config.mode])
+        except PacketError as exc:
+            batch.errors.append(ErrorRecord(msg, exc.failure, route.dests[route.config.mode]))
+            return True
+        work = works.get(route.key)
+        if work is None:
+            work = works[route.key] = TableWork(route.key, route.destination, [], batch.seq, 0)
+        work.rows.append(row)
+        work.nbytes += len(value or b"")
+        return True
 
     def _file(self, batch: Batch, works: dict[TableKey, TableWork], msg: Message) -> None:
         value = msg.value()
@@ -85,3 +123,24 @@ class Sorter:
                 work = works[key] = TableWork(key, config, [], batch.seq, 0)
             work.rows.append(Row(msg, packet.doc, packet.keys, dest))
             work.nbytes += size
+
+
+def tombstone_row(key: bytes | None, route: RouteSpec) -> bytes:
+    """The row a tombstone deletes: its key when that is a JSON object, else the key as the route's one key
+    column (a plain string or number key)."""
+    if key is None:
+        raise PacketError(ErrorCode.MISSING_KEY, "a tombstone without a key deletes nothing")
+    stripped = key.strip()
+    if stripped.startswith(b"{"):
+        return stripped
+    columns = route.config.key or []
+    if len(columns) != 1:
+        raise PacketError(ErrorCode.MISSING_KEY, "a tombstone's key must be a JSON object of the key columns, or"
+                                                 " the route must name its one key column (key = [\"id\"])")
+    try:
+        value = msgspec.json.decode(stripped)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        value = key.decode("utf-8", "replace")
+    if isinstance(value, dict | list):
+        raise PacketError(ErrorCode.MISSING_KEY, "a tombstone's key is not a key value")
+    return msgspec.json.encode({columns[0]: value})

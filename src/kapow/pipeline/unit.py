@@ -21,8 +21,8 @@ import msgspec
 import psycopg
 
 from kapow.config import DestinationConfig
-from kapow.contract import TableKey
-from kapow.errors import TABLE_WIDE_USER_CODES, ErrorCode, Failure, Scope
+from kapow.contract import TableKey, decode_keys
+from kapow.errors import TABLE_WIDE_USER_CODES, ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.work import ErrorRecord, Row, TableWork, WorkResult
 from kapow.postgres.catalog import Catalog, Table, load_tables
 from kapow.postgres.isolate import IsolationAborted, isolate
@@ -66,6 +66,7 @@ class _Prepared:
     inputs: list[RowIn] = field(default_factory=list)
     failed: list[tuple[int, ErrorRecord]] = field(default_factory=list)  # (work index, record), before writing
     statements: list[Statement] = field(default_factory=list)
+    skipped: dict[int, int] = field(default_factory=dict)  # work index -> changes that write nothing (truncates)
 
 
 def write_unit(conn: psycopg.Connection[Any], catalog: Catalog, jobs: list[TableJob]) -> list[JobOutcome]:
@@ -128,6 +129,17 @@ def _validate(p: _Prepared) -> None:
         for row in work.rows:
             if table is None:
                 failure: Failure | None = unknown_table(p.job.key)
+            elif row.route is not None:  # a Debezium change event: decoded now that the column types are known
+                try:
+                    decoded = decode_change_row(table, row)
+                except PacketError as exc:
+                    p.failed.append((w, ErrorRecord(row.msg, exc.failure, row.dest)))
+                    continue
+                if decoded is None:
+                    p.skipped[w] = p.skipped.get(w, 0) + 1
+                    continue
+                row = decoded
+                failure = validate(table, p.job.config, row.dest, row.keys)
             else:
                 failure = validate(table, p.job.config, row.dest, row.keys)
             if failure is not None:
@@ -177,6 +189,35 @@ def order_keys(table: Table, inputs: list[RowIn]) -> dict[int, tuple[str, ...]]:
     return out
 
 
+def decode_change_row(table: Table, row: Row) -> Row | None:
+    """The row a Debezium change event writes (an upsert of ``after``, a delete by the key), or None to skip it."""
+    from kapow.formats.debezium import ChangeDecoder, ChangeKind
+
+    route = row.route
+    assert route is not None
+    decoder = table.change_decoder
+    if decoder is None:
+        decoder = table.change_decoder = ChangeDecoder(
+            column_types={c.name: c.sql_type for c in table.columns.values()}, max_bytes=route.max_bytes,
+            max_depth=route.max_depth)
+    change = decoder.decode(row.msg.value(), row.msg.key())
+    if change.kind is ChangeKind.SKIP or change.row is None:
+        return None
+    doc = change.row
+    if change.kind is ChangeKind.DELETE:
+        if not route.deletes:
+            raise PacketError(ErrorCode.FORBIDDEN_MODE, f"a delete event, and {route.key.vanity!r} does not allow"
+                                                        " deletes (add \"delete\" to its modes)")
+        dest = route.dests["delete"]
+    else:
+        dest = route.dests["upsert"]
+    extra = [(column, change.lsn if field == "lsn" else change.ts_ms) for field, column in route.source_columns]
+    if extra:
+        doc = doc[:-1].rstrip() + b"," + b",".join(msgspec.json.encode(c) + b":" + msgspec.json.encode(v)
+                                                    for c, v in extra) + b"}"
+    return Row(row.msg, doc, decode_keys(doc, max_depth=route.max_depth + 2), dest)
+
+
 def unknown_table(key: TableKey) -> Failure:
     return Failure(ErrorCode.UNKNOWN_TABLE, f"table {key.schema}.{key.table} does not exist in database"
                                             f" {key.database!r}")
@@ -223,11 +264,13 @@ def _results(p: _Prepared, duplicates: int, failed: list[tuple[int, ErrorRecord]
         results[w].failed.append(record)
     for w, record in failed:
         results[w].failed.append(record)
+    for w, n in p.skipped.items():
+        results[w].duplicates += n
     remaining_dup = duplicates
     for result in results:
-        ok = len(result.work.rows) - len(result.failed)
+        ok = len(result.work.rows) - len(result.failed) - result.duplicates
         dup = min(ok, remaining_dup)
         remaining_dup -= dup
-        result.duplicates = dup
+        result.duplicates += dup
         result.landed = ok - dup
     return results

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from confluent_kafka import Message
 
     from kapow.config import DestinationConfig
+    from kapow.pipeline.route import RouteSpec
 
 
 class Row(msgspec.Struct, gc=False):
@@ -29,6 +30,7 @@ class Row(msgspec.Struct, gc=False):
     doc: bytes  # the packet's ``data`` exactly as the client sent it
     keys: tuple[str, ...]  # its column names, in the client's order
     dest: Destination  # the destination entry that sent it here (its mode and options)
+    route: RouteSpec | None = None  # a Debezium change event still to decode (the lane knows the column types)
 
 
 @dataclass(slots=True)

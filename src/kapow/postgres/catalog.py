@@ -73,6 +73,7 @@ class Table:
     loaded_at: float = field(default_factory=time.monotonic)
     verdicts: dict[Any, Any] = field(default_factory=dict)  # kapow.postgres.validate's cache
     statements: dict[Any, Any] = field(default_factory=dict)  # kapow.postgres.statements' cache
+    change_decoder: Any = None  # kapow.formats.debezium.ChangeDecoder for this table's columns, made on first use
 
     MAX_DERIVED = 64  # entries per cache: a table sees a few keysets, not thousands
 
