@@ -71,6 +71,10 @@ def create_topic(name: str, partitions: int = 6) -> None:
     ensure_topics(BOOTSTRAP, {name: partitions})
 
 
+def topics() -> set[str]:
+    return set(AdminClient({"bootstrap.servers": BOOTSTRAP}).list_topics(timeout=10).topics)
+
+
 def remove_topics(names: Iterable[str]) -> None:
     delete_topics(BOOTSTRAP, list(names))
 
