@@ -428,8 +428,8 @@ class Scenario:
                                          f"unexpected {sorted(set(user_ids) - poison)[:10]}")
         for r in user:
             assert r.headers.get("kapow-error-code") == b"bad_value", r.headers
-        # a parked packet is never the client's fault, and it was redriven by a writer and landed
-        assert not set(system_ids) & poison, "a poison packet was parked instead of being a user error"
+        # every parked packet was redriven by a writer: a good one then landed (above), a poison one (parked with
+        # its table while the table was down, never tried) then failed as the user error it is (above)
         _, marks = self.parked()
         for r in system:
             assert marks.get((r.partition, r.offset)) == "redriven", (

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg import sql
+
 from kapow.config import DestinationConfig, PipelineConfig
 from kapow.contract import TableKey
 from kapow.errors import ErrorCode, Failure, Scope, classify_exception
@@ -155,6 +157,35 @@ class DatabaseLane:
         with self._cond:
             queue = self._tables.get(key)
             return queue is None or queue.failure is None
+
+    def probe_table(self, key: TableKey) -> bool:
+        """Is a held table writable again, without writing to it? True clears its hold.
+
+        A table held by a failure and no longer holding works (they were parked) is never written again by itself;
+        the redrive asks this before it republishes into it. The probe takes the lock an insert needs, without
+        waiting (``NOWAIT``), in a transaction it rolls back: a table still locked answers at once.
+        """
+        with self._cond:
+            queue = self._tables.get(key)
+            if queue is None or queue.failure is None:
+                return self.circuit.closed
+            if queue.works or queue.busy or self._clock() < queue.held_until:
+                return False
+        try:
+            with self.pool.connection() as conn, conn.transaction(force_rollback=True):
+                conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE NOWAIT").format(
+                    sql.Identifier(key.schema, key.table)))
+        except Exception as exc:
+            failure = classify_exception(exc)
+            with self._cond:
+                if failure.scope is Scope.TABLE:
+                    self._hold_locked(queue, failure, self._clock())
+            return False
+        with self._cond:
+            queue.failure = None
+            queue.backoff = 0.0
+        log.info("table %s takes writes again", key.label)
+        return True
 
     def recently_ok(self, within_s: float = 30.0) -> bool:
         return self.last_success > 0 and self._clock() - self.last_success < within_s

@@ -93,8 +93,10 @@ class Persister:
             lane = self.lane(key.vanity, key.database)
         except KeyError:
             return False
-        if lane.healthy(key) and not lane.recently_ok():
+        if lane.healthy() and not lane.recently_ok():
             lane.probe()
+        if lane.healthy() and not lane.healthy(key):
+            return lane.probe_table(key)  # a held table with nothing queued: still locked?
         return lane.healthy(key)
 
     def close(self, timeout: float = 0.0) -> None:
