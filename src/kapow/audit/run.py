@@ -33,6 +33,10 @@ from kapow.errors import KapowError, one_line
 Progress = Callable[[int, int], None]
 
 
+class BadRange(KapowError):
+    """The range to audit names something that does not exist (a topic, a partition) or is malformed."""
+
+
 class Databases:
     """The configured (vanity, database) pairs, indexed in config order, and connections to them on demand."""
 
@@ -88,7 +92,7 @@ def parse_offsets(text: str) -> dict[int, int]:
     for part in text.split(","):
         p, sep, o = part.strip().partition(":")
         if not (sep and p.isdigit() and o.isdigit()):
-            raise KapowError(f"--from-offsets: {part.strip()!r} is not PARTITION:OFFSET (e.g. 0:1200,1:980)")
+            raise BadRange(f"--from-offsets: {part.strip()!r} is not PARTITION:OFFSET (e.g. 0:1200,1:980)")
         out[int(p)] = int(o)
     return out
 
@@ -97,18 +101,18 @@ def _plan(reader: TopicReader, index: int, topic: str, group: str, since_ms: int
           from_offsets: dict[int, int] | None) -> TopicPlan:
     partitions = reader.partitions(topic)
     if partitions is None:
-        raise KapowError(f"topic {topic} does not exist at Kafka {reader.bootstrap}")
+        raise BadRange(f"topic {topic} does not exist at Kafka {reader.bootstrap}")
     marks = reader.watermarks(topic, partitions)
     starts = {p: low for p, (low, _high) in marks.items()}
-    if since_ms is not None:
+    if since_ms is not None and since_ms > 0:  # (negative timestamps mean "latest"/"earliest" to Kafka)
         for p, off in reader.offsets_for_time(topic, partitions, since_ms).items():
             starts[p] = marks[p][1] if off < 0 else max(off, marks[p][0])
     if from_offsets:
         unknown = sorted(set(from_offsets) - set(partitions))
         if unknown:
-            raise KapowError(f"--from-offsets: topic {topic} has no partition {unknown[0]}")
-        for p, off in from_offsets.items():
-            starts[p] = min(max(off, marks[p][0]), marks[p][1])
+            raise BadRange(f"--from-offsets: topic {topic} has no partition {unknown[0]}")
+        for p, off in from_offsets.items():  # with since too: the later of the two
+            starts[p] = max(starts[p], min(max(off, marks[p][0]), marks[p][1]))
     spans = {p: (starts[p], marks[p][1]) for p in partitions}
     return TopicPlan(index, topic, spans, reader.committed(group, topic, partitions))
 
@@ -122,7 +126,7 @@ def audit(config: Config, *, topic: str | None = None, since_ms: int | None = No
     k = config.kafka
     topics = [topic] if topic else list(k.topics)
     if from_offsets and len(topics) != 1:
-        raise KapowError("--from-offsets needs one topic: name it with --topic")
+        raise BadRange("--from-offsets needs one topic: name it with --topic")
     databases = Databases(config)
     try:
         with open_reader(k.bootstrap_servers, k.settings) as reader:

@@ -20,10 +20,10 @@ def register(sub: Any) -> None:
                                      "Exit status 1 when missing > 0.")
     cmd.add_argument("-c", "--config", required=True, help="TOML config file (topics, group, destinations)")
     cmd.add_argument("--topic", help="audit this topic only (default: every topic of the config)")
-    start = cmd.add_mutually_exclusive_group()
-    start.add_argument("--since", help="only records published at or after (ISO 8601, or 15m / 2h / 1d ago)")
-    start.add_argument("--from-offsets", metavar="P:O,...", help="start each named partition at this offset "
-                                                                 "(one topic; the others from their start)")
+    cmd.add_argument("--since", help="only records published at or after (ISO 8601, or 15m / 2h / 1d ago)")
+    cmd.add_argument("--from-offsets", metavar="P:O,...", help="start each named partition at this offset (one "
+                                                               "topic; the others from their start; with --since, "
+                                                               "the later of the two)")
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     cmd.add_argument("--examples", type=int, default=10, help="missing records to show (default 10)")
     cmd.set_defaults(func=cmd_audit)
