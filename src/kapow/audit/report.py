@@ -55,6 +55,7 @@ class AuditReport:
     partitions: list[PartitionReport] = field(default_factory=list)
     missing_examples: list[Missing] = field(default_factory=list)
     elapsed_s: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: reading errors, sources, joins, rows
 
     def _sum(self, name: str) -> int:
         return sum(getattr(p, name) for p in self.partitions)
@@ -82,7 +83,8 @@ class AuditReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"total": self.total, **self.counts, "unverified": self.unverified, "group": self.group,
-                "elapsed_s": round(self.elapsed_s, 2), "missing_examples": [m.to_json() for m in self.missing_examples],
+                "elapsed_s": round(self.elapsed_s, 2), "phases": self.phases,
+                "missing_examples": [m.to_json() for m in self.missing_examples],
                 "partitions": [p.to_json() for p in self.partitions]}
 
     def table(self) -> str:

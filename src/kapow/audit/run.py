@@ -128,6 +128,7 @@ def audit(config: Config, *, topic: str | None = None, since_ms: int | None = No
     if from_offsets and len(topics) != 1:
         raise BadRange("--from-offsets needs one topic: name it with --topic")
     databases = Databases(config)
+    phases: dict[str, float] = {}
     try:
         with open_reader(k.bootstrap_servers, k.settings) as reader:
             plans = [_plan(reader, i, t, k.group_id, since_ms, from_offsets) for i, t in enumerate(topics)]
@@ -139,9 +140,14 @@ def audit(config: Config, *, topic: str | None = None, since_ms: int | None = No
             handled = read_handled(reader, k.system_errors_topic, system_marks)
             feeder.errors(reader, k.system_errors_topic, handled)
             feeder.errors(reader, k.user_errors_topic, None)
+            phases["errors_s"] = time.monotonic() - started
             for plan in plans:
                 feeder.sources(reader, plan)
+            phases["sources_s"] = time.monotonic() - started - phases["errors_s"]
+        mark = time.monotonic()
         groups = scratch.join_evidence(conn)
+        phases["join_s"] = time.monotonic() - mark
+        mark = time.monotonic()
         for db in sorted({g[1] for g in groups}):
             try:
                 target = None if db == home else databases.connect(db)
@@ -150,7 +156,10 @@ def audit(config: Config, *, topic: str | None = None, since_ms: int | None = No
                     raise
                 continue  # only republished records go there: their copies decide, else they stay pending
             checks.check_database(conn, target, db, [(g, s, t, kc) for g, d, s, t, kc in groups if d == db])
+        phases["rows_s"] = time.monotonic() - mark
+        mark = time.monotonic()
         counts, missing = scratch.resolve(conn, examples)
+        phases["resolve_s"] = time.monotonic() - mark
     except psycopg.OperationalError as exc:
         raise KapowError(f"audit: a destination database failed: {one_line(exc)}") from None
     finally:
@@ -170,4 +179,5 @@ def audit(config: Config, *, topic: str | None = None, since_ms: int | None = No
         row.unverified += unverified
     report.missing_examples = [Missing(topics[t], p, o, why) for t, p, o, why in missing]
     report.elapsed_s = time.monotonic() - started
+    report.phases = {k: round(v, 2) for k, v in phases.items()}
     return report

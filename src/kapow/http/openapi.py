@@ -74,6 +74,8 @@ _AUDIT = {
         "unverified": {"type": "integer", "minimum": 0,
                        "description": "landed records whose table gives no unique key to find the row by"},
         "group": {"type": "string"}, "elapsed_s": {"type": "number"},
+        "phases": {"type": "object", "additionalProperties": {"type": "number"},
+                   "description": "seconds spent reading error topics, source topics, joining, checking rows"},
         "missing_examples": {"type": "array", "items": {
             "type": "object", "required": ["topic", "partition", "offset", "why"],
             "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"},
