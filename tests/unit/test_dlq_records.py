@@ -97,3 +97,11 @@ def test_trim_and_outcome_json() -> None:
     assert out.to_json() == {"action": "rescheduled", "count": 2, "ids": ["0:1", "0:2"], "skipped": ["0:3"]}
     assert Outcome(Verb.PURGE).to_json() == {"action": "purged", "count": 0, "ids": []}
     assert label_of(None) == "" and label_of({"vanity": "v", "database": "d", "table": "t"}) == "v/d/public.t"
+
+
+def test_records_without_a_topic_or_whole_value_are_not_rescheduled() -> None:
+    from kapow.deadletter.mover import reschedulable
+
+    assert reschedulable(decode_record(message(written())))
+    assert not reschedulable(decode_record(message(written(**{"kapow-source-topic": None}))))
+    assert not reschedulable(decode_record(message(written(**{"kapow-value-truncated": b"5000000"}))))

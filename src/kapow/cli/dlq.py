@@ -205,6 +205,6 @@ def _move(queue: DeadLetterQueue, flt: DlqFilter, args: argparse.Namespace) -> i
     else:
         print(f"{verb.done} {outcome.count} record(s) on {queue.topic}", file=sys.stderr)
     if outcome.skipped:
-        print(f"kapow: skipped {len(outcome.skipped)} record(s) without kapow-source-topic (purge them instead): "
-              f"{', '.join(outcome.skipped[:5])}", file=sys.stderr)
+        print(f"kapow: skipped {len(outcome.skipped)} record(s) that cannot be rescheduled (no kapow-source-topic, "
+              f"or a cut value; purge them instead): {', '.join(outcome.skipped[:5])}", file=sys.stderr)
     return 0

@@ -45,7 +45,7 @@ class Verb(enum.StrEnum):
 @dataclasses.dataclass(slots=True)
 class Outcome:
     """What a reschedule or purge did: ``count`` records, the first ``MAX_IDS_REPORTED`` ids, and the ones skipped
-    (a record without ``kapow-source-topic`` cannot be rescheduled: purge it instead)."""
+    (a record without ``kapow-source-topic``, or with a cut value, cannot be rescheduled: purge it instead)."""
 
     verb: Verb
     count: int = 0
@@ -57,6 +57,12 @@ class Outcome:
         if self.skipped:
             out["skipped"] = self.skipped
         return out
+
+
+def reschedulable(item: DlqRecord) -> bool:
+    """A record can go back to its topic when it names the topic and holds its whole value (a value cut to fit the
+    error topic, ``kapow-value-truncated``, would come back as a broken packet)."""
+    return bool(item.source_topic) and item.value_truncated is None
 
 
 def copy_headers(item: DlqRecord) -> list[tuple[str, bytes]]:
@@ -97,7 +103,7 @@ class Mover:
             raise KapowError(f"cannot start a transaction at Kafka {bootstrap}: {_reason(exc)}") from None
 
     def add(self, item: DlqRecord) -> None:
-        if self.verb is Verb.RESCHEDULE and not item.source_topic:
+        if self.verb is Verb.RESCHEDULE and not reschedulable(item):
             if len(self.outcome.skipped) < MAX_IDS_REPORTED:
                 self.outcome.skipped.append(item.id)
             return

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from kapow.deadletter.done import Handled, read_handled
-from kapow.deadletter.mover import Mover, Outcome, Verb
+from kapow.deadletter.mover import Mover, Outcome, Verb, reschedulable
 from kapow.deadletter.reader import TopicReader, open_reader
 from kapow.deadletter.records import DlqFilter, DlqRecord, Trimmed, decode_record, failed_at_ms, trim
 from kapow.errors import KapowError
@@ -171,10 +171,14 @@ class DeadLetterQueue:
         if missing:
             raise UnknownRecord(f"no parked record with id {', '.join(missing[:10])} on {self.topic}")
         if verb is Verb.RESCHEDULE:
-            orphans = [r.id for r in found.values() if not r.source_topic]
-            if orphans:
-                raise CannotReschedule(f"record {orphans[0]} has no kapow-source-topic header; it cannot be "
-                                       "rescheduled (purge it instead)")
+            for r in found.values():
+                if not r.source_topic:
+                    raise CannotReschedule(f"record {r.id} has no kapow-source-topic header; it cannot be "
+                                           "rescheduled (purge it instead)")
+                if not reschedulable(r):
+                    raise CannotReschedule(f"record {r.id} holds only the first {len(r.value or b'')} of its "
+                                           f"{r.value_truncated} bytes (kapow-value-truncated); it cannot be "
+                                           f"rescheduled: republish the original ({r.origin}) and purge it")
 
     def move(self, verb: Verb, flt: DlqFilter, progress: Progress | None = None, *,
              chunk_records: int = 500) -> Outcome:

@@ -2,9 +2,9 @@
 
 One order everywhere: oldest first, by failure time, then partition and offset; a page ends with ``next_after``,
 the cursor for the next one. Reads stream the whole queue (:class:`kapow.deadletter.queue.DeadLetterQueue`), so a
-page costs a read of the topic: a page is shared for two seconds between callers (the console polls; Kafka should
-not be read once per open tab and second), a reschedule or purge always decides on a fresh read, one at a time,
-and drops what was shared.
+page costs a read of the topic: a page is shared between callers for two seconds, or twice as long as its read
+took (the console polls; Kafka should not be read once per open tab and second), a reschedule or purge always
+decides on a fresh read, one at a time, and drops what was shared.
 """
 
 from __future__ import annotations
@@ -66,15 +66,19 @@ class Dlq:
         key = (flt, limit, after, skip)
         with self._read_lock:
             cached = self._pages.get(key)
-            if cached is not None and time.monotonic() - cached[0] < READ_TTL_S:
+            if cached is not None and time.monotonic() < cached[0]:
                 return cached[1]
+            started = time.monotonic()
             try:
                 page = self.queue.page(flt, limit=limit, after=after, skip=skip, preview_bytes=PREVIEW_BYTES)
             except UnknownRecord as exc:
                 raise ApiError(404, f"after: {exc}") from None
             if len(self._pages) >= _CACHED_PAGES:
                 self._pages.clear()
-            self._pages[key] = (time.monotonic(), page)
+            # shared for READ_TTL_S, or twice as long as the read took: a queue of a million records takes seconds
+            # to read, and an open console must not keep Kafka reading it back to back
+            took = time.monotonic() - started
+            self._pages[key] = (time.monotonic() + max(READ_TTL_S, 2 * took), page)
             return page
 
     def get(self, rid: str) -> DlqRecord | None:

@@ -142,7 +142,8 @@ def openapi_document() -> dict[str, Any]:
                                 "ids": {"type": "array", "items": {"type": "string"},
                                         "description": "the first 1000 ids acted on"},
                                 "skipped": {"type": "array", "items": {"type": "string"},
-                                            "description": "records without kapow-source-topic (not rescheduled)"}}},
+                                            "description": "not rescheduled: no kapow-source-topic, or a value cut "
+                                                           "to fit the error topic (kapow-value-truncated)"}}},
         "Audit": _AUDIT,
         "UserErrors": {"type": "object", "required": ["topic", "total", "limit", "records"],
                        "properties": {"topic": {"type": "string"}, "total": {"type": "integer"},
