@@ -39,8 +39,9 @@ def test_big_data_keeps_only_values_a_key_can_hold() -> None:
     data = {"id": 7, "name": "n", "blob": "x" * MAX_KEYDOC_RAW, "nested": {"a": 1}, "list": [1]}
     keydoc = keydoc_of(msgspec.json.encode(data))
     assert keydoc is not None and msgspec.json.decode(keydoc) == {"id": 7, "name": "n"}
-    small = b'{"id": 7, "nested": {"a": 1}}'
+    small = b'{"id": 7, "nested": {"a": 1}, "name": "Zo\xc3\xab"}'
     assert keydoc_of(small) == small  # short data travels as it is
+    assert keydoc_of(b'{"id": "\xff"}') is None  # not UTF-8: the writer refuses it, the COPY would too
 
 
 def test_copy_text_escaping() -> None:

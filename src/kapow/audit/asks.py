@@ -132,6 +132,11 @@ def keydoc_of(data: bytes) -> bytes | None:
     if head != b"{":
         return None
     if len(data) <= MAX_KEYDOC_RAW:
+        if not data.isascii():  # msgspec.Raw passes invalid UTF-8 through; the writer refuses it (not_json)
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
         return data
     try:
         decoded = _data.decode(data)

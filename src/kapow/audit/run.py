@@ -160,7 +160,7 @@ def audit(config: Config, *, topic: str | None = None, since_ms: int | None = No
         mark = time.monotonic()
         counts, missing = scratch.resolve(conn, examples)
         phases["resolve_s"] = time.monotonic() - mark
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:  # lost connection, no TEMP privilege, disk full: one line, never a traceback
         raise KapowError(f"audit: a destination database failed: {one_line(exc)}") from None
     finally:
         databases.close()
