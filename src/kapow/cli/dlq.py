@@ -83,7 +83,8 @@ def register(sub: Any) -> None:
             cmd.add_argument("--until", help="failed at or before (ISO 8601, or 15m / 2h / 1d ago)")
         cmd.add_argument("--json", action="store_true", help="JSON lines on stdout")
         if name == "list":
-            cmd.add_argument("--limit", type=int, default=100, help="records per page (default 100; 0: all)")
+            cmd.add_argument("--limit", type=int, default=0, help="at most this many (a page; default 0: all, "
+                                                                  "streamed)")
             cmd.add_argument("--after", metavar="ID", help="start after this record (the last id of a page)")
         if name in ("reschedule", "purge"):
             cmd.add_argument("--all", action="store_true", help="every parked record (no ids or filter needed)")
