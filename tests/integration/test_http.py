@@ -7,6 +7,7 @@ secret in the logs, readiness, and the DLQ API's semantics (those of ``kapow dlq
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -93,14 +94,14 @@ def test_openapi_document_is_valid_openapi_3(fuzz_writer: harness.HttpWriter) ->
     loaded = schemathesis.openapi.from_dict(doc)  # validates the document against the OpenAPI 3 meta-schema
     operations = {f"{op.method.upper()} {op.path}" for op in (r.ok() for r in loaded.get_all_operations())}
     for expected in ("GET /api/dlq", "GET /api/dlq/{id}", "POST /api/dlq/{id}/reschedule", "POST /api/dlq/purge",
-                     "GET /api/user-errors", "GET /api/stats", "GET /readyz", "GET /metrics"):
+                     "GET /api/user-errors", "GET /api/stats", "GET /api/audit", "GET /readyz", "GET /metrics"):
         assert expected in operations
 
 
 # ---------------------------------------------------------------------------------------------- auth
 MUTATIONS = [("POST", "/api/dlq/0:0/reschedule", None), ("POST", "/api/dlq/0:0/purge", None),
              ("POST", "/api/dlq/reschedule", {"all": True}), ("POST", "/api/dlq/purge", {"all": True})]
-READS = ["/api/dlq", "/api/dlq/0:0", "/api/user-errors", "/api/stats"]
+READS = ["/api/dlq", "/api/dlq/0:0", "/api/user-errors", "/api/stats", "/api/audit"]
 
 
 def test_token_gate(fuzz_writer: harness.HttpWriter) -> None:
@@ -131,6 +132,9 @@ def test_user_caused_errors_are_4xx_json_one_line(fuzz_writer: harness.HttpWrite
         ("POST", "/api/dlq/purge", {"ids": ["zz"]}, 400), ("POST", "/api/dlq/purge", {"bogus": 1}, 400),
         ("POST", "/api/dlq/reschedule", [1, 2], 400), ("POST", "/api/dlq/reschedule", {"ids": ["0:999999"]}, 404),
         ("GET", "/api/user-errors?limit=201", None, 400), ("GET", "/api/stats?seconds=0", None, 400),
+        ("GET", "/api/dlq?after=nope", None, 400), ("GET", "/api/dlq?after=0:999999", None, 404),
+        ("GET", "/api/audit?topic=nope", None, 404), ("GET", "/api/audit?from_offsets=0-5", None, 400),
+        ("GET", "/api/audit?from_offsets=99:0", None, 404), ("GET", "/api/audit?examples=101", None, 400),
         ("GET", "/nowhere", None, 404), ("DELETE", "/api/dlq", None, 405), ("GET", "/console/../../etc", None, 404),
     ]
     for method, path, body, status in cases:
@@ -161,11 +165,19 @@ def test_dlq_api_list_filter_show_reschedule_purge(make_env: Callable[..., kit.E
     assert listing["facets"]["codes"] == {"database_unavailable": 5}
     assert listing["facets"]["destinations"] == {f"vault/{db}/public.events": 5}
     stamps = [r["failed_at_ms"] for r in listing["records"]]
-    assert stamps == sorted(stamps, reverse=True)  # newest first
+    assert listing["order"] == "oldest first" and stamps == sorted(stamps)  # one order: the CLI's
+    assert all(r["destination_label"] == f"vault/{db}/public.events" for r in listing["records"])
     assert all(r["destination"]["vanity"] == "vault" and r["source"]["topic"] == env.topic
                for r in listing["records"])
     page = harness.get_json(url, "/api/dlq", limit=2, offset=2)
     assert [r["id"] for r in page["records"]] == [r["id"] for r in listing["records"][2:4]]
+    first_page = harness.get_json(url, "/api/dlq", limit=2)  # the cursor: each page continues the last
+    assert first_page["next_after"] == listing["records"][1]["id"]
+    second_page = harness.get_json(url, "/api/dlq", limit=2, after=first_page["next_after"])
+    assert [r["id"] for r in second_page["records"]] == [r["id"] for r in listing["records"][2:4]]
+    last_page = harness.get_json(url, "/api/dlq", limit=2, after=second_page["next_after"])
+    assert [r["id"] for r in last_page["records"]] == [listing["records"][4]["id"]]
+    assert last_page["next_after"] is None
     assert harness.get_json(url, "/api/dlq", code="timeout")["total"] == 0
     assert harness.get_json(url, "/api/dlq", destination="vault/")["total"] == 5
     assert harness.get_json(url, "/api/dlq", since="1h")["total"] == 5
@@ -195,11 +207,19 @@ def test_dlq_api_list_filter_show_reschedule_purge(make_env: Callable[..., kit.E
     assert again[0].value == original["value"].encode() and again[0].key == original["key"].encode()
     assert again[0].headers["context"] == original["headers"]["context"].encode()
 
-    # the CLI sees the same queue state
+    # the CLI sees the same queue state, in the same order, with the same destination label (pasteable)
     out = subprocess.run([sys.executable, "-m", "kapow", "dlq", "list", "--json", "-c", str(writer.config)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
-    cli_ids = {line.split('"id":"')[1].split('"')[0] for line in out.splitlines() if line.strip()}
-    assert first not in cli_ids and second not in cli_ids
+    cli = [json.loads(line) for line in out.splitlines()]
+    assert [r["id"] for r in cli] == [r["id"] for r in harness.get_json(url, "/api/dlq")["records"]]
+    assert first not in {r["id"] for r in cli} and second not in {r["id"] for r in cli}
+    label = cli[0]["destination_label"]
+    out = subprocess.run([sys.executable, "-m", "kapow", "dlq", "list", "--json", "-c", str(writer.config),
+                          "--destination", label], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert {r["id"] for r in cli} <= {json.loads(line)["id"] for line in out.splitlines()}  # (a copy may re-park)
+    out = subprocess.run([sys.executable, "-m", "kapow", "dlq", "list", "--json", "-c", str(writer.config),
+                          "--destination", f"wh/{db}/"], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out == ""
 
     # user errors are listed, newest first, and read-only
     ue = harness.get_json(url, "/api/user-errors")
@@ -211,6 +231,19 @@ def test_dlq_api_list_filter_show_reschedule_purge(make_env: Callable[..., kit.E
     stamps = [r["failed_at_ms"] for r in ue["records"]]
     assert stamps == sorted(stamps, reverse=True)
     assert httpx.post(f"{url}/api/user-errors", timeout=10).status_code == 405
+
+    # the audit, over HTTP and from the CLI: the same answer (the rescheduled copy parks again: vault is down)
+    kit.wait_for(lambda: harness.get_json(url, "/api/dlq")["parked"] == 4, 60, "the rescheduled copy parked again")
+    kit.wait_for(lambda: harness.get_json(url, "/api/audit")["pending"] == 0, 60, "the copy committed")
+    api_audit = harness.get_json(url, "/api/audit", examples=5)
+    done = subprocess.run([sys.executable, "-m", "kapow", "audit", "--json", "-c", str(writer.config)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    keys = ("total", "filtered", "landed", "user_errors", "parked", "purged", "pending", "missing")
+    assert {k: api_audit[k] for k in keys} == {k: json.loads(done.stdout)[k] for k in keys} == {
+        "total": 10, "filtered": 0, "landed": 0, "user_errors": 4, "parked": 5, "purged": 1, "pending": 0,
+        "missing": 0}
+    assert sum(p["total"] for p in api_audit["partitions"]) == 10 and api_audit["missing_examples"] == []
     assert writer.stop() == 0
 
 

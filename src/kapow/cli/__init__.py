@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from kapow import __version__
-from kapow.cli import bench, check, demo, dlq, run, send
+from kapow.cli import audit, bench, check, demo, dlq, errors, run, send
 from kapow.errors import ConfigError, KapowError
 
 EXIT_USAGE = 2
@@ -41,6 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kapow", description="KaPoW, the Kafka -> PostgreSQL Writer")
     p.add_argument("--version", action="version", version=f"kapow {__version__}")
     sub = p.add_subparsers(title="commands")
-    for module in (run, check, send, dlq, bench, demo):
+    for module in (run, check, send, dlq, errors, audit, bench, demo):
         module.register(sub)
     return p

@@ -1,155 +1,76 @@
-"""The dead-letter queue: view, reschedule and purge records on the system-errors topic.
+"""The dead-letter queue: list, show, summarise, reschedule and purge the records parked on the system-errors topic.
 
-Kafka cannot delete one record from the middle of a topic, so the queue keeps a compacted companion topic,
-``<system-errors>.done``, with one marker per handled record (key ``partition:offset``). A record with a marker
-never shows again, also after a restart or from another process. Rescheduling republishes the original key,
-value and headers to the source topic with the attempt count carried forward, waits for Kafka's
-acknowledgement, and only then writes the marker: a crash in between can at worst reschedule a record twice,
-which the destination's unique key turns into a no-op; it can never lose one.
+Kafka cannot delete one record from the middle of a topic, so handled records get a marker on a compacted
+companion topic, ``<system-errors>.done`` (:mod:`kapow.deadletter.done`); a record with a marker never shows
+again, also after a restart or from another process. Rescheduling republishes the original key, value and headers
+to the source topic (``kapow-attempt`` plus one, ``kapow-origin`` kept or set) and writes the marker in the same
+Kafka transaction (:mod:`kapow.deadletter.mover`): a crash never reschedules a record twice.
+
+Every call reads the topic afresh and streams it: memory is one page, one chunk and one byte per offset of the
+topic (the markers), never the queue itself, so a million parked records are listed, summarised, rescheduled or
+purged in bounded memory. **One order everywhere** (CLI, API, console): oldest first, by failure time
+(``kapow-failed-at``), then partition and offset; a page ends with a cursor, the id of its last record, and
+``after=<id>`` continues from there (the order depends on the topic's content alone, so the cursor holds).
 
 Both ``kapow dlq`` and the HTTP API use this one class.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import time
-import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
-import msgspec
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
-
-from kapow.deadletter.publisher import (
-    H_ATTEMPT,
-    H_CLASS,
-    H_CODE,
-    H_DESTINATION,
-    H_FAILED_AT,
-    H_MESSAGE,
-    H_OFFSET,
-    H_PARTITION,
-    H_TIMESTAMP,
-    H_TOPIC,
-    HEADER_PREFIX,
-)
+from kapow.deadletter.done import Handled, read_handled
+from kapow.deadletter.mover import Mover, Outcome, Verb, reschedulable
+from kapow.deadletter.reader import TopicReader, open_reader
+from kapow.deadletter.records import DlqFilter, DlqRecord, Trimmed, decode_record, failed_at_ms, trim
 from kapow.errors import KapowError
-from kapow.kafka.clients import Settings, admin_config, make_producer
+from kapow.kafka.clients import Settings
 
-Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class DlqRecord:
-    """One parked packet, with its metadata decoded from the ``kapow-*`` headers."""
-
-    id: str  # "partition:offset" on the system-errors topic
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-    code: str
-    error_class: str
-    message: str
-    destination: dict[str, str] | None
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    source_timestamp_ms: int
-    attempt: int
-    failed_at_ms: int
-
-    def to_json(self, *, with_value: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id, "partition": self.partition, "offset": self.offset, "code": self.code,
-            "class": self.error_class, "message": self.message, "destination": self.destination,
-            "source": {"topic": self.source_topic, "partition": self.source_partition,
-                       "offset": self.source_offset, "timestamp_ms": self.source_timestamp_ms},
-            "attempt": self.attempt, "failed_at": _iso(self.failed_at_ms), "failed_at_ms": self.failed_at_ms,
-        }
-        if with_value:
-            out["key"] = _text(self.key)
-            out["value"] = _text(self.value)
-            out["headers"] = {k: _text(v) for k, v in self.headers}
-        return out
+Progress = Callable[[int, int], None]  # (records read, records to read)
+MAX_FACETS = 200  # distinct codes / destinations counted per page (the rest under "…")
 
 
-@dataclass(frozen=True, slots=True)
-class DlqFilter:
-    ids: frozenset[str] | None = None
-    code: str | None = None
-    destination: str | None = None  # substring of "vanity/database/schema.table"
-    since_ms: int | None = None
-    until_ms: int | None = None
-
-    def matches(self, r: DlqRecord) -> bool:
-        if self.ids is not None and r.id not in self.ids:
-            return False
-        if self.code and r.code != self.code:
-            return False
-        if self.destination:
-            d = r.destination or {}
-            where = f"{d.get('vanity', '')}/{d.get('database', '')}/{d.get('schema', '')}.{d.get('table', '')}"
-            if self.destination not in where:
-                return False
-        if self.since_ms is not None and r.failed_at_ms < self.since_ms:
-            return False
-        return not (self.until_ms is not None and r.failed_at_ms > self.until_ms)
+class UnknownRecord(KapowError):
+    """An id that names no record of the queue (as ``after`` cursor, or to show or act on)."""
 
 
-def _text(b: bytes | None) -> str | None:
-    if b is None:
-        return None
-    return b.decode("utf-8", "replace")
+@dataclass(slots=True)
+class Summary:
+    """Counts of the parked records, by code, destination and both (``kapow dlq stats``)."""
+
+    parked: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+    destinations: dict[str, int] = field(default_factory=dict)
+    pairs: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # -> [count, oldest ms, newest ms]
+
+    def add(self, r: DlqRecord) -> None:
+        self.parked += 1
+        where = r.label or "-"
+        for facet, key in ((self.codes, r.code), (self.destinations, where)):
+            if key in facet or len(facet) < MAX_FACETS:
+                facet[key] = facet.get(key, 0) + 1
+            else:
+                facet["…"] = facet.get("…", 0) + 1
+        pair = self.pairs.get((r.code, where))
+        if pair is None:
+            if len(self.pairs) >= MAX_FACETS:
+                return
+            self.pairs[(r.code, where)] = [1, r.failed_at_ms, r.failed_at_ms]
+        else:
+            pair[0] += 1
+            pair[1] = min(pair[1], r.failed_at_ms)
+            pair[2] = max(pair[2], r.failed_at_ms)
 
 
-def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+@dataclass(slots=True)
+class Page:
+    """One page of matching parked records (oldest first), with the counts of the whole queue."""
 
-
-def parse_time(text: str) -> int:
-    """ISO 8601 (``2026-11-24T10:00:00Z``) or relative (``15m``, ``2h``, ``1d`` ago) -> epoch milliseconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text and text[-1] in units and text[:-1].isdigit():
-        return int((time.time() - int(text[:-1]) * units[text[-1]]) * 1000)
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise KapowError(f"cannot read time {text!r}: use ISO 8601 (2026-11-24T10:00:00Z) or 15m/2h/1d") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def decode_record(msg: Message) -> DlqRecord:
-    """A DLQ record from a Kafka message on an error topic (its ``kapow-*`` headers decoded)."""
-    headers: list[tuple[str, bytes | None]] = msg.headers() or []  # type: ignore[assignment]
-    clean = tuple((k, v) for k, v in headers if v is not None)
-    meta = {k: v.decode("utf-8", "replace") for k, v in clean if k.startswith(HEADER_PREFIX)}
-
-    def num(name: str) -> int:
-        try:
-            return int(meta.get(name, "-1"))
-        except ValueError:
-            return -1
-
-    destination = None
-    if H_DESTINATION in meta:
-        try:
-            destination = msgspec.json.decode(meta[H_DESTINATION], type=dict[str, str])
-        except msgspec.DecodeError:
-            destination = None
-    partition, offset = msg.partition() or 0, msg.offset() or 0
-    return DlqRecord(
-        id=f"{partition}:{offset}", partition=partition, offset=offset, key=msg.key(), value=msg.value(),
-        headers=clean, code=meta.get(H_CODE, "?"), error_class=meta.get(H_CLASS, "?"),
-        message=meta.get(H_MESSAGE, ""), destination=destination, source_topic=meta.get(H_TOPIC, ""),
-        source_partition=num(H_PARTITION), source_offset=num(H_OFFSET), source_timestamp_ms=num(H_TIMESTAMP),
-        attempt=max(num(H_ATTEMPT), 1), failed_at_ms=num(H_FAILED_AT),
-    )
+    records: list[Trimmed]
+    total: int  # records matching the filter
+    summary: Summary  # every parked record
+    next_after: str | None  # the cursor for the next page; None when this one is the last
 
 
 class DeadLetterQueue:
@@ -162,161 +83,152 @@ class DeadLetterQueue:
         self.done_topic = f"{topic}.done"
         self._settings = dict(settings or {})
         self._timeout = timeout
-        self._producer: Producer | None = None
 
-    def _consumer(self) -> Consumer:
-        conf = admin_config(self.bootstrap, self._settings)
-        conf.update({"group.id": f"kapow-dlq-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                     "auto.offset.reset": "earliest", "enable.partition.eof": True})
-        return Consumer(conf)
+    def _reader(self) -> TopicReader:
+        return open_reader(self.bootstrap, self._settings, idle_timeout=min(self._timeout, 15.0))
 
-    def _read(self, topic: str, handle: Callable[[Message], None]) -> None:
-        """Call ``handle`` on every record of ``topic`` up to its current end."""
-        consumer = self._consumer()
-        try:
-            meta = consumer.list_topics(topic, timeout=self._timeout)
-            info = meta.topics.get(topic)
-            if info is None or info.error is not None:
-                return
-            pending: set[int] = set()
-            assignment = []
-            for p in info.partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=self._timeout)
-                if high > low:
-                    pending.add(p)
-                    assignment.append(TopicPartition(topic, p, low))
-            if not pending:
-                return
-            consumer.assign(assignment)
-            deadline = time.monotonic() + self._timeout * 4
-            while pending:
-                if time.monotonic() > deadline:
-                    raise KapowError(f"timed out reading {topic} from {self.bootstrap}")
-                for msg in consumer.consume(1000, 0.1):  # short: EOF events end the read, not the timeout
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            pending.discard(msg.partition() or 0)
-                            continue
-                        raise KapowError(f"reading {topic}: {err}")
-                    handle(msg)
-        finally:
-            consumer.close()
+    def _parked(self, reader: TopicReader, *, merged: bool, spans: dict[int, tuple[int, int]] | None = None,
+                progress: Progress | None = None) -> Iterator[tuple[str, DlqRecord | None]]:
+        """(id, record) for every record of the topic in the queue's order; record is None when handled."""
+        watermarks = reader.watermarks(self.topic)
+        handled: Handled = read_handled(reader, self.topic, watermarks)
+        spans = spans if spans is not None else watermarks
+        total = sum(max(0, end - start) for start, end in spans.values())
+        msgs = (reader.read_merged(self.topic, spans, failed_at_ms) if merged else reader.read(self.topic, spans))
+        for n, msg in enumerate(msgs, 1):
+            p, o = msg.partition() or 0, msg.offset() or 0
+            rid = f"{p}:{o}"
+            yield rid, (None if (p, o) in handled else decode_record(msg))
+            if progress is not None and (n % 1000 == 0 or n == total):
+                progress(n, total)
 
-    def handled(self) -> set[str]:
-        """Ids of records already rescheduled or purged."""
-        done: set[str] = set()
-
-        def keep(msg: Message) -> None:
-            key = msg.key()
-            if key is not None:
-                if msg.value() is None:  # a tombstone would un-handle; we never write one, but honour it
-                    done.discard(key.decode())
-                else:
-                    done.add(key.decode())
-
-        self._read(self.done_topic, keep)
-        return done
+    def scan(self, flt: DlqFilter | None = None, *, after: str | None = None) -> Iterator[DlqRecord]:
+        """Parked records matching ``flt``, oldest first, starting after the record ``after``."""
+        flt = flt or DlqFilter()
+        with self._reader() as reader:
+            passed = after is None
+            for rid, record in self._parked(reader, merged=True, spans=_id_spans(reader, self.topic, flt)):
+                if not passed:
+                    passed = rid == after
+                    continue
+                if record is not None and flt.matches(record):
+                    yield record
+            if not passed:
+                raise UnknownRecord(f"no record with id {after} on {self.topic} (the cursor of a listing)")
 
     def records(self, flt: DlqFilter | None = None) -> list[DlqRecord]:
-        """Records still parked (not rescheduled or purged), oldest first, that match ``flt``."""
-        done = self.handled()
-        out: list[DlqRecord] = []
+        """Every matching parked record in a list: for small queues and tests (:meth:`scan` streams)."""
+        return list(self.scan(flt))
+
+    def page(self, flt: DlqFilter | None = None, *, limit: int = 100, after: str | None = None, skip: int = 0,
+             preview_bytes: int = 240) -> Page:
+        """One page of matching records (values cut to ``preview_bytes``), the match count and the summary."""
         flt = flt or DlqFilter()
+        summary = Summary()
+        out: list[Trimmed] = []
+        total = 0
+        more = False
+        passed = after is None
+        with self._reader() as reader:
+            for rid, record in self._parked(reader, merged=True):
+                if record is None:
+                    passed = passed or rid == after
+                    continue
+                summary.add(record)
+                if not flt.matches(record):
+                    passed = passed or rid == after
+                    continue
+                total += 1
+                if not passed:
+                    passed = rid == after
+                elif skip > 0:
+                    skip -= 1
+                elif len(out) < limit:
+                    out.append(trim(record, preview_bytes, headers=False))
+                else:
+                    more = True
+        if not passed:
+            raise UnknownRecord(f"no record with id {after} on {self.topic} (the cursor of a listing)")
+        return Page(out, total, summary, out[-1].record.id if more and out else None)
 
-        def keep(msg: Message) -> None:
-            rid = f"{msg.partition()}:{msg.offset()}"
-            if rid in done:
-                return
-            record = decode_record(msg)
-            if flt.matches(record):
-                out.append(record)
-
-        self._read(self.topic, keep)
-        out.sort(key=lambda r: (r.failed_at_ms, r.partition, r.offset))
-        return out
+    def summary(self) -> Summary:
+        with self._reader() as reader:
+            summary = Summary()
+            for _rid, record in self._parked(reader, merged=False):
+                if record is not None:
+                    summary.add(record)
+            return summary
 
     def get(self, rid: str) -> DlqRecord | None:
-        found = self.records(DlqFilter(ids=frozenset({rid})))
+        """One parked record in full (reads that one offset, and the markers); None if there is none."""
+        found = list(self.scan(DlqFilter(ids=frozenset({rid}))))
         return found[0] if found else None
 
-    def _producer_(self) -> Producer:
-        if self._producer is None:
-            self._producer = make_producer(self.bootstrap, self._settings, **{"linger.ms": 5})
-        return self._producer
+    def check_ids(self, ids: list[str], *, verb: Verb) -> None:
+        """Refuse, before anything is done, ids that are not parked (404) or cannot be rescheduled (409)."""
+        found = {r.id: r for r in self.scan(DlqFilter(ids=frozenset(ids)))}
+        missing = sorted(set(ids) - set(found))
+        if missing:
+            raise UnknownRecord(f"no parked record with id {', '.join(missing[:10])} on {self.topic}")
+        if verb is Verb.RESCHEDULE:
+            for r in found.values():
+                if not r.source_topic:
+                    raise CannotReschedule(f"record {r.id} has no kapow-source-topic header; it cannot be "
+                                           "rescheduled (purge it instead)")
+                if not reschedulable(r):
+                    raise CannotReschedule(f"record {r.id} holds only the first {len(r.value or b'')} of its "
+                                           f"{r.value_truncated} bytes (kapow-value-truncated); it cannot be "
+                                           f"rescheduled: republish the original ({r.origin}) and purge it")
 
-    def _ensure_done_topic(self) -> None:
-        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-        admin = AdminClient(admin_config(self.bootstrap, self._settings))
-        if self.done_topic in admin.list_topics(timeout=self._timeout).topics:
-            return
-        new = NewTopic(self.done_topic, num_partitions=1, replication_factor=-1,
-                       config={"cleanup.policy": "compact"})
-        for future in admin.create_topics([new], operation_timeout=self._timeout).values():
+    def move(self, verb: Verb, flt: DlqFilter, progress: Progress | None = None, *,
+             chunk_records: int = 500) -> Outcome:
+        """Reschedule or purge every parked record matching ``flt``, streaming, a transaction per chunk."""
+        with self._reader() as reader:
+            mover = Mover(self.bootstrap, self.topic, verb, settings=self._settings, chunk_records=chunk_records,
+                          timeout=self._timeout)  # fences an earlier mover *before* the markers are read
             try:
-                future.result(self._timeout)
-            except Exception as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise KapowError(f"cannot create {self.done_topic}: {exc}") from None
+                spans = _id_spans(reader, self.topic, flt)
+                for _rid, record in self._parked(reader, merged=False, spans=spans, progress=progress):
+                    if record is not None and flt.matches(record):
+                        mover.add(record)
+                return mover.finish()
+            finally:
+                mover.close()
 
-    def _send_all(self, items: Iterable[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]],
-                  progress: Progress | None, total: int) -> int:
-        """Produce (topic, key, value, headers) items and wait until each is acknowledged; raise on failure."""
-        producer = self._producer_()
-        failures: list[str] = []
-        acked = 0
+    def reschedule(self, target: list[DlqRecord] | DlqFilter | None = None, progress: Progress | None = None) -> int:
+        """Republish matching records (a list means its ids) to their source topics; the number rescheduled."""
+        return self.move(Verb.RESCHEDULE, _as_filter(target), progress).count
 
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            nonlocal acked
-            if err is not None:
-                failures.append(str(err))
-            else:
-                acked += 1
-                if progress is not None:
-                    progress(acked, total)
-
-        for topic, key, value, headers in items:
-            while True:
-                try:
-                    producer.produce(topic, key=key, value=value, headers=headers,  # type: ignore[arg-type]
-                                     on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-            producer.poll(0)
-        left = producer.flush(self._timeout * 2)
-        if left or failures:
-            raise KapowError(f"{left} records unacknowledged, {len(failures)} failed: {failures[:2]}")
-        return acked
-
-    def _mark(self, records: list[DlqRecord], action: str, progress: Progress | None) -> None:
-        self._ensure_done_topic()
-        now = int(time.time() * 1000)
-        value = msgspec.json.encode({"action": action, "at_ms": now})
-        marks: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
-            (self.done_topic, r.id.encode(), value, []) for r in records
-        ]
-        self._send_all(marks, progress, len(records))
-
-    def reschedule(self, records: list[DlqRecord], progress: Progress | None = None) -> int:
-        """Republish each record to its source topic (acknowledged), then mark it handled."""
-        items = []
-        for r in records:
-            if not r.source_topic:
-                raise KapowError(f"record {r.id} has no {H_TOPIC} header; cannot reschedule it")
-            headers = [(k, v) for k, v in r.headers if not k.startswith(HEADER_PREFIX)]
-            headers.append((H_ATTEMPT, str(r.attempt + 1).encode()))
-            items.append((r.source_topic, r.key, r.value, headers))
-        self._send_all(items, progress, len(items))
-        self._mark(records, "rescheduled", None)
-        return len(records)
-
-    def purge(self, records: list[DlqRecord], progress: Progress | None = None) -> int:
-        self._mark(records, "purged", progress)
-        return len(records)
+    def purge(self, target: list[DlqRecord] | DlqFilter | None = None, progress: Progress | None = None) -> int:
+        return self.move(Verb.PURGE, _as_filter(target), progress).count
 
     def close(self) -> None:
-        if self._producer is not None:
-            self._producer.flush(self._timeout)
-            self._producer = None
+        """Nothing to release: every call opens and closes its own clients (kept for callers that close)."""
+
+
+class CannotReschedule(KapowError):
+    """A record without ``kapow-source-topic`` was named for a reschedule."""
+
+
+def _as_filter(target: list[DlqRecord] | DlqFilter | None) -> DlqFilter:
+    if isinstance(target, DlqFilter):
+        return target
+    if target is None:
+        return DlqFilter()
+    return DlqFilter(ids=frozenset(r.id for r in target))
+
+
+def _id_spans(reader: TopicReader, topic: str, flt: DlqFilter) -> dict[int, tuple[int, int]] | None:
+    """With ids, read only from the smallest to the largest named offset of each partition; else everything."""
+    if not flt.ids:
+        return None
+    wanted: dict[int, tuple[int, int]] = {}
+    for rid in flt.ids:
+        part, _, off = rid.partition(":")
+        if not (part.isdigit() and off.isdigit()):
+            continue
+        p, o = int(part), int(off)
+        lo, hi = wanted.get(p, (o, o + 1))
+        wanted[p] = (min(lo, o), max(hi, o + 1))
+    marks = reader.watermarks(topic)
+    return {p: (max(lo, marks[p][0]), min(hi, marks[p][1])) for p, (lo, hi) in wanted.items() if p in marks}

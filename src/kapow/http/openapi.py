@@ -31,7 +31,7 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 _FILTERS = [
     _query("code", {"type": "string", "maxLength": 64}, "only records with this error code"),
     _query("destination", {"type": "string", "maxLength": 200},
-           "only records whose vanity/database/schema.table contains this"),
+           "only records whose vanity/database/schema.table contains this (a listed label matches exactly it)"),
     _query("since", _TIME, "failed at or after (ISO 8601, or 15m / 2h / 1d ago)"),
     _query("until", _TIME, "failed at or before (ISO 8601, or 15m / 2h / 1d ago)"),
 ]
@@ -50,17 +50,44 @@ _SUMMARY_PROPS: dict[str, Any] = {
     "code": {"type": "string", "description": "stable error code (docs/errors.md)"},
     "class": {"type": "string", "description": "user or system"},
     "message": {"type": "string"},
-    "destination": {"type": "object", "nullable": True, "additionalProperties": {"type": "string"}},
+    "destination": {"type": "object", "nullable": True, "description": "the failed destination as the packet gave it"},
+    "destination_label": {"type": "string", "description": "vanity/database/schema.table ('' for a whole packet)"},
     "source": _SOURCE,
+    "origin": {"type": "string", "description": "topic/partition/offset of the original source record"},
     "attempt": {"type": "integer", "minimum": 1},
     "failed_at": {"type": "string"},
     "failed_at_ms": {"type": "integer"},
 }
-_SUMMARY_REQUIRED = ["id", "partition", "offset", "code", "class", "message", "destination", "source", "attempt",
-                     "failed_at", "failed_at_ms"]
+_SUMMARY_REQUIRED = ["id", "partition", "offset", "code", "class", "message", "destination", "destination_label",
+                     "source", "origin", "attempt", "failed_at", "failed_at_ms"]
 _NUMBER_OR_NULL = {"type": "number", "nullable": True}
 _SERIES = {"type": "array", "items": _NUMBER_OR_NULL}
 _OUTCOMES = ("landed", "duplicate", "filtered", "user_error", "system_error")
+OFFSETS_PATTERN = r"^[0-9]{1,6}:[0-9]{1,19}(,[0-9]{1,6}:[0-9]{1,19}){0,999}$"
+_CATEGORIES = ("filtered", "landed", "user_errors", "parked", "purged", "pending", "missing")
+_COUNT = {"type": "integer", "minimum": 0}
+_AUDIT = {
+    "type": "object",
+    "required": ["total", *_CATEGORIES, "unverified", "group", "elapsed_s", "missing_examples", "partitions"],
+    "properties": {
+        "total": _COUNT, **dict.fromkeys(_CATEGORIES, _COUNT),
+        "unverified": {"type": "integer", "minimum": 0,
+                       "description": "landed records whose table gives no unique key to find the row by"},
+        "group": {"type": "string"}, "elapsed_s": {"type": "number"},
+        "phases": {"type": "object", "additionalProperties": {"type": "number"},
+                   "description": "seconds spent reading error topics, source topics, joining, checking rows"},
+        "missing_examples": {"type": "array", "items": {
+            "type": "object", "required": ["topic", "partition", "offset", "why"],
+            "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"},
+                           "offset": {"type": "integer"}, "why": {"type": "string"}}}},
+        "partitions": {"type": "array", "items": {
+            "type": "object", "required": ["topic", "partition", "start", "end", "committed", "total", *_CATEGORIES],
+            "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"},
+                           "start": {"type": "integer"}, "end": {"type": "integer"},
+                           "committed": {"type": "integer", "description": "-1: nothing committed"},
+                           "total": _COUNT, **dict.fromkeys(_CATEGORIES, _COUNT), "unverified": _COUNT}}},
+    },
+}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -77,9 +104,14 @@ def openapi_document() -> dict[str, Any]:
                                   "truncated": {"type": "boolean",
                                                 "description": "value cut (user errors: at 16 KiB)"}}},
         "DlqList": {
-            "type": "object", "required": ["topic", "total", "parked", "limit", "offset", "records", "facets"],
+            "type": "object",
+            "required": ["topic", "order", "total", "parked", "limit", "offset", "next_after", "records", "facets"],
             "properties": {
                 "topic": {"type": "string"},
+                "order": {"type": "string", "enum": ["oldest first"]},
+                "after": _NULLABLE_STRING,
+                "next_after": {"type": "string", "nullable": True,
+                               "description": "pass as after for the next page; null on the last page"},
                 "total": {"type": "integer", "description": "records matching the filter"},
                 "parked": {"type": "integer", "description": "records parked in all"},
                 "limit": {"type": "integer"}, "offset": {"type": "integer"},
@@ -107,7 +139,12 @@ def openapi_document() -> dict[str, Any]:
         "Done": {"type": "object", "required": ["action", "count", "ids"],
                  "properties": {"action": {"type": "string", "enum": ["rescheduled", "purged"]},
                                 "count": {"type": "integer", "minimum": 0},
-                                "ids": {"type": "array", "items": {"type": "string"}}}},
+                                "ids": {"type": "array", "items": {"type": "string"},
+                                        "description": "the first 1000 ids acted on"},
+                                "skipped": {"type": "array", "items": {"type": "string"},
+                                            "description": "not rescheduled: no kapow-source-topic, or a value cut "
+                                                           "to fit the error topic (kapow-value-truncated)"}}},
+        "Audit": _AUDIT,
         "UserErrors": {"type": "object", "required": ["topic", "total", "limit", "records"],
                        "properties": {"topic": {"type": "string"}, "total": {"type": "integer"},
                                       "limit": {"type": "integer"},
@@ -171,13 +208,19 @@ def openapi_document() -> dict[str, Any]:
                                   "history to return (default 300)")],
             "responses": {"200": _json(_ref("Stats"), "stats"), "400": _ERROR, "401": _UNAUTHORIZED}}},
         "/api/dlq": {"get": {
-            "summary": "Parked records (system errors), newest first", "operationId": "dlqList",
-            "security": _SECURE,
+            "summary": "Parked records (system errors), oldest first (by failure time, then partition and offset)",
+            "description": "One order everywhere (kapow dlq list, the console). A page ends with next_after: pass "
+                           "it as after to read the next page.",
+            "operationId": "dlqList", "security": _SECURE,
             "parameters": [*_FILTERS,
                            _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
-                           _query("offset", {"type": "integer", "minimum": 0, "maximum": 100000000}, "skip")],
+                           _query("offset", {"type": "integer", "minimum": 0, "maximum": 100000000},
+                                  "skip this many matching records (after the cursor, if any)"),
+                           _query("after", {"type": "string", "pattern": _ID_PATTERN},
+                                  "start after this record id (the next_after of the previous page)")],
             "responses": {"200": _json(_ref("DlqList"), "a page of records"), "400": _ERROR,
-                          "401": _UNAUTHORIZED, "503": _UNAVAILABLE}}},
+                          "401": _UNAUTHORIZED, "404": _json(_ref("Error"), "after names no record of the queue"),
+                          "503": _UNAVAILABLE}}},
         "/api/dlq/{id}": {"get": {
             "summary": "One parked record in full: key, value, headers, metadata", "operationId": "dlqShow",
             "security": _SECURE, "parameters": [_RECORD_ID],
@@ -200,6 +243,21 @@ def openapi_document() -> dict[str, Any]:
             "security": _SECURE,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Selection")}}},
             "responses": mutation}},
+        "/api/audit": {"get": {
+            "summary": "Did everything land? Every record of the input topics in exactly one category",
+            "description": "As kapow audit: landed, filtered, user_errors, parked, purged, pending or missing. Slow "
+                           "on a busy topic (it reads every record); one audit at a time per writer.",
+            "operationId": "audit", "security": _SECURE,
+            "parameters": [
+                _query("topic", {"type": "string", "maxLength": 249}, "one of the writer's topics (default: all)"),
+                _query("since", _TIME, "only records published at or after"),
+                _query("from_offsets", {"type": "string", "pattern": OFFSETS_PATTERN},
+                       "PARTITION:OFFSET,... where each named partition starts (one topic; with since, the later)"),
+                _query("examples", {"type": "integer", "minimum": 0, "maximum": 100}, "missing records shown (10)")],
+            "responses": {"200": _json(_ref("Audit"), "the audit"), "400": _ERROR, "401": _UNAUTHORIZED,
+                          "404": _json(_ref("Error"), "no such topic of the writer, or partition of the topic"),
+                          "409": _json(_ref("Error"), "an audit is already running (see Retry-After)"),
+                          "503": _UNAVAILABLE}}},
         "/api/user-errors": {"get": {
             "summary": "Recent user errors (read-only), newest first", "operationId": "userErrors",
             "security": _SECURE,
@@ -211,7 +269,7 @@ def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "KaPoW operations API", "version": __version__,
-                 "description": "Dead-letter queue, user errors and live stats of one KaPoW writer. With "
+                 "description": "Dead-letter queue, user errors, the audit and live stats of one KaPoW writer. With "
                                 "KAPOW_ADMIN_TOKEN set, every /api call needs Authorization: Bearer <token>."},
         "paths": paths,
         "components": {

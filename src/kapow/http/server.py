@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import uvicorn
 
     from kapow.config import Config
-    from kapow.http.api import WriterView
+    from kapow.http.state import WriterView
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from kapow import metrics
+from kapow.http.common import json_response, only, query_int
+from kapow.http.state import destinations, is_ready, state_of
 
 OUTCOMES = ("landed", "duplicate", "filtered", "user_error", "system_error")
 HISTORY_S = 300
@@ -128,3 +133,21 @@ class Stats:
             current["lag"] = ring[-1].lag
             current["in_flight"] = ring[-1].in_flight
         return {"series": series, "current": current}
+
+
+async def api_stats(request: Request) -> Response:
+    """``GET /api/stats``: what the console's overview draws."""
+    only(request, "seconds")
+    seconds = query_int(request, "seconds", HISTORY_S, 1, HISTORY_S)
+    state = state_of(request)
+    writer, k = state.writer, state.config.kafka
+    body = state.stats.snapshot(seconds)
+    body.update({
+        "now_ms": round(time.time() * 1000), "started_at_ms": round(writer.started_at * 1000),
+        "uptime_s": round(time.time() - writer.started_at, 1), "ready": is_ready(state),
+        "partitions": len(writer.assigned), "totals": dict(writer.totals), "destinations": destinations(state),
+        "topics": {"source": list(k.topics), "user_errors": k.user_errors_topic,
+                   "system_errors": k.system_errors_topic},
+        "group": k.group_id,
+    })
+    return json_response(body)

@@ -611,15 +611,17 @@
   let view = "overview";
   function route() {
     const name = (location.hash || "#overview").slice(1);
-    view = ["overview", "dlq", "user-errors"].includes(name) ? name : "overview";
+    view = ["overview", "dlq", "user-errors", "audit"].includes(name) ? name : "overview";
     $$(".view").forEach((v) => { v.hidden = v.dataset.view !== view; });
     $$(".tab").forEach((t) => t.classList.toggle("active", t.dataset.tab === view));
     closeDrawer();
     if (view === "overview") { Object.values(charts).forEach((c) => c.draw()); refreshRecent(); }
     if (view === "dlq") refreshDlq();
     if (view === "user-errors") refreshUserErrors();
+    document.dispatchEvent(new CustomEvent("kapow:view", { detail: { view, stats: lastStats } }));
   }
   window.addEventListener("hashchange", route);
+  window.kapowConsole = { api, el, toast, fmtNum, clock };  // for the other panels (audit.js)
 
   $("#dlq-filters").addEventListener("submit", (ev) => {
     ev.preventDefault();

@@ -1,0 +1,169 @@
+"""Is each row where its packets say it should be? One join per destination table, in its own database.
+
+The items that need a look (:data:`kapow.audit.scratch.CHECK_ROWS`) are streamed from the scratch session into
+a temporary table of the destination database (``COPY`` to ``COPY``, bytes passed through untouched; nothing to
+do when the scratch database is that database), and each table is checked with one statement:
+
+* the key values are cut out of the record's ``data`` with the table's own types (``json_populate_record`` of a
+  JSON object holding the key columns only), exactly as the writer casts them;
+* the key is the destination's ``key`` when the packet names one, else the primary key, else the table's only
+  (or first, by name) unique constraint;
+* the *last* operation applied to each key, in topic order (record timestamp, then topic, partition, offset),
+  decides what the table must hold: the row after an insert or upsert, no row after a delete;
+* a record whose key the table holds as it must is ``ok``; one whose key was changed by a later record still
+  pending (past the committed offset) is ``p``; one whose key cannot be known (no unique key on the table, or a
+  key column the packet does not give) is ``u`` (unverified: counted as landed, and reported); else ``m``.
+
+A row deleted behind KaPoW's back is ``m``: its key's last operation was an insert, and the row is not there.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from kapow.audit.asks import Mode
+from kapow.audit.scratch import CHECK_ROWS
+
+log = logging.getLogger(__name__)
+
+_CHK_DDL = ("CREATE TEMP TABLE IF NOT EXISTS audit_chk (seq int8, grp int4, keydoc text, mode int2, ts int8,"
+            " t int2, p int4, o int8, eff int2)")
+_RES_DDL = "CREATE TEMP TABLE IF NOT EXISTS audit_res (seq int8, st text)"
+
+_TABLE = """
+    SELECT c.oid::int8, array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_attribute a ON a.attrelid = c.oid
+    WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+    GROUP BY c.oid
+"""
+_KEYS = """
+    SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.ord)
+    FROM pg_index i
+    JOIN pg_class ic ON ic.oid = i.indexrelid
+    CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = %s::oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+    GROUP BY i.indexrelid, i.indisprimary, ic.relname
+    ORDER BY i.indisprimary DESC, ic.relname
+"""
+
+
+def key_columns(conn: psycopg.Connection[Any], schema: str, table: str, override: str) -> tuple[bool, list[str]]:
+    """(table exists, its key columns: [] when it has no usable unique key)."""
+    found = conn.execute(_TABLE.encode(), (schema, table)).fetchone()
+    if found is None:
+        return False, []
+    oid, columns = found
+    wanted = [c for c in override.split(",") if c] if override else []
+    if wanted and all(c in (columns or []) for c in wanted):
+        return True, wanted
+    keys = conn.execute(_KEYS.encode(), (oid,)).fetchall()
+    return True, list(keys[0][1]) if keys else []
+
+
+def _verdicts(table: sql.Composable, keys: list[str], grp: int) -> sql.Composed:
+    """The one statement that judges every item of one table (see the module docstring)."""
+    ks = [sql.Identifier(f"k{i}") for i in range(len(keys))]
+    pairs = sql.SQL(", ").join(sql.SQL("{}, d -> {}").format(sql.Literal(k), sql.Literal(k)) for k in keys)
+    picked = sql.SQL(", ").join(sql.SQL("r.{} AS {}").format(sql.Identifier(k), kn) for k, kn in zip(keys, ks,
+                                                                                                  strict=True))
+    klist = sql.SQL(", ").join(ks)
+    null = sql.SQL(" OR ").join(sql.SQL("o.{} IS NULL").format(kn) for kn in ks)
+    same = sql.SQL(" AND ").join(sql.SQL("s.{k} = o.{k}").format(k=kn) for kn in ks)
+    in_table = sql.SQL(" AND ").join(sql.SQL("x.{} = k.{}").format(sql.Identifier(k), kn)
+                                     for k, kn in zip(keys, ks, strict=True))
+    return sql.SQL("""
+        INSERT INTO audit_res (seq, st)
+        WITH ops AS (
+            SELECT c.seq, c.mode, c.eff, ARRAY[c.ts, c.t, c.p, c.o]::int8[] AS at, {picked}
+            FROM audit_chk c
+            CROSS JOIN LATERAL (SELECT c.keydoc::json AS d) j
+            CROSS JOIN LATERAL json_populate_record(NULL::{table}, json_build_object({pairs})) r
+            WHERE c.grp = {grp}
+        ),
+        keyed AS (SELECT * FROM ops o WHERE NOT ({null})),
+        last AS (SELECT DISTINCT ON ({klist}) {klist}, mode, at FROM keyed WHERE eff = 1
+                 ORDER BY {klist}, at DESC),
+        pend AS (SELECT {klist}, max(at) AS at FROM keyed WHERE eff = 2 GROUP BY {klist}),
+        state AS (
+            SELECT k.*, l.mode AS lmode, l.at AS lat, pd.at AS pat,
+                   EXISTS (SELECT 1 FROM {table} x WHERE {in_table}) AS have
+            FROM (SELECT DISTINCT {klist} FROM keyed WHERE eff IN (0, 1)) k
+            LEFT JOIN last l USING ({klist})
+            LEFT JOIN pend pd USING ({klist})
+        )
+        SELECT o.seq,
+               CASE WHEN {null} THEN 'u'
+                    WHEN (coalesce(s.lmode, o.mode) <> {delete}) = s.have THEN 'ok'
+                    WHEN s.pat IS NOT NULL AND (s.lat IS NULL OR s.pat > s.lat) THEN 'p'
+                    ELSE 'm' END
+        FROM ops o LEFT JOIN state s ON {same}
+        WHERE o.eff IN (0, 1)
+    """).format(picked=picked, table=table, pairs=pairs, grp=sql.Literal(grp), null=null, klist=klist,
+                in_table=in_table, delete=sql.Literal(int(Mode.DELETE)), same=same)
+
+
+_SAFE_POPULATE = """
+    CREATE OR REPLACE FUNCTION pg_temp.audit_populate(base anyelement, doc json) RETURNS anyelement
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        RETURN json_populate_record(base, doc);
+    EXCEPTION WHEN data_exception OR invalid_text_representation THEN
+        RETURN NULL;  -- a key value the column rejects: unknown key, judged 'u' (its record is a user error)
+    END $$
+"""
+
+
+def check_table(conn: psycopg.Connection[Any], grp: int, schema: str, table: str, override: str) -> None:
+    """Verdicts for every item of one table into ``audit_res``."""
+    exists, keys = key_columns(conn, schema, table, override)
+    if not exists:
+        conn.execute(b"INSERT INTO audit_res SELECT seq, 'm' FROM audit_chk WHERE grp = %s AND eff IN (0, 1)", (grp,))
+        return
+    if not keys:
+        conn.execute(b"INSERT INTO audit_res SELECT seq, 'u' FROM audit_chk WHERE grp = %s AND eff IN (0, 1)", (grp,))
+        return
+    qualified = sql.Identifier(schema, table)
+    statement = _verdicts(qualified, keys, grp)
+    try:
+        with conn.transaction():
+            conn.execute(statement)
+    except psycopg.errors.DataError:  # a bad key value (a pending record's): the slow, careful way
+        log.info("audit: a key value of %s.%s does not cast; checking row by row", schema, table)
+        conn.execute(_SAFE_POPULATE.encode())
+        careful = statement.as_string(conn).replace("CROSS JOIN LATERAL json_populate_record(",
+                                                    "CROSS JOIN LATERAL pg_temp.audit_populate(", 1)
+        conn.execute(careful.encode())
+
+
+def check_database(scratch: psycopg.Connection[Any], target: psycopg.Connection[Any] | None, db: int,
+                   groups: list[tuple[int, str, str, str]]) -> None:
+    """Check every table of destination database ``db``; ``target`` None: it is the scratch database itself."""
+    rows = sql.SQL(CHECK_ROWS).format(db=sql.Literal(db))
+    conn = scratch if target is None else target
+    conn.execute(_CHK_DDL.encode())
+    conn.execute(b"TRUNCATE audit_chk")
+    if target is None:
+        scratch.execute(sql.SQL("INSERT INTO audit_chk ") + rows)
+    else:
+        conn.execute(_RES_DDL.encode())
+        conn.execute(b"TRUNCATE audit_res")
+        _pipe(scratch, sql.SQL("COPY ({}) TO STDOUT").format(rows), target, sql.SQL("COPY audit_chk FROM STDIN"))
+    conn.execute(b"ANALYZE audit_chk")
+    for grp, schema, table, override in groups:
+        check_table(conn, grp, schema, table, override)
+    if target is not None:
+        _pipe(target, sql.SQL("COPY audit_res TO STDOUT"), scratch, sql.SQL("COPY audit_res FROM STDIN"))
+
+
+def _pipe(src: psycopg.Connection[Any], out: sql.Composed | sql.SQL, dst: psycopg.Connection[Any],
+          into: sql.Composed | sql.SQL) -> None:
+    """``COPY ... TO STDOUT`` on one connection straight into ``COPY ... FROM STDIN`` on another."""
+    with src.cursor() as rc, dst.cursor() as wc, rc.copy(out) as reading, wc.copy(into) as writing:
+        for block in reading:
+            writing.write(block)
