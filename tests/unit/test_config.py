@@ -47,7 +47,7 @@ def test_product_md_example_parses() -> None:
         (GOOD.replace('databases = ["analytics"]', 'databases = ["a"]\nmax_connections = 0'), "max_connections"),
         (GOOD.replace('databases = ["analytics"]', 'databases = ["a"]\npassword_env = "KAPOW_NOPE_UNSET"'),
          "KAPOW_NOPE_UNSET is not set"),
-        (GOOD.replace('topics = ["events"]', 'topics = ["kapow.errors.user"]'), "must not include the error topic"),
+        (GOOD.replace('topics = ["events"]', 'topics = ["kapow.errors.user"]'), "must not be the error topic"),
         (GOOD + "[http]\nlisten = 'nope'\n", "http.listen"),
         (GOOD + "[log]\nlevel = 'LOUD'\n", "log.level"),
         ("[kafka]\nbootstrap_servers='x'\ntopics=['t']\n", "destinations"),

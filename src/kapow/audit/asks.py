@@ -1,8 +1,9 @@
 """What one source record asks for: its destinations, the operation on each (mode) and the data holding its key.
 
-This is the audit's only reading of the packet contract, kept in one small function (:meth:`Asker.asks`) so that
-the contract can grow here alone: destination ``mode`` and ``key`` (issue 11) are read already; routed topics
-(issue 12: a plain topic with a fixed destination and mode) will add a branch on the record's topic.
+This is the audit's only reading of the contract, kept in one small method (:meth:`Asker.ask`) so that it can
+grow here alone: packets (the ``context`` header and the envelope, read by the writer's own decoder), with their
+destinations' ``mode`` and ``key``; and routed topics (``[[routes]]``: the record is the row, or a Debezium change
+event whose operation decides the mode).
 
 The key values themselves are cut out of ``data`` later, in the destination database, with the table's own types
 (``json_populate_record``), exactly as the writer casts them. So ``data`` travels as the client's JSON: as it is
@@ -18,7 +19,9 @@ from typing import Any
 
 import msgspec
 
-from kapow.contract import destination_label, is_pipeline_packet
+from kapow.config import Config
+from kapow.contract import PacketDecoder, destination_label
+from kapow.errors import PacketError
 
 MAX_KEYDOC_RAW = 4096  # data up to this many bytes travels as it is
 MAX_KEY_TEXT = 2704  # the longest value a B-tree unique index can hold
@@ -85,15 +88,80 @@ class Asked:
     keydoc: bytes
 
 
+FILTERED: Any = object()  # Asker.ask's answer for a record that is not the pipeline's (no header, a skipped tombstone)
+
+
 class Asker:
     """Reads records for the audit; remembers decoded destination lists by their bytes (bounded, per audit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: Config | None = None) -> None:
         self._cache: dict[bytes, tuple[Ask, ...] | None] = {}
+        self._decoder = PacketDecoder(max_bytes=1 << 30, max_depth=256, max_destinations=1 << 20)
+        self._routes: dict[str, Any] = {}
+        if config is not None:
+            from kapow.pipeline.route import route_specs
+
+            self._routes = route_specs(config)
 
     def is_packet(self, headers: list[tuple[str, bytes | None]] | None) -> bool:
         """Filter step's verdict: a record without the ``context`` header is someone else's traffic."""
-        return is_pipeline_packet(headers)
+        return self._decoder.is_pipeline_packet(headers)
+
+    def ask(self, topic: str, headers: list[tuple[str, bytes | None]], value: bytes | None,
+            key: bytes | None) -> Asked | Any | None:
+        """What a record asks for: :data:`FILTERED` (not the pipeline's), ``None`` (unreadable: the writer made it a
+        user error) or :class:`Asked`."""
+        route = self._routes.get(topic)
+        if route is not None:
+            return self._routed(route, value, key)
+        if not self.is_packet(headers):
+            return FILTERED
+        return self.asks(value)
+
+    def _routed(self, route: Any, value: bytes | None, key: bytes | None) -> Asked | Any | None:
+        r = route.config
+        ask = Ask(r.vanity, r.database, r.schema, r.table, _MODES[r.mode], tuple(r.key or ()))
+        if r.format == "debezium":
+            if value is None:
+                return FILTERED
+            return self._change(route, ask, value, key)
+        if value is None:
+            if not route.deletes:
+                return FILTERED
+            from kapow.pipeline.sort import tombstone_row
+
+            try:
+                doc = tombstone_row(key, route)
+            except PacketError:
+                return None
+            return Asked((_with_mode(ask, Mode.DELETE),), doc)
+        keydoc = keydoc_of(value)
+        return None if keydoc is None else Asked((ask,), keydoc)
+
+    @staticmethod
+    def _change(route: Any, ask: Ask, value: bytes, key: bytes | None) -> Asked | Any | None:
+        """A Debezium event read loosely: only its operation and its key values matter here, and those are plain
+        numbers and strings; a full decode would need the table's column types for every other column."""
+        try:
+            event = _data.decode(value)
+            if isinstance(event.get("payload"), dict) and "schema" in event:
+                event = event["payload"]
+            op = event.get("op")
+            if op in ("c", "r", "u"):
+                row, mode = event.get("after"), Mode.UPSERT
+            elif op == "d":
+                row, mode = event.get("before"), Mode.DELETE
+                if not row and key:
+                    decoded = _data.decode(key)
+                    row = decoded.get("payload", decoded) if isinstance(decoded, dict) else None
+            else:
+                return FILTERED  # truncate, message: nothing to land
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError, AttributeError):
+            return None
+        if not isinstance(row, dict):
+            return None
+        keydoc = keydoc_of(msgspec.json.encode({k: v for k, v in row.items() if not isinstance(v, dict | list)}))
+        return None if keydoc is None else Asked((_with_mode(ask, mode),), keydoc)
 
     def asks(self, value: bytes | None) -> Asked | None:
         """The packet's destinations and key JSON; ``None`` when the writer could not read it (a user error)."""
@@ -101,13 +169,13 @@ class Asker:
             return None
         try:
             envelope = _envelope.decode(value)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return None
         context = bytes(envelope.pipeline_context)
         asks = self._cache.get(context, ())
         if asks == ():
             asks = self._decode_context(context)
-            if len(self._cache) < _CACHE_LIMIT:
+            if len(self._cache) < _CACHE_LIMIT and len(context) <= 2048:
                 self._cache[context] = asks
         if asks is None:
             return None
@@ -118,12 +186,16 @@ class Asker:
     def _decode_context(context: bytes) -> tuple[Ask, ...] | None:
         try:
             found = _context.decode(context).destinations
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return None
         if not found:
             return None
         return tuple(Ask(d.vanity, d.database, d.schema, d.table, _MODES.get(d.mode, Mode.INSERT),
                          tuple(d.key or ())) for d in found)
+
+
+def _with_mode(ask: Ask, mode: Mode) -> Ask:
+    return Ask(ask.vanity, ask.database, ask.schema, ask.table, mode, ask.key)
 
 
 def keydoc_of(data: bytes) -> bytes | None:
@@ -140,7 +212,7 @@ def keydoc_of(data: bytes) -> bytes | None:
         return data
     try:
         decoded = _data.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None
     scalars = {k: v for k, v in decoded.items()
                if not isinstance(v, dict | list) and not (isinstance(v, str) and len(v) > MAX_KEY_TEXT)}

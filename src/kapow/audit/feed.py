@@ -14,10 +14,11 @@ from typing import Any
 import msgspec
 import psycopg
 
-from kapow.audit.asks import Ask, Asker
+from kapow.audit.asks import FILTERED, Ask, Asker
 from kapow.audit.scratch import P_PARKED, P_PURGED, P_REPUBLISHED, P_USER
+from kapow.config import Config
 from kapow.deadletter.done import Action, Handled
-from kapow.deadletter.publisher import H_DESTINATION, H_OFFSET, H_PARTITION, H_TOPIC
+from kapow.deadletter.publisher import H_DESTINATION, H_OFFSET, H_PARTITION, H_TOPIC, safe_headers
 from kapow.deadletter.reader import TopicReader
 from kapow.deadletter.records import H_ORIGIN, label_of, parse_origin
 
@@ -58,14 +59,15 @@ class Feeder:
     """Copies Kafka records into the scratch session's tables."""
 
     def __init__(self, conn: psycopg.Connection[Any], plans: list[TopicPlan],
-                 databases: dict[tuple[str, str], int], progress: Progress | None = None) -> None:
+                 databases: dict[tuple[str, str], int], progress: Progress | None = None, *,
+                 config: Config | None = None) -> None:
         self._conn = conn
         self._plans = {plan.topic: plan for plan in plans}
         self._databases = databases
         self._progress = progress
         self._labels: dict[bytes, bytes] = {}
         self._runs: dict[Ask, bytes] = {}
-        self._asker = Asker()
+        self._asker = Asker(config)
         self.read = 0
         self.to_read = sum(e - s for plan in plans for s, e in plan.spans.values() if e > s)
 
@@ -139,14 +141,14 @@ class Feeder:
                     p, o = msg.partition() or 0, msg.offset() or 0
                     count = counts[p]
                     count.total += 1
-                    headers: list[tuple[str, bytes | None]] = msg.headers() or []  # type: ignore[assignment]
-                    if not asker.is_packet(headers):
+                    headers = safe_headers(msg)
+                    asked = asker.ask(plan.topic, headers, msg.value(), msg.key())
+                    if asked is FILTERED:
                         count.filtered += 1
                         continue
                     head = b"%d\t%d\t%d\t%d\t%b\t%b\t" % (t, p, o, msg.timestamp()[1],
                                                                b"t" if o >= pending_from[p] else b"f",
                                                                self._origin(headers, t, p, o))
-                    asked = asker.asks(msg.value())
                     if asked is None:
                         seq += 1
                         lines.append(b"%d\t%b\t-1\t\t\t\t0\t\\N\n" % (seq, head))

@@ -124,7 +124,7 @@ def audit(config: Config, *, topic: str | None = None, since_ms: int | None = No
     category; see the module docstring for the rules and :class:`AuditReport` for the answer."""
     started = time.monotonic()
     k = config.kafka
-    topics = [topic] if topic else list(k.topics)
+    topics = [topic] if topic else list(config.consumed_topics)
     if from_offsets and len(topics) != 1:
         raise BadRange("--from-offsets needs one topic: name it with --topic")
     databases = Databases(config)
@@ -135,7 +135,7 @@ def audit(config: Config, *, topic: str | None = None, since_ms: int | None = No
             home = databases.scratch(scratch_database)
             conn = databases.connect(home)
             scratch.prepare(conn)
-            feeder = Feeder(conn, plans, databases.index, progress)
+            feeder = Feeder(conn, plans, databases.index, progress, config=config)
             system_marks = reader.watermarks(k.system_errors_topic)
             handled = read_handled(reader, k.system_errors_topic, system_marks)
             feeder.errors(reader, k.system_errors_topic, handled)

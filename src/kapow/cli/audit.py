@@ -36,8 +36,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from kapow.errors import KapowError
 
     config = load_config(args.config)
-    if args.topic and args.topic not in config.kafka.topics:
-        raise KapowError(f"--topic {args.topic}: not one of the config's topics ({', '.join(config.kafka.topics)})")
+    if args.topic and args.topic not in config.consumed_topics:
+        raise KapowError(f"--topic {args.topic}: not one of the config's topics ({', '.join(config.consumed_topics)})")
     if not 0 <= args.examples <= 1000:
         raise KapowError("--examples: expected 0 to 1000")
     since = parse_time(args.since) if args.since else None

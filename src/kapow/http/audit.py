@@ -50,7 +50,7 @@ async def api_audit(request: Request) -> Response:
     only(request, "topic", "since", "from_offsets", "examples")
     state = state_of(request)
     topic = query_str(request, "topic", 249) or None
-    if topic is not None and topic not in state.config.kafka.topics:
+    if topic is not None and topic not in state.config.consumed_topics:
         raise ApiError(404, f"topic: {topic[:60]!r} is not one of the writer's topics")
     since = query_time("since", request.query_params.get("since"))
     text = query_str(request, "from_offsets", 30_000)
@@ -58,7 +58,7 @@ async def api_audit(request: Request) -> Response:
     if text is not None:
         if not re.fullmatch(OFFSETS_PATTERN, text):
             raise ApiError(400, "from_offsets: expected PARTITION:OFFSET,... (e.g. 0:1200,1:980)")
-        if topic is None and len(state.config.kafka.topics) != 1:
+        if topic is None and len(state.config.consumed_topics) != 1:
             raise ApiError(400, "from_offsets needs one topic: name it with topic")
         try:
             offsets = parse_offsets(text)
