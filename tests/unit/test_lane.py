@@ -251,3 +251,12 @@ def test_a_bug_in_the_writer_fails_its_tables_never_the_worker() -> None:
     h.wait(lambda rs: landed(rs, "a") == [1])
     assert calls["n"] >= 2
     h.lane.close()
+
+
+def test_a_parked_packet_counts_one_delivery_however_often_its_hold_retried() -> None:
+    h = Harness(Script(lambda k: LOCKED), hold_s=0.5)
+    h.lane.submit(work("a", 1))
+    results = h.wait(lambda rs: any(r.failed for r in rs))
+    assert results[0].work.attempts > 2, "the hold never retried: the test proves nothing"
+    assert {rec.attempts for rec in results[0].failed} == {1}
+    h.lane.close()

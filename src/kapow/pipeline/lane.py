@@ -389,7 +389,9 @@ class DatabaseLane:
         message = f"{failure.message} (held {waited:.0f} s)"
         parked = Failure(failure.code if failure.code.retryable else ErrorCode.INTERNAL, message, failure.scope)
         log.error("parking %d rows for %s after %.0f s: %s", len(work.rows), work.key.label, waited, failure.message)
-        records = [ErrorRecord(row.msg, parked, row.dest, work.attempts + 1) for row in work.rows]
+        # kapow-attempt counts deliveries through the pipeline (the first, then each redrive or reschedule), not
+        # the retries of a hold: those are this delivery's business, and the redrive's bound is on deliveries
+        records = [ErrorRecord(row.msg, parked, row.dest, 1) for row in work.rows]
         self._deliver(WorkResult(work, failed=records, seconds=waited, attempts=work.attempts + 1))
 
     # ------------------------------------------------------------------ prober
