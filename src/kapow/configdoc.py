@@ -67,6 +67,26 @@ KEYS: dict[str, str] = {
     "destinations[].tables": "Allowlist of tables packets may name (`table` or `schema.table`); unset means any "
                              "table the user may write. Outside either list: the user error "
                              "`forbidden_destination`.",
+    "routes[]": "One `[[routes]]` table per plain topic: its records need no envelope and no `context` header and "
+                "all go to one table (docs/CONTRACT.md, routes). Consumed by the same group as `kafka.topics`.",
+    "routes[].topic": "The topic (not one of `kafka.topics`, not an error topic).",
+    "routes[].vanity": "The configured destination it writes to.",
+    "routes[].database": "One of that destination's databases.",
+    "routes[].schema": "The table's schema.",
+    "routes[].table": "The table; it must have a primary key or unique constraint (checked at start and by "
+                      "`kapow check`).",
+    "routes[].format": "`json`: the value is the row (a tombstone deletes by the key when the route may delete). "
+                       "`debezium`: a Debezium change event (create/read/update upsert `after`, delete deletes by "
+                       "the key, tombstones skipped), with or without the JSON converter's schema.",
+    "routes[].mode": "For `json`: `insert`, `upsert` or `delete` (one of the destination's `modes`).",
+    "routes[].key": "Key columns to match upserts and deletes on, when the table has several unique constraints "
+                    "(default: the primary key); a plain string or number record key of a tombstone is this one "
+                    "column's value.",
+    "routes[].version": "A column that must not move backwards: an upsert or delete applies only when the record's "
+                        "value is at least the stored one.",
+    "routes[].metadata": "Columns to fill from the record: `offset`, `partition`, `topic`, `timestamp`, `key`, and "
+                         "for `debezium` the source's `lsn` and `ts_ms` (e.g. `{ lsn = \"src_lsn\" }`, a column a "
+                         "`version` guard can use).",
     "pipeline": "Batching, limits, holding and retries, the circuit breaker and the automatic redrive.",
     "pipeline.batch_max_messages": "Most records consumed into one batch.",
     "pipeline.batch_max_wait_ms": "At low rates, the longest a packet waits for company before its batch goes.",
@@ -127,6 +147,9 @@ ENVIRONMENT: dict[str, str] = {
     "KAPOW_CHAOS_RESULTS": "The chaos suite appends one JSON line of numbers per scenario here.",
     "KAPOW_CHAOS_KAFKA_BASE_PORT": "The chaos suite's three-node cluster: first port to try (default: any free "
                                    "ports the system gives).",
+    "KAPOW_AUDIT_SCREENSHOT": "The audit panel's browser test also saves a screenshot there.",
+    "KAPOW_CDC_ROWS": "The CDC end-to-end test: rows in the snapshot (default 5,000; 100,000 for the long run).",
+    "KAPOW_FUZZ_SEED": "The fuzz test's seed (a failure is reproduced with the seed it printed).",
     "KAPOW_CDC_FIXTURES": "The Debezium capture test saves the real change events it read there (unit-test "
                           "fixtures).",
     "KAPOW_CONNECT_DIR": "`scripts/connect.sh`: where the Kafka Connect worker keeps its state (default "

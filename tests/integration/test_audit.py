@@ -68,7 +68,7 @@ def mixed_world(env: kit.Env) -> None:
     kit.sql(db, DDL)
     env.extra_destinations = [{"vanity": "vault", "host": "127.0.0.1", "port": harness.dead_port(),
                                "databases": [db], "connect_timeout_s": 1}]
-    env.pipeline = {"retry_budget_s": 0.3, "retry_initial_backoff_s": 0.05}
+    env.pipeline = {"redrive": False, "hold_s": 0.3, "retry_initial_backoff_s": 0.05}
 
 
 def test_a_mixed_run_is_audited_exactly_and_deleted_rows_are_missing(

@@ -193,7 +193,7 @@ def test_dead_destination_parks_while_live_one_lands_then_reschedule(
     proxy = TcpProxy(kit.PG_PORT)  # nothing listens on proxy.port until it starts: the destination is dead
     env.extra_destinations = [{"vanity": "dead", "host": "127.0.0.1", "port": proxy.port, "databases": [later],
                                "connect_timeout_s": 2}]
-    env.pipeline = {"hold_s": 2, "retry_initial_backoff_s": 0.1, "circuit_failures_to_open": 3,
+    env.pipeline = {"redrive": False, "hold_s": 2, "retry_initial_backoff_s": 0.1, "circuit_failures_to_open": 3,
                     "circuit_open_s": 1}
     both = [kit.dest(live, "items"), kit.dest(later, "items", vanity="dead")]
     w = writers(env)

@@ -43,7 +43,7 @@ def parked_world(env: kit.Env, n_parked: int, n_user_errors: int = 0) -> None:
     kit.sql(db, DDL)
     env.extra_destinations = [{"vanity": "vault", "host": "127.0.0.1", "port": harness.dead_port(),
                                "databases": [db], "connect_timeout_s": 1}]
-    env.pipeline = {"hold_s": 0.3, "retry_initial_backoff_s": 0.05}
+    env.pipeline = {"redrive": False, "hold_s": 0.3, "retry_initial_backoff_s": 0.05}
     values = [make_packet([kit.dest(db, "events", vanity="vault")], {"id": i, "v": "parked"}) for i in range(n_parked)]
     values += [make_packet([kit.dest(db, "events")], {"id": i, "v": "x", "nope": 1}) for i in range(n_user_errors)]
     kit.publish(env.topic, values)

@@ -8,6 +8,7 @@ subcommands raise :class:`~kapow.errors.ConfigError` (exit 2) or :class:`~kapow.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    if args.func not in (run.cmd_run, demo.cmd_demo):
+        # a one-shot command says in its own one line that the broker cannot be reached; the clients' own
+        # warning about it would be a second line (the writer, long-running, keeps them: they are its log)
+        quiet = logging.getLogger("kapow.kafka")
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
     try:
         code: int = args.func(args)
         return code
