@@ -20,9 +20,12 @@ async def healthz(request: Request) -> Response:
     beat = gauge_value(metrics.LOOP_HEARTBEAT)
     silent = time.time() - beat if beat > 0 else 0.0
     alive = silent < state.stall_after
-    body = {"status": "ok" if alive else "stalled", "uptime_s": round(time.time() - state.writer.started_at, 1),
-            "loop_silent_s": round(silent, 1)}
-    return json_response(body, 200 if alive else 503)
+    committing, why = state.writer.health()
+    body = {"status": "ok" if alive and committing else "stalled",
+            "uptime_s": round(time.time() - state.writer.started_at, 1), "loop_silent_s": round(silent, 1)}
+    if not committing:
+        body["reason"] = why
+    return json_response(body, 200 if alive and committing else 503)
 
 
 async def readyz(request: Request) -> Response:

@@ -181,7 +181,8 @@ def openapi_document() -> dict[str, Any]:
         },
         "Health": {"type": "object", "required": ["status"],
                    "properties": {"status": {"type": "string", "enum": ["ok", "stalled"]},
-                                  "uptime_s": {"type": "number"}, "loop_silent_s": {"type": "number"}}},
+                                  "uptime_s": {"type": "number"}, "loop_silent_s": {"type": "number"},
+                                  "reason": {"type": "string"}}},
         "Ready": {"type": "object", "required": ["ready", "partitions", "destinations"],
                   "properties": {"ready": {"type": "boolean"}, "partitions": {"type": "integer"},
                                  "destinations": {"type": "array", "items": _ref("Destination")}}},
@@ -191,9 +192,11 @@ def openapi_document() -> dict[str, Any]:
         "400": _ERROR, "401": _UNAUTHORIZED, "404": _ERROR, "409": _ERROR, "503": _UNAVAILABLE,
     }
     paths: dict[str, Any] = {
-        "/healthz": {"get": {"summary": "Liveness: the consumer loop is turning", "operationId": "healthz",
+        "/healthz": {"get": {"summary": "Liveness: the consumer loop is turning and commits are not stuck",
+                             "operationId": "healthz",
                              "responses": {"200": _json(_ref("Health"), "alive"),
-                                           "503": _json(_ref("Health"), "the loop has stalled")}}},
+                                           "503": _json(_ref("Health"), "the loop has stalled, or no commit for "
+                                                                        "longer than the pipeline ever waits")}}},
         "/readyz": {"get": {"summary": "Readiness: partitions assigned; circuit state per destination",
                             "operationId": "readyz",
                             "responses": {"200": _json(_ref("Ready"), "ready"),

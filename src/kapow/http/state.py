@@ -61,6 +61,11 @@ class WriterView(Protocol):
         """Circuits and pools per destination database."""
         ...
 
+    def health(self) -> tuple[bool, str]:
+        """(healthy?, why): unhealthy when commits have been stuck past every bound the pipeline sets itself (a
+        dead error topic or broker), which a turning loop alone does not show."""
+        ...
+
 
 @dataclass(slots=True)
 class AppState:
