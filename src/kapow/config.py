@@ -108,6 +108,9 @@ class PipelineConfig(_Strict):
     catalog_ttl_s: float = 60.0
     catalog_max_bytes: int = 64 * 1024 * 1024
     shutdown_deadline_s: float = 10.0
+    # /healthz fails when no commit was possible for this long (0: hold_s + 2 x shutdown_deadline_s + 60 s, longer
+    # than the pipeline ever waits on purpose): an error topic or the broker is stuck and a human must look
+    commit_stall_s: float = 0.0
     # Packets parked because their destination was down are republished once it is healthy again.
     redrive: bool = True
     redrive_max_attempts: int = 5  # a packet tried this many times stays parked for an operator
@@ -230,6 +233,7 @@ _PIPELINE_RANGES: tuple[tuple[str, float, float], ...] = (
     ("catalog_ttl_s", 0, 86_400),
     ("catalog_max_bytes", 64 * 1024, 64 * 1024**3),
     ("shutdown_deadline_s", 0.1, 3600),
+    ("commit_stall_s", 0, 86_400),
     ("redrive_max_attempts", 1, 1000),
     ("redrive_delay_s", 0, 86_400),
     ("redrive_rate", 0.01, 1_000_000),

@@ -115,6 +115,9 @@ KEYS: dict[str, str] = {
                                "traffic; the first success closes it.",
     "pipeline.catalog_ttl_s": "Seconds a table's cached catalog (columns, keys) is trusted before it is read "
                               "again; it is dropped sooner when the database says the table changed.",
+    "pipeline.commit_stall_s": "`/healthz` fails (503, with the reason) once no commit was possible for this long "
+                                "(0: `hold_s` + 2 x `shutdown_deadline_s` + 60 s, longer than the pipeline ever "
+                                "waits on purpose): an error topic or the broker is stuck.",
     "pipeline.shutdown_deadline_s": "On SIGTERM/SIGINT, how long in-flight batches get to finish and commit.",
     "http": "The HTTP side: console, `/metrics`, `/healthz`, `/readyz`, the DLQ API (docs/OPERATIONS.md).",
     "http.enabled": "Serve it at all.",

@@ -269,3 +269,41 @@ def test_sighup_is_logged_and_sigterm_is_bounded_with_a_locked_table(make_env: M
     assert took < 3 + 5, f"SIGTERM took {took:.1f} s with a locked table (deadline 3 s)"
     assert 503 in ready, f"/readyz answered {ready} while draining"
     assert count(db, "items") == 0  # nothing landed, nothing committed: a restart replays them
+
+
+def test_healthz_fails_while_commits_are_stuck_and_recovers(make_env: Make, writers: Start) -> None:
+    """/healthz said ok and lag showed 0 while nothing was committed (an error topic refusing every write)."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    def user_topic_limit(value: str) -> None:
+        resource = ConfigResource("topic", env.user_errors, incremental_configs=[
+            ConfigEntry("max.message.bytes", value, incremental_operation=AlterConfigOpType.SET)])
+        admin = AdminClient({"bootstrap.servers": kit.BOOTSTRAP})  # kept alive until its futures resolve
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(30)
+
+    def health() -> tuple[int, dict[str, object]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    env = make_env()
+    db = env.databases[0]
+    kit.sql(db, PLAIN.format(t="items"))
+    port = kit.free_port()
+    env.http_listen = f"127.0.0.1:{port}"
+    env.pipeline = {"commit_stall_s": 4}
+    writer = writers(env)
+    writer.wait_assigned()
+    assert health()[0] == 200
+    user_topic_limit("64")  # the user-errors topic now refuses every record
+    kit.publish(env.topic, [b"not a packet", *kit.packets([kit.dest(db, "items")], rows(range(10)))])
+    kit.wait_for(lambda: health()[0] == 503, 30, "/healthz to say the commits are stuck")
+    _status, body = health()
+    assert "no commit" in str(body.get("reason")), body
+    assert count(db, "items") == 10  # the rows landed; only the commit waits for the error record
+    user_topic_limit("1048588")
+    kit.wait_for(lambda: health()[0] == 200, 30, "/healthz to recover once the error record is written")
+    assert len(kit.read_all(env.user_errors, expect=1)) == 1

@@ -325,7 +325,7 @@ class Writer:
     def health(self) -> tuple[bool, str]:
         """(healthy?, why): unhealthy when commits have been stuck past every bound the pipeline sets itself."""
         p = self.config.pipeline
-        limit = p.hold_s + 2 * p.shutdown_deadline_s + 60.0
+        limit = p.commit_stall_s or p.hold_s + 2 * p.shutdown_deadline_s + 60.0
         stalled = self.commit_stalled_s
         if stalled > limit:
             return False, f"no commit for {stalled:.0f} s (limit {limit:.0f} s): an error topic or the broker is stuck"
