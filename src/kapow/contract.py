@@ -13,7 +13,7 @@ Everything here is written for a hostile client: any input, however large, deep 
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
@@ -107,6 +107,7 @@ class Packet(msgspec.Struct, gc=False):
     keys: tuple[str, ...]
 
 
+T = TypeVar("T")
 _context_decoder = msgspec.json.Decoder(_Context)
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _pipeline_context_decoder = msgspec.json.Decoder(PipelineContext)
@@ -162,14 +163,7 @@ class PacketDecoder:
             raise PacketError(ErrorCode.NOT_JSON, "packet has no value")
         if len(value) > self.max_bytes:
             raise PacketError(ErrorCode.TOO_LARGE, f"packet is {len(value)} bytes, the limit is {self.max_bytes}")
-        try:
-            envelope = _envelope_decoder.decode(value)
-        except msgspec.ValidationError as exc:
-            raise PacketError(ErrorCode.BAD_PACKET, f"bad packet shape: {describe(exc)}") from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise PacketError(ErrorCode.NOT_JSON, f"value is not UTF-8 JSON: {describe(exc)}") from None
-        except RecursionError:
-            raise PacketError(ErrorCode.BAD_PACKET, "packet is nested too deeply") from None
+        envelope = _decode(_envelope_decoder, value, "packet")
         destinations = self._decode_destinations(bytes(envelope.pipeline_context))
         doc = bytes(envelope.data)
         return Packet(destinations, doc, decode_keys(doc, max_depth=self.max_depth))
@@ -188,20 +182,26 @@ class PacketDecoder:
         return cached
 
     def _parse_destinations(self, context: bytes) -> tuple[Destination, ...]:
-        try:
-            destinations = tuple(_pipeline_context_decoder.decode(context).destinations)
-        except msgspec.ValidationError as exc:
-            raise PacketError(ErrorCode.BAD_PACKET, f"bad packet shape: pipeline_context.{describe(exc)}") from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise PacketError(ErrorCode.NOT_JSON, f"value is not UTF-8 JSON: {describe(exc)}") from None
-        except RecursionError:
-            raise PacketError(ErrorCode.BAD_PACKET, "pipeline_context is nested too deeply") from None
+        destinations = tuple(_decode(_pipeline_context_decoder, context, "pipeline_context").destinations)
         if not destinations:
             raise PacketError(ErrorCode.BAD_PACKET, "pipeline_context.destinations is empty")
         if len(destinations) > self.max_destinations:
             raise PacketError(ErrorCode.TOO_MANY_DESTINATIONS,
                               f"{len(destinations)} destinations, the limit is {self.max_destinations}")
         return destinations
+
+
+def _decode(decoder: msgspec.json.Decoder[T], raw: bytes, what: str) -> T:
+    """Decode with one of the typed decoders; whatever the input, the only exception is a user PacketError."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        prefix = "" if what == "packet" else f"{what}."
+        raise PacketError(ErrorCode.BAD_PACKET, f"bad packet shape: {prefix}{describe(exc)}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise PacketError(ErrorCode.NOT_JSON, f"value is not UTF-8 JSON: {describe(exc)}") from None
+    except RecursionError:
+        raise PacketError(ErrorCode.BAD_PACKET, f"{what} is nested too deeply") from None
 
 
 def decode_keys(doc: bytes, *, max_depth: int) -> tuple[str, ...]:

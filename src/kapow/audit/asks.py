@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from kapow.config import Config
-from kapow.contract import PacketDecoder, destination_label
+from kapow.contract import PacketDecoder, PipelineContext, destination_label
 from kapow.errors import PacketError
 
 MAX_KEYDOC_RAW = 4096  # data up to this many bytes travels as it is
@@ -55,28 +55,13 @@ class Ask:
         return destination_label(self.vanity, self.database, self.schema, self.table)
 
 
-class _Destination(msgspec.Struct, frozen=True):
-    vanity: str
-    database: str
-    table: str
-    schema: str = "public"
-    type: str = "postgres"
-    mode: str = "insert"
-    key: list[str] | None = None
-    version: str | None = None  # issue 11: ordering column; it does not change whether a row is there
-
-
-class _Context(msgspec.Struct):
-    destinations: list[_Destination]
-
-
 class _Envelope(msgspec.Struct):
     pipeline_context: msgspec.Raw
     data: msgspec.Raw
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
-_context = msgspec.json.Decoder(_Context)
+_context = msgspec.json.Decoder(PipelineContext)  # the writer's own shape of a destination list
 _data = msgspec.json.Decoder(dict[str, Any])
 
 

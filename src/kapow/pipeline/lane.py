@@ -26,9 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import sql
@@ -37,6 +35,7 @@ from kapow.config import DestinationConfig, PipelineConfig
 from kapow.contract import TableKey
 from kapow.errors import ErrorCode, Failure, Scope, classify_exception
 from kapow.pipeline.circuit import Circuit
+from kapow.pipeline.schedule import TableQueue, next_wake, pick
 from kapow.pipeline.unit import JobOutcome, TableJob, write_unit
 from kapow.pipeline.work import ErrorRecord, TableWork, WorkResult
 from kapow.postgres.catalog import Catalog
@@ -47,21 +46,7 @@ log = logging.getLogger(__name__)
 
 Deliver = Callable[[WorkResult], None]
 WriteUnit = Callable[[Any, Catalog, list[TableJob]], list[JobOutcome]]
-MAX_TABLES_PER_UNIT = 1000
 ALONE_S = 30.0  # after a whole unit timed out, its tables are written alone this long to find the slow one
-
-
-@dataclass(slots=True, eq=False)
-class TableQueue:
-    """One table's works, in consumption order, and what holds it."""
-
-    key: TableKey
-    works: deque[TableWork] = field(default_factory=deque)
-    busy: bool = False  # a worker is writing it
-    held_until: float = 0.0  # monotonic; retried alone after this
-    backoff: float = 0.0
-    failure: Failure | None = None  # why it is held (None: healthy)
-    alone_until: float = 0.0  # written in a unit of its own until then
 
 
 class DatabaseLane:
@@ -205,6 +190,11 @@ class DatabaseLane:
             self._cond.notify_all()
         return True
 
+    def held_tables(self) -> int:
+        """How many tables are held by a failure now (a gauge)."""
+        with self._cond:
+            return sum(1 for q in self._tables.values() if q.failure is not None)
+
     def busy(self) -> bool:
         with self._cond:
             return bool(self._pending) or any(q.busy for q in self._tables.values())
@@ -253,45 +243,13 @@ class DatabaseLane:
             return None
 
     def _pick_locked(self, now: float) -> list[TableJob]:
-        ready = [q for q in self._pending.values() if not q.busy and q.held_until <= now and q.works]
-        if not ready:
-            return []
-        ready.sort(key=lambda q: q.works[0].enqueued_at)
-        budget = self._pipeline.unit_max_rows
-        if ready[0].alone_until > now or ready[0].failure is not None:
-            return [self._pop_locked(ready[0], budget)]
-        jobs: list[TableJob] = []
-        for queue in ready:
-            if queue.alone_until > now or queue.failure is not None:
-                continue
-            job = self._pop_locked(queue, budget)
-            jobs.append(job)
-            budget -= sum(len(w.rows) for w in job.works)
-            if budget <= 0 or len(jobs) >= MAX_TABLES_PER_UNIT:
-                break
+        jobs = pick(self._pending, now, self._pipeline.unit_max_rows)
+        for job in jobs:
+            self.queued_bytes -= sum(w.nbytes for w in job.works)
         return jobs
 
-    def _pop_locked(self, queue: TableQueue, budget: int) -> TableJob:
-        works = [queue.works.popleft()]
-        rows = len(works[0].rows)
-        while queue.works and rows + len(queue.works[0].rows) <= budget:
-            works.append(queue.works.popleft())
-            rows += len(works[-1].rows)
-        queue.busy = True
-        if not queue.works:
-            self._pending.pop(queue.key, None)
-        self.queued_bytes -= sum(w.nbytes for w in works)
-        return TableJob(queue.key, works[0].config, works)
-
     def _next_wake_locked(self, now: float) -> float:
-        wake = 0.5
-        hold = self._pipeline.hold_s
-        for queue in self._pending.values():
-            if queue.works:
-                if queue.held_until > now:
-                    wake = min(wake, queue.held_until - now)
-                if queue.failure is not None or not self.circuit.closed:
-                    wake = min(wake, queue.works[0].enqueued_at + hold - now)
+        wake = next_wake(self._pending, now, self._pipeline.hold_s, lane_down=not self.circuit.closed)
         if self._backoff_until > now:
             wake = min(wake, self._backoff_until - now)
         return max(0.01, wake)

@@ -15,7 +15,6 @@ the deadline plus a few seconds, whatever is stuck.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -32,8 +31,10 @@ from kapow.deadletter.publisher import ErrorPublisher
 from kapow.kafka.factory import KafkaClients, LibrdkafkaClients
 from kapow.pipeline.batch import Batch
 from kapow.pipeline.commit import CommitWindow
+from kapow.pipeline.gauges import DestinationsView, refresh_gauges
 from kapow.pipeline.observe import Observer
 from kapow.pipeline.persist import Persister
+from kapow.pipeline.process import bounded, tune_gc
 from kapow.pipeline.sort import Sorter
 from kapow.pipeline.work import ErrorRecord, WorkResult
 
@@ -41,19 +42,6 @@ log = logging.getLogger("kapow.writer")
 
 MAX_WINDOW = 20_000  # batches consumed and not committed; past it the consumer pauses like for bytes
 CLOSE_TIMEOUT_S = 3.0
-
-
-def tune_gc() -> None:
-    """Collect young objects every 50,000 allocations instead of 700, and freeze what startup made.
-
-    Every packet allocates a few containers (its row, key tuple), so the default threshold ran a generation-0
-    collection every few packets' worth of work; the hot path makes no reference cycles, so those collections
-    found nothing and cost about a quarter of the writer's CPU (measured: 2.4 s -> 1.8 s of CPU for 300,000
-    packets). Memory stays bounded: batches are released as soon as they are committed.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 class Writer:
@@ -170,7 +158,7 @@ class Writer:
         self.persister.cancel(running=not drained)
         if self.redriver is not None:
             self.redriver.stop(timeout=1.0)
-        _bounded(consumer.close, CLOSE_TIMEOUT_S, "consumer close")  # leaves the group: partitions move at once
+        bounded(consumer.close, CLOSE_TIMEOUT_S, "consumer close")  # leaves the group: partitions move at once
         if self.errors is not None:
             self.errors.flush(max(0.5, min(CLOSE_TIMEOUT_S, deadline - time.monotonic())))
         self.persister.close(timeout=1.0 if drained else 0.0)
@@ -332,25 +320,7 @@ class Writer:
         return True, "ok"
 
     def _refresh_gauges(self) -> None:
-        for (vanity, database), lane in self.persister.lanes().items():
-            metrics.POOL_IN_USE.labels(vanity, database).set(lane.pool.in_use)
-            metrics.POOL_MAX.labels(vanity, database).set(lane.config.max_connections)
-            metrics.CIRCUIT.labels(vanity, database).set(lane.circuit.state.value)
-        metrics.BUFFER_BYTES.set(self.held_bytes)
-        self._refresh_lag()
-
-    def _refresh_lag(self) -> None:
-        """Lag = high watermark (cached from fetch responses) - the group's committed offset: what is not yet
-        safely handled, which is what an operator needs to know (a position ahead of the commit lands nothing)."""
-        consumer = self._consumer
-        if consumer is None:
-            return
-        for tp in list(self.assigned):
-            _low, high = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
-            committed = self._committed.get(tp, -1)
-            if high < 0 or committed < 0:
-                continue
-            metrics.LAG.labels(tp[0], str(tp[1])).set(max(0, high - committed))
+        refresh_gauges(self.persister, self._consumer, self.assigned, self._committed, self.held_bytes)
 
     # ------------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -399,37 +369,3 @@ class Writer:
         self.ready = bool(self.assigned)
         log.log(logging.WARNING if how == "lost" else logging.INFO, "partitions %s", how,
                 extra={"fields": {"partitions": sorted(f"{t}[{p}]" for t, p in gone), "dropped_works": dropped}})
-
-
-class _CircuitView:
-    def __init__(self, state: str) -> None:
-        self.state = state
-
-
-class DestinationsView:
-    """Read-only view of the lanes for ``/readyz`` and the console: ``.state`` of circuits, ``.in_use`` of pools."""
-
-    def __init__(self, persister: Persister) -> None:
-        self._persister = persister
-
-    def circuits(self) -> dict[tuple[str, str], Any]:
-        return {k: _CircuitView(lane.circuit.state.label) for k, lane in self._persister.lanes().items()}
-
-    def pools(self) -> dict[tuple[str, str], Any]:
-        return {k: lane.pool for k, lane in self._persister.lanes().items()}
-
-
-def _bounded(call: Any, timeout: float, what: str) -> None:
-    """Run ``call`` on a daemon thread and wait at most ``timeout``: a stuck broker cannot hold the exit."""
-    thread = threading.Thread(target=_quiet, args=(call, what), name=f"kapow-{what.replace(' ', '-')}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        log.warning("%s did not finish within %.0f s; leaving it", what, timeout)
-
-
-def _quiet(call: Any, what: str) -> None:
-    try:
-        call()
-    except Exception as exc:
-        log.warning("%s: %s", what, exc)
