@@ -159,14 +159,22 @@ class PacketDecoder:
 
     def decode(self, value: bytes | None) -> Packet:
         """Decode a packet's value; raise :class:`PacketError` with a user error code for anything wrong."""
+        context, doc = self.split(value)
+        destinations = self.destinations(context)
+        return Packet(destinations, doc, decode_keys(doc, max_depth=self.max_depth))
+
+    def split(self, value: bytes | None) -> tuple[bytes, bytes]:
+        """The envelope's two halves, raw: (``pipeline_context`` JSON, ``data`` JSON); nothing decoded inside."""
         if value is None:
             raise PacketError(ErrorCode.NOT_JSON, "packet has no value")
         if len(value) > self.max_bytes:
             raise PacketError(ErrorCode.TOO_LARGE, f"packet is {len(value)} bytes, the limit is {self.max_bytes}")
         envelope = _decode(_envelope_decoder, value, "packet")
-        destinations = self._decode_destinations(bytes(envelope.pipeline_context))
-        doc = bytes(envelope.data)
-        return Packet(destinations, doc, decode_keys(doc, max_depth=self.max_depth))
+        return bytes(envelope.pipeline_context), bytes(envelope.data)
+
+    def destinations(self, context: bytes) -> tuple[Destination, ...]:
+        """The destinations of a ``pipeline_context`` (cached by its bytes when small)."""
+        return self._decode_destinations(context)
 
     def _decode_destinations(self, context: bytes) -> tuple[Destination, ...]:
         cached = self._destinations.get(context)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from kapow.pipeline.work import ErrorRecord, WorkResult
 
@@ -41,6 +42,7 @@ class Batch:
     system_errors: int = 0
     probes: int = 0
     results: list[WorkResult] = field(default_factory=list)  # answers kept for the DEBUG per-packet log only
+    databases: dict[str, list[Any]] = field(default_factory=dict)  # database -> [slowest s, landed, duplicates]
     started: float = field(default_factory=time.monotonic)
     # Record timestamps (ms) of the first and last record: end-to-end latency is sampled per batch, not per row.
     first_ts_ms: int = 0

@@ -55,14 +55,15 @@ class Observer:
     def database_label(self, database: str) -> str:
         return database if database in self._databases else "-"
 
-    def answered(self, result: WorkResult) -> None:
-        """A table work came back from its lane (called as it arrives, for the per-database metrics)."""
-        database = self.database_label(result.work.key.database)
-        metrics.STEP_DURATION.labels("persist", database).observe(result.seconds)
-        if result.landed:
-            metrics.ROWS.labels(database, "landed").inc(result.landed)
-        if result.duplicates:
-            metrics.ROWS.labels(database, "duplicate").inc(result.duplicates)
+    def answered(self, batch: Batch, result: WorkResult) -> None:
+        """A table work came back from its lane: its counts join its batch's, per database (the metrics are
+        updated once per batch and database when it is committed: a batch may hold a thousand tables)."""
+        counts = batch.databases.get(result.work.key.database)
+        if counts is None:
+            counts = batch.databases[result.work.key.database] = [0.0, 0, 0]
+        counts[0] = max(counts[0], result.seconds)
+        counts[1] += result.landed
+        counts[2] += result.duplicates
 
     def failed(self, batch: Batch, record: ErrorRecord, *, at_sort: bool) -> None:
         """A packet failed (counted once, when its error record is handed to the publisher)."""
@@ -79,6 +80,13 @@ class Observer:
         log.info("packet failed", extra={"fields": describe(record)})
 
     def account(self, batch: Batch, now_ms: float) -> None:
+        for name, (seconds, landed, duplicates) in batch.databases.items():
+            database = self.database_label(name)
+            metrics.STEP_DURATION.labels("persist", database).observe(seconds)
+            if landed:
+                metrics.ROWS.labels(database, "landed").inc(landed)
+            if duplicates:
+                metrics.ROWS.labels(database, "duplicate").inc(duplicates)
         t = self.totals
         t["received"] += batch.received
         t["filtered"] += batch.filtered

@@ -226,7 +226,7 @@ class Writer:
         batch.landed += result.landed
         batch.duplicates += result.duplicates
         batch.probes += result.probes
-        self.observer.answered(result)
+        self.observer.answered(batch, result)
         for record in result.failed:
             self._publish(batch, record, at_sort=False)
         if len(batch.topics) > 1 or log.isEnabledFor(logging.DEBUG):

@@ -17,17 +17,19 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from kapow.config import Config
-from kapow.contract import PacketDecoder, TableKey, decode_keys
+from kapow.contract import Destination, PacketDecoder, TableKey, decode_keys
 from kapow.errors import ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.batch import Batch, TopicCounts
 from kapow.pipeline.filter import is_pipeline_record
-from kapow.pipeline.route import Router, RouteSpec
+from kapow.pipeline.route import Route, Router, RouteSpec
 from kapow.pipeline.work import ErrorRecord, Row, TableWork
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
 
 log = logging.getLogger(__name__)
+
+MAX_KEYSETS = 4096  # distinct sets of column names interned (a table sees a few; hostile ones are not interned)
 
 
 class Sorter:
@@ -38,6 +40,10 @@ class Sorter:
         self.decoder = PacketDecoder(max_bytes=p.max_packet_bytes, max_depth=p.max_json_depth,
                                      max_destinations=p.max_destinations)
         self.router = Router(config)
+        # What repeats from packet to packet, resolved once: a context's routes, and one shared tuple per set of
+        # column names (so that the lanes group rows by identity and validate a shape once, not each row)
+        self._routes: dict[bytes, tuple[tuple[Destination, Route | Failure], ...]] = {}
+        self._keysets: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def sort(self, seq: int, msgs: list[Message]) -> tuple[Batch, list[TableWork]]:
         batch = Batch(seq=seq)
@@ -107,13 +113,17 @@ class Sorter:
     def _file(self, batch: Batch, works: dict[TableKey, TableWork], msg: Message) -> None:
         value = msg.value()
         try:
-            packet = self.decoder.decode(value)
+            context, doc = self.decoder.split(value)
+            routes = self._routes.get(context)
+            if routes is None:
+                routes = self._resolve(context)
+            keys = decode_keys(doc, max_depth=self.decoder.max_depth)
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))
             return
+        keys = self._keysets.setdefault(keys, keys) if len(self._keysets) < MAX_KEYSETS else keys
         size = len(value) if value else 0
-        for dest in packet.destinations:
-            route = self.router.route(dest)
+        for dest, route in routes:
             if isinstance(route, Failure):
                 batch.errors.append(ErrorRecord(msg, route, dest))
                 continue
@@ -121,8 +131,16 @@ class Sorter:
             work = works.get(key)
             if work is None:
                 work = works[key] = TableWork(key, config, [], batch.seq, 0)
-            work.rows.append(Row(msg, packet.doc, packet.keys, dest))
+            work.rows.append(Row(msg, doc, keys, dest))
             work.nbytes += size
+
+    def _resolve(self, context: bytes) -> tuple[tuple[Destination, Route | Failure], ...]:
+        """Each destination of a context with its route (or the failure that refuses it): what packets carrying
+        these bytes resolve to, cached by them (small contexts only; the router bounds its own cache too)."""
+        routes = tuple((dest, self.router.route(dest)) for dest in self.decoder.destinations(context))
+        if len(context) <= PacketDecoder.MAX_CACHED_VALUE and len(self._routes) < PacketDecoder.MAX_ENTRIES:
+            self._routes[context] = routes
+        return routes
 
 
 def tombstone_row(key: bytes | None, route: RouteSpec) -> bytes:

@@ -26,7 +26,7 @@ from kapow.errors import TABLE_WIDE_USER_CODES, ErrorCode, Failure, PacketError,
 from kapow.pipeline.work import ErrorRecord, Row, TableWork, WorkResult
 from kapow.postgres.catalog import Catalog, Table, load_tables
 from kapow.postgres.isolate import IsolationAborted, isolate
-from kapow.postgres.statements import RowIn, Statement, plan
+from kapow.postgres.statements import RowIn, RowLike, Statement, plan
 from kapow.postgres.validate import key_columns, validate
 from kapow.postgres.writer import apply_unit
 
@@ -63,7 +63,7 @@ class _Prepared:
     table: Table | None
     rows: list[Row] = field(default_factory=list)  # rows to write, flattened in offset order
     owners: list[int] = field(default_factory=list)  # index of each row's work in job.works
-    inputs: list[RowIn] = field(default_factory=list)
+    inputs: list[RowLike] = field(default_factory=list)
     failed: list[tuple[int, ErrorRecord]] = field(default_factory=list)  # (work index, record), before writing
     statements: list[Statement] = field(default_factory=list)
     skipped: dict[int, int] = field(default_factory=dict)  # work index -> changes that write nothing (truncates)
@@ -125,11 +125,21 @@ def _prepare(conn: psycopg.Connection[Any], catalog: Catalog, job: TableJob, tab
 
 def _validate(p: _Prepared) -> None:
     table = p.table
+    config = p.job.config
+    # Rows of one shape share their keys tuple and destination objects (sort interns them), so a verdict is
+    # looked up by identity, once per shape and unit, instead of hashing the shape for every row.
+    verdicts: dict[tuple[int, int], Failure | None] = {}
     for w, work in enumerate(p.job.works):
         for row in work.rows:
             if table is None:
                 failure: Failure | None = unknown_table(p.job.key)
-            elif row.route is not None:  # a Debezium change event: decoded now that the column types are known
+            elif row.route is None:
+                shape = (id(row.keys), id(row.dest))
+                if shape in verdicts:
+                    failure = verdicts[shape]
+                else:
+                    failure = verdicts[shape] = validate(table, config, row.dest, row.keys)
+            else:  # a Debezium change event: decoded now that the column types are known
                 try:
                     decoded = decode_change_row(table, row)
                 except PacketError as exc:
@@ -139,9 +149,7 @@ def _validate(p: _Prepared) -> None:
                     p.skipped[w] = p.skipped.get(w, 0) + 1
                     continue
                 row = decoded
-                failure = validate(table, p.job.config, row.dest, row.keys)
-            else:
-                failure = validate(table, p.job.config, row.dest, row.keys)
+                failure = validate(table, config, row.dest, row.keys)
             if failure is not None:
                 p.failed.append((w, ErrorRecord(row.msg, failure, row.dest)))
                 continue
@@ -150,10 +158,10 @@ def _validate(p: _Prepared) -> None:
             p.inputs.append(_row_in(row))
 
 
-def _row_in(row: Row) -> RowIn:
+def _row_in(row: Row) -> RowLike:
     meta = row.dest.metadata
     if meta is None:
-        return RowIn(row.doc, row.keys, row.dest)
+        return row
     msg = row.msg
     values = {"offset": msg.offset(), "partition": msg.partition(), "topic": msg.topic(),
               "timestamp": msg.timestamp()[1], "key": msg.key()}
@@ -172,7 +180,7 @@ def _row_in(row: Row) -> RowIn:
     return RowIn(doc, tuple(keys), row.dest)
 
 
-def order_keys(table: Table, inputs: list[RowIn]) -> dict[int, tuple[str, ...]]:
+def order_keys(table: Table, inputs: list[RowLike]) -> dict[int, tuple[str, ...]]:
     """Every row's unique key, when order between rows of one key matters; else none (the fast path).
 
     Inserts of one shape keep their order inside one statement. Order matters across statements: rows that

@@ -8,7 +8,6 @@ failed. These are plain data: the lane never sees a batch and the loop never see
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -33,8 +32,7 @@ class Row(msgspec.Struct, gc=False):
     route: RouteSpec | None = None  # a Debezium change event still to decode (the lane knows the column types)
 
 
-@dataclass(slots=True)
-class ErrorRecord:
+class ErrorRecord(msgspec.Struct, gc=False, eq=False):
     """A failed packet (for one destination, or for all when ``destination`` is None) bound for an error topic."""
 
     msg: Message
@@ -43,9 +41,9 @@ class ErrorRecord:
     attempts: int = 1
 
 
-@dataclass(slots=True, eq=False)
-class TableWork:
-    """One batch's rows for one table, as queued in its database's lane."""
+class TableWork(msgspec.Struct, gc=False, eq=False):
+    """One batch's rows for one table, as queued in its database's lane (a msgspec Struct: one is made per table
+    per batch, and a batch may touch a thousand tables)."""
 
     key: TableKey
     config: DestinationConfig
@@ -57,14 +55,13 @@ class TableWork:
     attempts: int = 0
 
 
-@dataclass(slots=True)
-class WorkResult:
+class WorkResult(msgspec.Struct, gc=False, eq=False):
     """What became of one :class:`TableWork`: every row landed, was a no-op, or failed with a record."""
 
     work: TableWork
     landed: int = 0  # rows that took effect
     duplicates: int = 0  # rows that changed nothing: a replay, a delete of an absent row, a stale version
-    failed: list[ErrorRecord] = field(default_factory=list)
+    failed: list[ErrorRecord] = msgspec.field(default_factory=list)
     seconds: float = 0.0  # from queued to answered
     attempts: int = 1
     probes: int = 0  # statements spent isolating bad rows

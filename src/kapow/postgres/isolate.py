@@ -25,7 +25,7 @@ from psycopg import sql
 
 from kapow.errors import ErrorCode, Failure, Scope, classify_exception, classify_sqlstate, one_line
 from kapow.postgres.catalog import Table
-from kapow.postgres.statements import Element, RowIn, Statement, plan
+from kapow.postgres.statements import Element, RowLike, Statement, plan
 from kapow.postgres.writer import call
 
 
@@ -46,7 +46,7 @@ class Isolated:
 
 
 def isolate(conn: psycopg.Connection[Any], table: Table, statements: Sequence[Statement],
-            rows: Sequence[RowIn]) -> Isolated:
+            rows: Sequence[RowLike]) -> Isolated:
     """Apply ``statements`` in one transaction, every bad element isolated and reported with its rows."""
     result = Isolated()
     try:
@@ -84,7 +84,7 @@ def _try(conn: psycopg.Connection[Any], statement: Statement, elements: list[Ele
     return 0, failure, column or None
 
 
-def _bisect(conn: psycopg.Connection[Any], table: Table, statement: Statement, rows: Sequence[RowIn],
+def _bisect(conn: psycopg.Connection[Any], table: Table, statement: Statement, rows: Sequence[RowLike],
             result: Isolated) -> None:
     pending = [(0, len(statement.elements))]
     while pending:
@@ -111,7 +111,7 @@ def _bisect(conn: psycopg.Connection[Any], table: Table, statement: Statement, r
         result.failures.append((element.sources[0], failure))
 
 
-def _unfold(conn: psycopg.Connection[Any], table: Table, element: Element, rows: Sequence[RowIn],
+def _unfold(conn: psycopg.Connection[Any], table: Table, element: Element, rows: Sequence[RowLike],
             result: Isolated) -> None:
     """Apply the packets of a folded element one by one, in order, so that only the bad one fails."""
     for index in element.sources:
@@ -122,14 +122,14 @@ def _unfold(conn: psycopg.Connection[Any], table: Table, element: Element, rows:
         _bisect(conn, table, statement, rows, result)
 
 
-def _key_of(table: Table, row: RowIn) -> tuple[str, ...]:
+def _key_of(table: Table, row: RowLike) -> tuple[str, ...]:
     from kapow.postgres.validate import key_columns
 
     key = key_columns(table, row.dest)
     return key if isinstance(key, tuple) else ()
 
 
-def name_the_column(conn: psycopg.Connection[Any], table: Table, row: RowIn, failure: Failure) -> Failure:
+def name_the_column(conn: psycopg.Connection[Any], table: Table, row: RowLike, failure: Failure) -> Failure:
     """Find which column of a bad row PostgreSQL refuses, by casting its values one column at a time.
 
     Only ever run for a row already isolated as bad, so it costs nothing on the hot path; the client gets

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from psycopg import sql
@@ -32,8 +32,21 @@ INSERT, UPSERT, DELETE = "insert", "upsert", "delete"
 _raw_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
+class RowLike(Protocol):
+    """What a statement needs of a row: the JSON object the client sent, its column names, its destination."""
+
+    @property
+    def doc(self) -> bytes: ...
+
+    @property
+    def keys(self) -> tuple[str, ...]: ...
+
+    @property
+    def dest(self) -> Destination: ...
+
+
 class RowIn(msgspec.Struct, gc=False):
-    """One row to write: the JSON object the client sent, its column names and its destination's options."""
+    """A row made here (metadata columns added, a change event decoded): a :class:`RowLike`."""
 
     doc: bytes
     keys: tuple[str, ...]
@@ -65,7 +78,7 @@ class Statement:
         return sum(len(e.sources) for e in self.elements)
 
 
-def plan(table: Table, rows: Sequence[RowIn], keys_of: dict[int, tuple[str, ...]]) -> list[Statement]:
+def plan(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ...]]) -> list[Statement]:
     """Statements that apply ``rows`` (in offset order) to ``table``; ``keys_of`` gives each non-insert row's key.
 
     ``keys_of`` maps a row index to the unique key its destination resolved to (only rows of upsert or delete
@@ -76,14 +89,20 @@ def plan(table: Table, rows: Sequence[RowIn], keys_of: dict[int, tuple[str, ...]
     return _plan_rounds(table, rows, keys_of)
 
 
-def _plan_inserts(table: Table, rows: Sequence[RowIn]) -> list[Statement]:
+def _plan_inserts(table: Table, rows: Sequence[RowLike]) -> list[Statement]:
+    # Looked up by identity first: rows of one shape share their keys and destination objects (sort interns
+    # them), so the shape is hashed once per object, not once per row.
+    by_id: dict[tuple[int, int], Statement] = {}
     by_shape: dict[tuple[tuple[str, ...], Destination], Statement] = {}
     for i, row in enumerate(rows):
-        shape = (row.keys, row.dest)
-        stmt = by_shape.get(shape)
+        stmt = by_id.get((id(row.keys), id(row.dest)))
         if stmt is None:
-            stmt = by_shape[shape] = Statement(INSERT, row.keys, row.dest, statement_text(table, INSERT, row.keys,
-                                                                                          row.dest, ()))
+            shape = (row.keys, row.dest)
+            stmt = by_shape.get(shape)
+            if stmt is None:
+                stmt = by_shape[shape] = Statement(INSERT, row.keys, row.dest,
+                                                   statement_text(table, INSERT, row.keys, row.dest, ()))
+            by_id[(id(row.keys), id(row.dest))] = stmt
         stmt.elements.append(Element(row.doc, [i]))
     return list(by_shape.values())
 
@@ -97,7 +116,7 @@ class _Op:
     sources: list[int]
 
 
-def _plan_rounds(table: Table, rows: Sequence[RowIn], keys_of: dict[int, tuple[str, ...]]) -> list[Statement]:
+def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ...]]) -> list[Statement]:
     per_key: dict[Any, list[_Op]] = {}
     for i, row in enumerate(rows):
         key_cols = keys_of.get(i)
