@@ -86,7 +86,7 @@ def psycopg_conninfo(**params: object) -> str:
 
 
 class PipelineConfig(_Strict):
-    batch_max_messages: int = 5_000
+    batch_max_messages: int = 10_000  # more rows per table per batch when traffic spreads over many tables
     batch_max_wait_ms: int = 20  # at low rates, the longest a packet waits for company
     max_packet_bytes: int = 1024 * 1024
     max_json_depth: int = 32

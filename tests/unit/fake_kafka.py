@@ -144,6 +144,10 @@ class FakePersister:
         else:
             self.ready.append(WorkResult(work, landed=len(work.rows)))
 
+    def submit_all(self, works: list[TableWork]) -> None:
+        for work in works:
+            self.submit(work)
+
     def release(self, table: str) -> None:
         self.held.discard(table)
         keep = []

@@ -90,20 +90,27 @@ class DatabaseLane:
 
     # ------------------------------------------------------------------ the loop's side
     def submit(self, work: TableWork) -> None:
+        self.submit_all([work])
+
+    def submit_all(self, works: list[TableWork]) -> None:
+        """Queue works (one batch's, for this database): one lock and one wake-up for all of them."""
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"lane {self.name} is closed")
             if not self._threads:
                 self._start_threads()
-            work.enqueued_at = self._clock()
-            work.epoch = self._epoch
-            queue = self._tables.get(work.key)
-            if queue is None:
-                queue = self._tables[work.key] = TableQueue(work.key)
-            queue.works.append(work)
-            self._pending[work.key] = queue
-            self.queued_bytes += work.nbytes
-            self._cond.notify()
+            now = self._clock()
+            tables, pending = self._tables, self._pending
+            for work in works:
+                work.enqueued_at = now
+                work.epoch = self._epoch
+                queue = tables.get(work.key)
+                if queue is None:
+                    queue = tables[work.key] = TableQueue(work.key)
+                queue.works.append(work)
+                pending[work.key] = queue
+                self.queued_bytes += work.nbytes
+            self._cond.notify(min(len(works), len(self._threads)))
 
     def cancel(self, *, running: bool = False) -> int:
         """Drop every queued work (a revoke or a stop: they are replayed from the uncommitted offsets).

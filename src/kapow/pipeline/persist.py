@@ -5,7 +5,8 @@ The loop never waits on a database: :meth:`Persister.submit` only queues a work 
 between polls. So a slow or dead database delays only its own packets; the loop keeps consuming, sorting and
 committing everything else, up to the memory bound (``pipeline.max_buffer_bytes``).
 
-The persister owns what the lanes share: the table catalog (bounded in bytes) and the answer queue. Lanes are
+The persister owns the answer queue the lanes share, and gives each lane its own table catalog (bounded in bytes,
+the budget split between databases: no lock is shared by the workers of different databases). Lanes are
 created on first use, one per configured (vanity, database); a packet can only reach a configured database
 (sort refuses the rest), so their number is bounded by the config, never by clients.
 """
@@ -29,7 +30,10 @@ class Persister:
     def __init__(self, config: Config, *, lane_factory: Callable[..., DatabaseLane] = DatabaseLane) -> None:
         self._config = config
         p = config.pipeline
-        self.catalog = Catalog(ttl=p.catalog_ttl_s, max_bytes=p.catalog_max_bytes)
+        # One catalog per database (each lane's own: no lock shared by every worker of every database), the byte
+        # budget split between the configured databases.
+        databases = max(1, sum(len(d.databases) for d in config.destinations))
+        self._catalog_bytes = max(1024 * 1024, p.catalog_max_bytes // databases)
         self._answers: queue.SimpleQueue[WorkResult] = queue.SimpleQueue()
         self._lanes: dict[tuple[str, str], DatabaseLane] = {}
         self._lock = threading.Lock()
@@ -45,9 +49,10 @@ class Persister:
                     dest = self._config.destination(vanity)
                     if dest is None or database not in dest.databases:
                         raise KeyError(f"{vanity}/{database} is not configured")
-                    lane = self._lane_factory(vanity=vanity, database=database, config=dest,
-                                              pipeline=self._config.pipeline, catalog=self.catalog,
-                                              deliver=self._answers.put)
+                    p = self._config.pipeline
+                    catalog = Catalog(ttl=p.catalog_ttl_s, max_bytes=self._catalog_bytes)
+                    lane = self._lane_factory(vanity=vanity, database=database, config=dest, pipeline=p,
+                                              catalog=catalog, deliver=self._answers.put)
                     self._lanes[key] = lane
         return lane
 
@@ -57,6 +62,14 @@ class Persister:
 
     def submit(self, work: TableWork) -> None:
         self.lane(work.key.vanity, work.key.database).submit(work)
+
+    def submit_all(self, works: list[TableWork]) -> None:
+        """Queue a batch's works, grouped by database: one hand-over per lane, not one per table."""
+        by_lane: dict[tuple[str, str], list[TableWork]] = {}
+        for work in works:
+            by_lane.setdefault((work.key.vanity, work.key.database), []).append(work)
+        for (vanity, database), group in by_lane.items():
+            self.lane(vanity, database).submit_all(group)
 
     def collect(self, timeout: float = 0.0) -> list[WorkResult]:
         """Every answer ready now; with a ``timeout``, wait that long for the first one."""

@@ -192,7 +192,7 @@ class Writer:
             batch.pending += 1
             batch.nbytes += work.nbytes
             self.held_bytes += work.nbytes
-            self.persister.submit(work)
+        self.persister.submit_all(works)
         metrics.IN_FLIGHT.set(len(self.window))
 
     def _publish(self, batch: Batch, record: ErrorRecord, *, at_sort: bool) -> None:

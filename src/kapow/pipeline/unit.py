@@ -109,6 +109,7 @@ def _tables(conn: psycopg.Connection[Any], catalog: Catalog, keys: list[TableKey
 
 
 def _prepare(conn: psycopg.Connection[Any], catalog: Catalog, job: TableJob, table: Table | None) -> _Prepared:
+    derived = _derived(table)
     p = _Prepared(job, table)
     _validate(p)
     if any(r.failure.code in SCHEMA_CODES for _, r in p.failed) and catalog.age(job.key) >= RECHECK_AFTER_S:
@@ -119,8 +120,13 @@ def _prepare(conn: psycopg.Connection[Any], catalog: Catalog, job: TableJob, tab
     if p.rows and p.table is not None:
         keys_of = order_keys(p.table, p.inputs)
         p.statements = plan(p.table, p.inputs, keys_of)
+    if p.table is not None and p.table is table and _derived(table) != derived:  # its caches grew: re-measure
         catalog.refresh_size(job.key)
     return p
+
+
+def _derived(table: Table | None) -> int:
+    return 0 if table is None else len(table.statements) + len(table.verdicts)
 
 
 def _validate(p: _Prepared) -> None:
