@@ -307,3 +307,32 @@ def test_healthz_fails_while_commits_are_stuck_and_recovers(make_env: Make, writ
     user_topic_limit("1048588")
     kit.wait_for(lambda: health()[0] == 200, 30, "/healthz to recover once the error record is written")
     assert len(kit.read_all(env.user_errors, expect=1)) == 1
+
+
+def test_at_a_thousand_tables_a_locked_table_and_bad_rows_hold_only_themselves(make_env: Make, writers: Start) -> None:
+    """Many tables share one transaction per unit; each is fenced: a locked one and one with bad rows must not
+    put the other 998 tables' rows in their fate (issue 16)."""
+    env = make_env()
+    db = env.databases[0]
+    tables = 1000
+    kit.sql(db, ";".join(PLAIN.format(t=f"t{i}") for i in range(tables))
+            + ";ALTER TABLE t7 ADD CONSTRAINT short CHECK (length(v) < 10)")
+    env.destination = {"lock_timeout_ms": 300}
+    writer = writers(env)
+    writer.wait_assigned()
+    packets = []
+    for n in range(5):
+        for i in range(tables):
+            bad = i == 7 and n % 2 == 0
+            packets += kit.packets([kit.dest(db, f"t{i}")], [{"id": n, "v": "far too long a value" if bad else "ok"}])
+    with locked(db, "t3"):
+        kit.publish(env.topic, packets)
+        others = " + ".join(f"(SELECT count(*) FROM t{i})" for i in range(tables) if i != 3)
+        kit.wait_for(lambda: kit.scalar(db, f"SELECT {others}") == (tables - 1) * 5 - 3, 120,
+                     "every table but the locked one (and t7's three bad rows)")
+        assert count(db, "t3") == 0
+    kit.wait_for(lambda: count(db, "t3") == 5, 60, "the locked table once released")
+    user = kit.read_all(env.user_errors, expect=3, timeout=30)
+    assert codes(user) == {"constraint_violation": 3}
+    assert kit.read_all(env.system_errors) == []
+    assert "circuit opened" not in writer.log()
