@@ -20,6 +20,7 @@ from typing import IO, Any
 import msgspec
 from confluent_kafka import KafkaError, KafkaException
 
+from kapow.contract import Destination
 from kapow.errors import KapowError
 
 # librdkafka's default message.max.bytes (the client refuses larger records before the broker sees them): a line
@@ -73,7 +74,8 @@ def _packet(line: bytes) -> bytes:
 
     A whole packet (``pipeline_context``) is sent as it is: the writer judges it, and a client may want to see
     what a bad one becomes. A wrapped line is ours to build, so it is checked: ``destinations`` a list of objects
-    with string values, and ``data`` present.
+    as the writer reads them (names are strings, ``mode`` one of insert/upsert/delete, ``key`` a list of columns,
+    ``metadata`` an object), and ``data`` present.
     """
     try:
         obj: Any = msgspec.json.decode(line)
@@ -87,10 +89,13 @@ def _packet(line: bytes) -> bytes:
     for i, dest in enumerate(destinations):
         if not isinstance(dest, dict):
             raise ValueError(f"wrapped line: destinations[{i}] must be an object: not sent")
-        for key, value in dest.items():
-            if not isinstance(value, str):
-                raise ValueError(f"wrapped line: destinations[{i}].{key} must be a string, got "
-                                 f"{type(value).__name__}: not sent")
+        try:  # the writer's own shape of a destination: names are strings, "key" a list, "metadata" an object
+            msgspec.convert(dest, type=Destination)
+        except msgspec.ValidationError as exc:
+            reason, _, where = str(exc).partition(" - at `$")
+            field = where.rstrip("`").lstrip(".")
+            raise ValueError(f"wrapped line: destinations[{i}]{'.' + field if field else ''}: "
+                             f"{reason[:1].lower()}{reason[1:200]}: not sent") from None
     if "data" not in obj:
         raise ValueError('wrapped line: no "data" (a wrapped line is {"destinations": [...], "data": {...}}): '
                          "not sent")
