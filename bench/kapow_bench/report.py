@@ -17,7 +17,8 @@ from typing import Any
 Run = dict[str, Any]
 
 # The fields that say which measurement a run repeats; the median is taken over runs that agree on all of them.
-KEY_FIELDS = ("kind", "mode", "preset", "packets", "partitions", "batch", "connections", "writers")
+KEY_FIELDS = ("kind", "workload", "clock", "packets", "partitions", "batch", "connections", "writers", "rate",
+              "sweep")
 
 
 class Progress:
@@ -106,28 +107,59 @@ def summarise(runs: Iterable[Run]) -> list[Run]:
     return out
 
 
+def relate(summary: list[Run]) -> list[Run]:
+    """Add the ratios the targets are written in: spread vs one table, KaPoW vs the peer, upsert vs insert."""
+    def find(**want: Any) -> Run | None:
+        return next((r for r in summary if all(r.get(k) == v for k, v in want.items())), None)
+
+    for r in summary:
+        if r["kind"] != "kapow" or r.get("sweep") or "packets_per_s" not in r:
+            continue
+        same = {"clock": r.get("clock"), "packets": r.get("packets"), "partitions": r.get("partitions")}
+        refs: list[tuple[str, Run | None]] = [("peer", find(kind="peer", workload=r["workload"], **same))]
+        if r.get("tables", 1) > 1:
+            refs.append(("one_table", find(kind="kapow", mode=r["mode"], route=r.get("route"), size=r["size"],
+                                           tables=1, version=r.get("version"), **same)))
+        if r.get("mode") == "upsert" and r.get("route") is None:
+            refs.append(("insert", find(kind="kapow", mode="insert", route=None, size=r["size"],
+                                        tables=r.get("tables"), **same)))
+        for name, ref in refs:
+            if ref is not None and ref is not r and ref.get("packets_per_s"):
+                r[f"vs_{name}"] = round(r["packets_per_s"] / ref["packets_per_s"], 3)
+                if ref.get("steady_packets_per_s"):
+                    r[f"steady_vs_{name}"] = round(r["steady_packets_per_s"] / ref["steady_packets_per_s"], 3)
+    return summary
+
+
+def _num(r: Run, name: str, fmt: str = ",.0f") -> str:
+    v = r.get(name)
+    return "-" if v is None else format(v, fmt)
+
+
 def table(summary: list[Run]) -> str:
     """The medians as a fixed-width text table (the JSON has everything)."""
-    head = (f"{'what':<22} {'mode':<10} {'preset':<6} {'N':>8} {'P':>3} {'batch':>6} {'conn':>4} {'proc':>4} "
-            f"{'runs':>4} {'packets/s':>11} {'per minute':>12} {'cpu s':>7} {'rss MiB':>8} {'load':>5}  exact")
+    head = (f"{'writer':<11} {'workload':<30} {'clock':<9} {'N':>8} {'runs':>4} {'packets/s':>10} {'steady':>10} "
+            f"{'ceiling':>10} {'st/ceil':>7} {'us/pkt':>7} {'w/pg/kafka us':>17} {'rss MiB':>7} {'load':>5} exact")
     lines = [head, "-" * len(head)]
     for r in summary:
         if r["kind"] == "latency":
             continue
+        parts = "/".join(_num(r, f, ".1f") for f in ("cpu_us_per_packet", "cpu_pg_us_per_packet",
+                                                        "cpu_broker_us_per_packet"))
         lines.append(
-            f"{r['kind']:<22} {r.get('mode', ''):<10} {r.get('preset', ''):<6} {r.get('packets', 0):>8} "
-            f"{r.get('partitions', ''):>3} {r.get('batch', ''):>6} {r.get('connections', ''):>4} "
-            f"{r.get('writers', ''):>4} {r['runs']:>4} {r.get('packets_per_s', 0):>11,.0f} "
-            f"{r.get('packets_per_s', 0) * 60:>12,.0f} {r.get('cpu_seconds', float('nan')):>7.2f} "
-            f"{r.get('peak_rss_mib', float('nan')):>8.1f} {r.get('load_before', float('nan')):>5.2f}  "
-            f"{'yes' if r.get('exact') else 'NO'}")
+            f"{r['kind']:<11} {r.get('workload', ''):<30} {r.get('clock', ''):<9} {r.get('packets', 0):>8} "
+            f"{r['runs']:>4} {_num(r, 'packets_per_s'):>10} {_num(r, 'steady_packets_per_s'):>10} "
+            f"{_num(r, 'ceiling_packets_per_s'):>10} {_num(r, 'steady_over_ceiling', '.2f'):>7} "
+            f"{_num(r, 'cpu_total_us_per_packet', '.1f'):>7} {parts:>17} {_num(r, 'peak_rss_mib'):>7} "
+            f"{_num(r, 'load_before', '.2f'):>5} {'yes' if r.get('exact') else 'NO'}")
     for r in summary:
         if r["kind"] == "latency":
             lines.append(
-                f"latency at {r['rate']:,.0f}/s for {r['duration']:.0f} s ({r['runs']} runs, medians): "
-                f"p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                f"latency {r.get('workload', '')} at {r['rate']:,.0f}/s for {r['duration']:.0f} s ({r['runs']} runs, "
+                f"medians): p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
                 f"max {r['max_ms']:.1f} ms (record timestamp -> row inserted); visible by poll: "
-                f"p50 {r['visible_p50_ms']:.1f} ms, p99 {r['visible_p99_ms']:.1f} ms; load {r['load_before']:.2f}")
+                f"p50 {_num(r, 'visible_p50_ms', '.1f')} ms, p99 {_num(r, 'visible_p99_ms', '.1f')} ms; "
+                f"load {r['load_before']:.2f}")
     return "\n".join(lines)
 
 
@@ -141,36 +173,44 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 def markdown(summary: list[Run]) -> str:
     """The medians as the Markdown tables of docs/BENCHMARKS.md, so the document is pasted, not retyped."""
-    out = ["| writer | mode | preset | N | partitions | batch | conns | procs | runs | packets/s (min-max) "
-           "| per minute | steady packets/s | writer CPU s | µs CPU/packet | peak RSS MiB | load before |",
-           "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    out = ["| writer | workload | clock | N | runs | packets/s (min-max) | steady | COPY ceiling | steady / ceiling "
+           "| µs CPU/packet: total (writer / PostgreSQL / broker) | peak RSS MiB | load before | exact |",
+           "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in summary:
         if r["kind"] == "latency":
             continue
-        rate = f"**{r['packets_per_s']:,.0f}** ({r['min_packets_per_s']:,.0f}-{r['max_packets_per_s']:,.0f})"
-        steady = f"{r['steady_packets_per_s']:,.0f}" if "steady_packets_per_s" in r else "-"
-        cpu = f"{r['cpu_seconds']:.2f}" if "cpu_seconds" in r else "-"
-        us = f"{r['cpu_us_per_packet']:.1f}" if "cpu_us_per_packet" in r else "-"
-        rss = f"{r['peak_rss_mib']:,.0f}" if "peak_rss_mib" in r else "-"
-        out.append(f"| {r['kind']} | {r.get('mode', '')} | {r.get('preset', '')} | {r.get('packets', 0):,} | "
-                   f"{r.get('partitions', '-')} | {r.get('batch', '-')} | {r.get('connections', '-')} | "
-                   f"{r.get('writers', '-')} | {r['runs']} | {rate} | {r['packets_per_s'] * 60:,.0f} | {steady} | "
-                   f"{cpu} | {us} | {rss} | {r.get('load_before', 0):.2f} |")
+        rate = (f"**{r['packets_per_s']:,.0f}** ({r['min_packets_per_s']:,.0f}-{r['max_packets_per_s']:,.0f})"
+                if "packets_per_s" in r else "-")
+        cpu = (f"{_num(r, 'cpu_total_us_per_packet', '.1f')} ({_num(r, 'cpu_us_per_packet', '.1f')} / "
+               f"{_num(r, 'cpu_pg_us_per_packet', '.1f')} / {_num(r, 'cpu_broker_us_per_packet', '.1f')})")
+        out.append(f"| {r['kind']} | {r.get('workload', '')} | {r.get('clock', '')} | {r.get('packets', 0):,} | "
+                   f"{r['runs']} | {rate} | {_num(r, 'steady_packets_per_s')} | {_num(r, 'ceiling_packets_per_s')} | "
+                   f"{_num(r, 'steady_over_ceiling', '.2f')} | {cpu} | {_num(r, 'peak_rss_mib')} | "
+                   f"{_num(r, 'load_before', '.2f')} | {'yes' if r.get('exact') else 'NO'} |")
     lat = [r for r in summary if r["kind"] == "latency"]
     if lat:
-        out += ["", "| rate | seconds | runs | p50 ms | p95 ms | p99 ms | max ms | visible p50 ms | visible p99 ms "
-                "| load before |", "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+        out += ["", "| workload | rate | seconds | runs | p50 ms | p95 ms | p99 ms | max ms | visible p50 ms "
+                "| visible p99 ms | load before |", "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
         for r in lat:
-            out.append(f"| {r['rate']:,.0f}/s | {r['duration']:.0f} | {r['runs']} | {r['p50_ms']:.1f} | "
-                       f"{r['p95_ms']:.1f} | **{r['p99_ms']:.1f}** | {r['max_ms']:.1f} | {r['visible_p50_ms']:.1f} | "
-                       f"{r['visible_p99_ms']:.1f} | {r['load_before']:.2f} |")
+            out.append(f"| {r.get('workload', '')} | {r['rate']:,.0f}/s | {r['duration']:.0f} | {r['runs']} | "
+                       f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | **{r['p99_ms']:.1f}** | {r['max_ms']:.1f} | "
+                       f"{_num(r, 'visible_p50_ms', '.1f')} | {_num(r, 'visible_p99_ms', '.1f')} | "
+                       f"{r['load_before']:.2f} |")
     return "\n".join(out)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kapow_bench.report RESULTS.json``: the Markdown tables of a saved result."""
     import json
     from pathlib import Path
 
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m kapow.bench.report RESULTS.json")
-    print(markdown(json.loads(Path(sys.argv[1]).read_text())["summary"]))
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m kapow_bench.report RESULTS.json", file=sys.stderr)
+        return 2
+    print(markdown(json.loads(Path(args[0]).read_text())["summary"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
