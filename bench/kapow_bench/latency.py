@@ -23,7 +23,7 @@ from kapow_bench.report import Progress, Run, load, percentile
 from kapow_bench.runs import base_run
 from kapow_bench.scratch import Scratch
 from kapow_bench.spec import Spec
-from kapow_bench.tables import latencies_ms, read_state, truncate
+from kapow_bench.tables import latencies_ms, read_state
 from kapow_bench.workload import Workload, build
 from kapow_bench.writer import WriterProcess, wait_committed
 
@@ -69,7 +69,6 @@ def run_latency(spec: Spec, *, rate: int, duration: float, partitions: int, batc
                 time.sleep(1 / rate)
             producer.flush(30)
             wait_committed(scratch.group, scratch.topic, "latency: warm-up", [writer], timeout=60)
-            truncate(work)
             sent: list[float] = []
             poller = threading.Thread(target=_poll, args=(work, n, stop, polls), daemon=True)
             if spec.tables == 1:
@@ -89,7 +88,7 @@ def run_latency(spec: Spec, *, rate: int, duration: float, partitions: int, batc
             wait_committed(scratch.group, scratch.topic, "latency: landing the tail", [writer], timeout=60)
             if poller.is_alive():
                 poller.join(5)
-            lat = latencies_ms(work)
+            lat = latencies_ms(work, max_key=n)  # the warm-up's rows have the keys above n
             state = read_state(work)
             visible = _visible(sent, polls)
             run.update({
@@ -99,7 +98,7 @@ def run_latency(spec: Spec, *, rate: int, duration: float, partitions: int, batc
                 "visible_p50_ms": round(percentile(visible, 50), 2) if visible else None,
                 "visible_p99_ms": round(percentile(visible, 99), 2) if visible else None,
                 "peak_rss_mib": round(writer.peak_rss() / 2**20, 1), "rows": state.got.rows,
-                "exact": state.got.rows == n and len(lat) == n, "load_after": load(),
+                "exact": state.got == work.expect and len(lat) == n, "load_after": load(),
             })
         finally:
             stop.set()
@@ -112,7 +111,7 @@ def _poll(work: Workload, n: int, stop: threading.Event, polls: list[tuple[float
     with connect(table.database) as conn:
         while not stop.is_set():
             row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table.name))).fetchone()
-            got = int(row[0]) if row else 0
+            got = (int(row[0]) if row else 0) - WARM_UP  # the warm-up's rows stay in the table
             polls.append((time.time(), got))
             if got >= n:
                 return

@@ -50,14 +50,17 @@ IDS = Shape("ids", """CREATE TABLE {table} (
   id bigint PRIMARY KEY, landed_at timestamptz NOT NULL DEFAULT clock_timestamp())""", ("id",), "id")
 
 # Upserts, deletes and change events do not all insert a row, so ``landed_at`` cannot date the last one: each
-# table gets a statement-level trigger that stamps every statement that touched it into ``bench_clock`` (one row
-# per statement, not per row: its cost is noise next to a batch).
+# table gets statement-level triggers that stamp every statement that touches it into ``bench_clock``, as it
+# starts and as it ends (two rows per statement, not per row: their cost is noise next to a batch). The run's
+# first stamp is then the start of the first statement, its last the end of the last one.
 CLOCK_DDL = """
 CREATE TABLE IF NOT EXISTS bench_clock (at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE OR REPLACE FUNCTION bench_stamp() RETURNS trigger LANGUAGE plpgsql AS
 $$ BEGIN INSERT INTO bench_clock DEFAULT VALUES; RETURN NULL; END $$;
 """
-CLOCK_TRIGGER = ('CREATE TRIGGER bench_stamp AFTER INSERT OR UPDATE OR DELETE ON "{table}" '
+CLOCK_TRIGGER = ('CREATE TRIGGER bench_start BEFORE INSERT OR UPDATE OR DELETE ON "{table}" '
+                 "FOR EACH STATEMENT EXECUTE FUNCTION bench_stamp();\n"
+                 'CREATE TRIGGER bench_end AFTER INSERT OR UPDATE OR DELETE ON "{table}" '
                  "FOR EACH STATEMENT EXECUTE FUNCTION bench_stamp()")
 
 

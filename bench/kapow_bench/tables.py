@@ -75,14 +75,15 @@ def read_state(work: Workload) -> State:
     return State(Expect(rows, keys, revs), min(firsts, default=None), max(lasts, default=None))
 
 
-def latencies_ms(work: Workload) -> list[float]:
-    """Every row's ``landed_at - created_at`` in milliseconds, sorted (the latency run)."""
+def latencies_ms(work: Workload, *, max_key: int) -> list[float]:
+    """Every row's ``landed_at - created_at`` in milliseconds, sorted, for the rows keyed up to ``max_key``."""
     out: list[float] = []
     for db, names in _by_database(work.tables).items():
         with connect(db) as conn:
             for i in range(0, len(names), UNION_CHUNK):
-                parts = [sql.SQL("SELECT extract(epoch FROM landed_at - created_at) * 1000 FROM {}").format(
-                    sql.Identifier(n)) for n in names[i:i + UNION_CHUNK]]
+                parts = [sql.SQL("SELECT extract(epoch FROM landed_at - created_at) * 1000 FROM {} WHERE {} <= {}")
+                         .format(sql.Identifier(n), sql.Identifier(work.shape.key), max_key)
+                         for n in names[i:i + UNION_CHUNK]]
                 out += [float(r[0]) for r in conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()]
     return sorted(out)
 

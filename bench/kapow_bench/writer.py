@@ -99,7 +99,7 @@ def wait_committed(group: str, topic: str, label: str, procs: list[Alive], *, ti
 
     ends = end_offsets(topic)
     total = sum(ends.values())
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP, "log_level": 3})
     request = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in ends])]
     bar = Progress(label, total)
     deadline = time.monotonic() + timeout
