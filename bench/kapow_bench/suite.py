@@ -48,9 +48,9 @@ def plan(args: argparse.Namespace) -> tuple[list[Spec], list[Spec], list[Spec]]:
             specs.append(replace(spec, tables=1, databases=1, skew=0.0))
         specs.append(spec)
     peer = [s for s in specs if peer_supports(s)] if args.peer else []
-    latency = [s for s in specs if s.stamps_rows and s.route is None] if args.latency else []
+    latency = [s for s in specs if s.stamps_rows and s.route is None and s.size == 250] if args.latency else []
     if args.latency and not latency:
-        raise KapowError("bench: --latency measures inserts (one table or spread): drop --mode/--route")
+        raise KapowError("bench: --latency measures inserts of 250 B (one table or spread): drop --mode/--route")
     return specs, peer, latency
 
 
