@@ -50,7 +50,7 @@ def run_latency(spec: Spec, *, rate: int, duration: float, partitions: int, batc
             writer.wait_assigned()
             time.sleep(1.0)
             # The client a latency-minded user runs: kapow's producer defaults (linger.ms 5, lz4, acks=all).
-            producer = make_producer(BOOTSTRAP)
+            producer = make_producer(BOOTSTRAP, {"log_level": 3})  # no info lines from its teardown
             encode = msgspec.json.Encoder().encode
             headers: list[tuple[str, str | bytes | None]] = [(CONTEXT_HEADER, CONTEXT_VALUE)]
 

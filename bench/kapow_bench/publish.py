@@ -13,7 +13,7 @@ def publish(topic: str, work: Workload, progress: Any = None) -> None:
     """Envelope packets carry the ``context`` header; routed records (plain rows, change events) carry none."""
     from kapow.client import DeliveryError, Publisher
 
-    with Publisher(BOOTSTRAP, topic) as pub:
+    with Publisher(BOOTSTRAP, topic, settings={"log_level": 3}) as pub:  # no info lines from its teardown
         produce = pub.send_raw
         pipeline = work.headers
         for i, (value, key) in enumerate(zip(work.values, work.keys, strict=True)):

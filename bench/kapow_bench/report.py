@@ -131,6 +131,15 @@ def relate(summary: list[Run]) -> list[Run]:
     return summary
 
 
+def _what(r: Run) -> str:
+    """The workload's label; for a sweep point, with the knobs it varies (P partitions, b batch, c connections,
+    w writer processes)."""
+    label = str(r.get("workload", ""))
+    if r.get("sweep"):
+        label += f" P{r.get('partitions')} b{r.get('batch')} c{r.get('connections')} w{r.get('writers')}"
+    return label
+
+
 def _num(r: Run, name: str, fmt: str = ",.0f") -> str:
     v = r.get(name)
     return "-" if v is None else format(v, fmt)
@@ -147,7 +156,7 @@ def table(summary: list[Run]) -> str:
         parts = "/".join(_num(r, f, ".1f") for f in ("cpu_us_per_packet", "cpu_pg_us_per_packet",
                                                         "cpu_broker_us_per_packet"))
         lines.append(
-            f"{r['kind']:<11} {r.get('workload', ''):<30} {r.get('clock', ''):<9} {r.get('packets', 0):>8} "
+            f"{r['kind']:<11} {_what(r):<30} {r.get('clock', ''):<9} {r.get('packets', 0):>8} "
             f"{r['runs']:>4} {_num(r, 'packets_per_s'):>10} {_num(r, 'steady_packets_per_s'):>10} "
             f"{_num(r, 'ceiling_packets_per_s'):>10} {_num(r, 'steady_over_ceiling', '.2f'):>7} "
             f"{_num(r, 'cpu_total_us_per_packet', '.1f'):>7} {parts:>17} {_num(r, 'peak_rss_mib'):>7} "
@@ -183,7 +192,7 @@ def markdown(summary: list[Run]) -> str:
                 if "packets_per_s" in r else "-")
         cpu = (f"{_num(r, 'cpu_total_us_per_packet', '.1f')} ({_num(r, 'cpu_us_per_packet', '.1f')} / "
                f"{_num(r, 'cpu_pg_us_per_packet', '.1f')} / {_num(r, 'cpu_broker_us_per_packet', '.1f')})")
-        out.append(f"| {r['kind']} | {r.get('workload', '')} | {r.get('clock', '')} | {r.get('packets', 0):,} | "
+        out.append(f"| {r['kind']} | {_what(r)} | {r.get('clock', '')} | {r.get('packets', 0):,} | "
                    f"{r['runs']} | {rate} | {_num(r, 'steady_packets_per_s')} | {_num(r, 'ceiling_packets_per_s')} | "
                    f"{_num(r, 'steady_over_ceiling', '.2f')} | {cpu} | {_num(r, 'peak_rss_mib')} | "
                    f"{_num(r, 'load_before', '.2f')} | {'yes' if r.get('exact') else 'NO'} |")

@@ -28,7 +28,7 @@ from kapow_bench.publish import publish
 from kapow_bench.report import Progress, Run, load
 from kapow_bench.scratch import Scratch
 from kapow_bench.spec import Spec
-from kapow_bench.tables import copy_rows, read_state, reset_clock, truncate
+from kapow_bench.tables import copy_rows, read_state, reset_clock, sample_matches, truncate
 from kapow_bench.workload import Workload, build
 from kapow_bench.writer import WriterProcess, wait_committed
 
@@ -63,8 +63,9 @@ def settle(run: Run, work: Workload, start: float) -> None:
         "seconds": round(seconds, 3), "packets_per_s": round(n / seconds, 1),
         "first_to_last_s": round(steady, 3), "steady_packets_per_s": round(n / steady, 1),
         "value_bytes": round(work.mean_value_bytes, 1), "rows": state.got.rows,
-        "exact": state.got == work.expect,
+        "sample_matches": sample_matches(work),
     })
+    run["exact"] = state.got == work.expect and run["sample_matches"]
 
 
 def ceiling(run: Run, work: Workload, connections: int) -> None:
