@@ -109,3 +109,49 @@ def test_kapow_bench_says_how_to_install_the_benchmark_when_it_is_missing() -> N
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("kapow: bench: the benchmark is not installed; from a checkout: "
                                    "pip install -e '.[bench]'")
+
+
+def test_the_final_state_checks_catch_a_lost_row_and_a_wrong_value() -> None:
+    """The checks that make a run "exact" can fail: rows COPYed straight from the packets pass, then one changed
+    value fails the field check and one deleted row the state check."""
+    from kapow_bench.env import connect
+    from kapow_bench.runs import prepare
+    from kapow_bench.scratch import Scratch
+    from kapow_bench.spec import Spec
+    from kapow_bench.tables import copy_rows, read_state, sample_matches
+
+    with Scratch(Spec(), partitions=1) as scratch:
+        work = prepare(scratch, Spec(), 3000)
+        copy_rows(work, work.ceiling_rows(), connections=2)
+        assert read_state(work).got == work.expect and sample_matches(work)
+        table = work.tables[0]
+        with connect(table.database) as conn:
+            conn.execute("UPDATE bench_events SET amount = amount + 0.01 WHERE event_id = %s", (work.n // 2 + 1,))
+            assert not sample_matches(work)
+            conn.execute("DELETE FROM bench_events WHERE event_id = 7")
+        assert read_state(work).got != work.expect
+
+
+def test_the_cpu_meter_counts_the_writer_s_backends_and_not_the_harness_s() -> None:
+    from psycopg.conninfo import make_conninfo
+
+    from kapow_bench.cpu import CpuMeter
+    from kapow_bench.env import ADMIN_DSN, connect
+    from kapow_bench.scratch import Scratch
+    from kapow_bench.shapes import EVENTS
+    from kapow_bench.spec import Spec
+
+    burn = "SELECT count(*) FROM generate_series(1, 4000000)"
+    with Scratch(Spec(), partitions=1) as scratch:
+        scratch.create(EVENTS)
+        db = scratch.databases[0]
+        with connect(db) as harness, psycopg.connect(make_conninfo(ADMIN_DSN, dbname=db, application_name="kapow"),
+                                                     autocommit=True) as writer:
+            meter = CpuMeter([db], interval=0.1).start()
+            harness.execute(burn)
+            quiet = meter.stop()
+            meter = CpuMeter([db], interval=0.1).start()
+            writer.execute(burn)
+            busy = meter.stop()
+    assert quiet["postgres"] is not None and busy["postgres"] is not None
+    assert busy["postgres"] >= 0.1 and quiet["postgres"] < busy["postgres"] / 5
