@@ -63,6 +63,7 @@ class CpuMeter:
         self._broker = broker_pid()
         self._broker_start = 0.0
         self._conn: Any = None
+        self._result: dict[str, float | None] | None = None
 
     def start(self) -> CpuMeter:
         self._conn = admin_connection()
@@ -95,7 +96,10 @@ class CpuMeter:
                 self._sample()
 
     def stop(self) -> dict[str, float | None]:
-        """Stop sampling (after one last sample) and return CPU seconds: writer, postgres, broker and total."""
+        """Stop sampling (after one last sample) and return CPU seconds: writer, postgres, broker and total.
+        Idempotent, so a ``finally`` can always call it: the second call returns the first one's figures."""
+        if self._result is not None or self._conn is None:
+            return self._result or {"writer": None, "postgres": None, "broker": None, "total": None}
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -107,8 +111,9 @@ class CpuMeter:
         postgres = sum(self._backends.values())
         broker = proc_cpu(self._broker) - self._broker_start if self._broker is not None else None
         total = writer + postgres + (broker or 0.0)
-        return {"writer": round(writer, 3), "postgres": round(postgres, 3),
-                "broker": None if broker is None else round(broker, 3), "total": round(total, 3)}
+        self._result = {"writer": round(writer, 3), "postgres": round(postgres, 3),
+                        "broker": None if broker is None else round(broker, 3), "total": round(total, 3)}
+        return self._result
 
 
 def per_packet(cpu: dict[str, float | None], n: int) -> dict[str, float | None]:

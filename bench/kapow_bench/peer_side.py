@@ -58,12 +58,16 @@ def run_peer_side(spec: Spec, *, n: int, partitions: int, batch: int, run_no: in
             return state.got.rows, state.got == work.expect
 
         bar = Progress(f"peer {spec.label} #{run_no}", n)
-        result = run_peer(
-            bootstrap=BOOTSTRAP, pg_dsn=ADMIN_DSN, database=work.tables[0].database, table=work.tables[0].name,
-            records=records, landed=landed, partitions=partitions, batch_size=batch,
-            work_dir=Path(tempfile.gettempdir()) / "kapow-peer", insert_mode="upsert",
-            delete_enabled=spec.route == "debezium", reduction_buffer=spec.mode == "upsert" or spec.route == "debezium",
-            on_start=on_start, on_landed=lambda: cpu.update(meter.stop()), progress=bar)
+        try:
+            result = run_peer(
+                bootstrap=BOOTSTRAP, pg_dsn=ADMIN_DSN, database=work.tables[0].database,
+                table=work.tables[0].name, records=records, landed=landed, partitions=partitions, batch_size=batch,
+                work_dir=Path(tempfile.gettempdir()) / "kapow-peer", insert_mode="upsert",
+                delete_enabled=spec.route == "debezium",
+                reduction_buffer=spec.mode == "upsert" or spec.route == "debezium",
+                on_start=on_start, on_landed=lambda: cpu.update(meter.stop()), progress=bar)
+        finally:
+            meter.stop()
         bar.done(f"peer landed {spec.label}")
         run.update(per_packet(cpu, n))
         settle(run, work, float(result["jvm_started_at"]))

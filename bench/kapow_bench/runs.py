@@ -113,6 +113,7 @@ def run_kapow(spec: Spec, *, clock: str, n: int, partitions: int, batch: int, co
             cpu = meter.stop()
             run["peak_rss_mib"] = round(max(p.peak_rss() for p in procs) / 2**20, 1)
         finally:
+            meter.stop()
             for p in procs:
                 p.close()
         run.update(per_packet(cpu, n))

@@ -71,6 +71,7 @@ def run_seed(spec: Spec, *, n: int, partitions: int, run_no: int, workdir: Path)
             cpu = meter.stop()
             run["peak_rss_mib"] = round(proc_peak_rss(proc.pid) / 2**20, 1)
         finally:
+            meter.stop()
             proc.close()
         run.update(per_packet(cpu, n))
         settle(run, work, start)
