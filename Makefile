@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install services services-stop services-status test unit integration lint demo bench chaos browser promtool docs clean
+.PHONY: install services services-stop services-status test unit integration lint demo bench perf chaos browser promtool docs clean
 
 install: $(VENV)/.installed
 
@@ -59,12 +59,19 @@ chaos: install services
 demo: install services
 	$(BIN)/kapow demo
 
-# The benchmark (docs/BENCHMARKS.md): every mode, 3 runs each, medians; ~15 minutes on 2 cores. BENCH_ARGS adds
-# or overrides options (kapow bench --help); the plot needs the bench extra (matplotlib).
+# The benchmark (docs/BENCHMARKS.md; the package kapow_bench in bench/, run as `kapow bench` or
+# `python -m kapow_bench`): every workload, the COPY ceiling in each run, the peer, latency, the seed's design and
+# the sweep, 3 runs each, medians; about an hour on 2 cores. BENCH_ARGS adds or overrides options
+# (kapow bench --help); the plot needs the bench extra (matplotlib). KAPOW_SERVICES_DIR locates the broker's pid
+# file for its CPU (default: .services here).
 BENCH_ARGS ?=
 bench: install services
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/kapow bench --all --json docs/bench-results.json --plot docs/bench-throughput.png $(BENCH_ARGS)
+
+# The speed guard alone (tests/perf, part of `make test`): ratios measured in the same test, about 15 s.
+perf: install services
+	$(BIN)/pytest tests/perf $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
