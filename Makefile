@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
+
+.PHONY: cdc-demo
 .PHONY: install services services-stop services-status test unit integration lint demo bench perf chaos browser promtool docs clean
 
 install: $(VENV)/.installed
@@ -75,3 +77,7 @@ perf: install services
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# Replicate a table live: PostgreSQL -> Debezium's source connector (Kafka Connect) -> Kafka -> KaPoW -> PostgreSQL.
+cdc-demo: install services
+	$(BIN)/python scripts/cdc_demo.py
