@@ -115,3 +115,19 @@ def test_a_debezium_route_applies_real_change_events_with_and_without_the_schema
     with psycopg.connect(kit.dsn(db)) as conn:  # the two captures differ only in how intervals were sent
         differ = source.differences(conn, "with_schema", "without_schema")
         assert all(" c_interval: " in line for line in differ), differ
+
+
+def test_a_route_to_a_missing_table_or_one_without_its_key_fails_at_start_in_one_line(
+        make_env: Make, writers: Start) -> None:
+    env, _db, _topic = routed_env(make_env, table="nope", mode="upsert")
+    writer = writers(env)
+    assert writer.proc.wait(60) == 2
+    lines = [line for line in writer.log().splitlines() if line.strip()]
+    assert lines[-1].startswith("kapow: config error: routes[0] (wh/") and "nope does not exist" in lines[-1]
+    assert "Traceback" not in writer.log()
+
+    env2, db2, _topic2 = routed_env(make_env, table="loose", mode="upsert")
+    kit.sql(db2, "CREATE TABLE loose (id bigint, v text)")
+    writer2 = writers(env2)
+    assert writer2.proc.wait(60) == 2
+    assert "no primary key or unique constraint" in writer2.log().splitlines()[-1]

@@ -13,15 +13,20 @@ created on first use, one per configured (vanity, database); a packet can only r
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
 
 from kapow.config import Config
 from kapow.contract import TableKey
+from kapow.errors import one_line
 from kapow.pipeline.lane import DatabaseLane
+from kapow.pipeline.route import RouteSpec
 from kapow.pipeline.work import TableWork, WorkResult
 from kapow.postgres.catalog import Catalog
+
+log = logging.getLogger(__name__)
 
 
 class Persister:
@@ -111,6 +116,29 @@ class Persister:
         if lane.healthy() and not lane.healthy(key):
             return lane.probe_table(key)  # a held table with nothing queued: still locked?
         return lane.healthy(key)
+
+    def check_route(self, route: RouteSpec) -> str | None:
+        """A route's table, read now: the reason it cannot take the route's records, or None when it can (or when
+        its database cannot be reached: the lane holds its records until it can)."""
+        from kapow.postgres.catalog import load_tables
+        from kapow.postgres.validate import key_columns
+
+        key = route.key
+        lane = self.lane(key.vanity, key.database)
+        try:
+            with lane.pool.connection() as conn:
+                table = load_tables(conn, [(key.schema, key.table)]).get((key.schema, key.table))
+        except Exception as exc:
+            log.warning("route %s: cannot read its table now (%s); its records wait for the database", key.label,
+                        one_line(exc))
+            return None
+        if table is None:
+            return f"table {key.schema}.{key.table} does not exist in database {key.database!r}"
+        mode = "upsert" if route.config.format == "debezium" else route.config.mode
+        found = key_columns(table, route.dests[mode]) if mode != "insert" or not table.has_unique_key else None
+        if found is not None and not isinstance(found, tuple):
+            return found.message
+        return None
 
     def close(self, timeout: float = 0.0) -> None:
         for lane in self.lanes().values():

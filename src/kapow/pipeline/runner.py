@@ -28,6 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from kapow import metrics
 from kapow.config import Config
 from kapow.deadletter.publisher import ErrorPublisher
+from kapow.errors import ConfigError
 from kapow.kafka.factory import KafkaClients, LibrdkafkaClients
 from kapow.pipeline.batch import Batch
 from kapow.pipeline.commit import CommitWindow
@@ -112,8 +113,12 @@ class Writer:
         return drained
 
     def open(self) -> None:
-        """Size the error topics, make the clients, subscribe, and start the redrive."""
+        """Check the routes' tables, size the error topics, make the clients, subscribe, start the redrive."""
         k = self.config.kafka
+        for i, route in enumerate(self.sorter.router.routes.values()):
+            problem = self.persister.check_route(route)
+            if problem is not None:
+                raise ConfigError(f"routes[{i}] ({route.key.label}): {problem}")
         max_bytes = self.clients.prepare_topics()
         self.errors = ErrorPublisher(self.clients.producer(max_bytes), user_topic=k.user_errors_topic,
                                      system_topic=k.system_errors_topic, max_bytes=max_bytes)
