@@ -21,13 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kapow.contract import destination_json
-from kapow.errors import ErrorClass
+import msgspec
+
+from kapow.contract import Destination, destination_json
+from kapow.errors import ErrorClass, Failure
 
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError, Message, Producer
-
-    from kapow.pipeline.work import ErrorRecord
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,15 @@ MESSAGE_LIMIT = 500  # characters of kapow-error-message
 RETRY_AFTER_S = 1.0
 
 OnAck = Callable[[], None]
+
+
+class ErrorRecord(msgspec.Struct, gc=False, eq=False):
+    """A failed packet (for one destination, or for all when ``destination`` is None) bound for an error topic."""
+
+    msg: Message
+    failure: Failure
+    destination: Destination | None
+    attempts: int = 1
 
 
 def safe_headers(msg: Message) -> list[tuple[str, bytes | None]]:

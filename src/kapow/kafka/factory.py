@@ -34,8 +34,8 @@ class LibrdkafkaClients:
     def prepare_topics(self) -> int:
         from confluent_kafka.admin import AdminClient
 
-        from kapow.deadletter.topics import prepare_error_topics
         from kapow.kafka.clients import admin_config
+        from kapow.kafka.topics import prepare_error_topics
 
         k = self._config.kafka
         admin = AdminClient(admin_config(k.bootstrap_servers, k.settings))

@@ -1,5 +1,8 @@
 """The units of work that flow from sort to the database lanes and back: rows, table works, results.
 
+(:class:`~kapow.deadletter.publisher.ErrorRecord`, a failed packet bound for an error topic, lives with the
+publisher that writes it; it is re-exported here for the pipeline's modules.)
+
 A :class:`TableWork` is one batch's rows for one table. It is what a database lane queues, orders, holds while
 its table or database is unwell, writes (together with other tables' works) and finally answers with a
 :class:`WorkResult`: how many rows changed, how many were no-ops, and an :class:`ErrorRecord` for each packet that
@@ -13,7 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from kapow.contract import Destination, TableKey
-from kapow.errors import Failure
+from kapow.deadletter.publisher import ErrorRecord
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -30,15 +33,6 @@ class Row(msgspec.Struct, gc=False):
     keys: tuple[str, ...]  # its column names, in the client's order
     dest: Destination  # the destination entry that sent it here (its mode and options)
     route: RouteSpec | None = None  # a Debezium change event still to decode (the lane knows the column types)
-
-
-class ErrorRecord(msgspec.Struct, gc=False, eq=False):
-    """A failed packet (for one destination, or for all when ``destination`` is None) bound for an error topic."""
-
-    msg: Message
-    failure: Failure
-    destination: Destination | None
-    attempts: int = 1
 
 
 class TableWork(msgspec.Struct, gc=False, eq=False):
@@ -65,3 +59,6 @@ class WorkResult(msgspec.Struct, gc=False, eq=False):
     seconds: float = 0.0  # from queued to answered
     attempts: int = 1
     probes: int = 0  # statements spent isolating bad rows
+
+
+__all__ = ["ErrorRecord", "Row", "TableWork", "WorkResult"]
