@@ -10,8 +10,9 @@ Privileges are checked the way PostgreSQL will check them when the first packet 
 found by an operator, not by a client's packet on the DLQ (docs/SECURITY.md has the SQL that grants them):
 CONNECT on each database and TEMP (every KaPoW session creates its ``pg_temp.kapow_apply`` function), USAGE on
 each allowlisted schema, and on each allowlisted or routed table INSERT, UPDATE for ``upsert``, DELETE for
-``delete`` (as the server's ``modes`` allow), and SELECT on the unique-key columns that an upsert's ``ON CONFLICT``
-or a delete's ``WHERE`` reads.
+``delete`` (as the server's ``modes`` allow), and SELECT for what they read: an upsert's ``ON CONFLICT ... DO
+UPDATE SET c = EXCLUDED.c`` reads the key and every column it sets (PostgreSQL checks SELECT on each), a delete's
+``WHERE`` the key columns.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ SELECT n.nspname, c.relname, has_schema_privilege(n.oid, 'USAGE'),
                  WHERE i.indrelid = c.oid AND i.indisunique AND k.attnum > 0
                    AND i.indexrelid = (SELECT i2.indexrelid FROM pg_index i2
                                        WHERE i2.indrelid = c.oid AND i2.indisunique AND i2.indpred IS NULL
-                                       ORDER BY i2.indisprimary DESC, i2.indexrelid LIMIT 1)), true)
+                                       ORDER BY i2.indisprimary DESC, i2.indexrelid LIMIT 1)), true),
+       coalesce((SELECT bool_and(has_column_privilege(c.oid, a.attnum, 'SELECT')) FROM pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), true)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_%%'
@@ -169,7 +172,9 @@ def _needed(dest: DestinationConfig) -> list[str]:
         need.append("UPDATE")
     if "delete" in dest.modes:
         need.append("DELETE")
-    if "upsert" in dest.modes or "delete" in dest.modes:
+    if "upsert" in dest.modes:  # ON CONFLICT reads the key, and EXCLUDED.<column> for every column it sets
+        need.append("SELECT")
+    elif "delete" in dest.modes:  # the WHERE reads the key
         need.append("SELECT on the key columns")
     return need
 
@@ -202,9 +207,10 @@ def privilege_problems(conn: psycopg.Connection[tuple[object, ...]], config: Con
             yield f"{label}: {'no such table' if target.table else 'no tables yet'}", target.table is None
             continue
         missing = []
-        for schema, table, in_schema, insert, update, delete, key_select in rows:
+        for schema, table, in_schema, insert, update, delete, key_select, all_select in rows:
             lacks = [p for p, has in (("INSERT", insert), ("UPDATE", update), ("DELETE", delete),
-                                      ("SELECT on the key columns", key_select)) if p in need and not has]
+                                      ("SELECT on the key columns", key_select), ("SELECT", all_select))
+                     if p in need and not has]
             if not in_schema:
                 lacks.insert(0, f"USAGE on schema {schema}")
             if lacks:
