@@ -258,7 +258,7 @@ start_kafka() {
 }
 
 kafka_sasl_properties() {  # the lines that add a SASL_SSL listener (later lines win in a properties file)
-  make_certs "$TLS_DIR"
+  make_certs "$TLS_DIR" >&2
   [ -f "$TLS_DIR/kafka-kapow.password" ] || (umask 077; openssl rand -hex 16 > "$TLS_DIR/kafka-kapow.password")
   cat <<PROPS
 # KAPOW_SERVICES_TLS=1: a SASL_SSL listener with SCRAM-SHA-512 beside the plaintext one
@@ -289,9 +289,10 @@ stop_kafka() {
 case "${1:-start}" in
   start) start_postgres; start_kafka ;;
   certs) make_certs "${2:-$TLS_DIR}" ;;
+  sasl-properties) kafka_sasl_properties ;;  # what KAPOW_SERVICES_TLS=1 adds to server.properties (tests use it)
   stop) stop_kafka; stop_postgres ;;
   status)
     if kafka_pid >/dev/null; then say "Kafka running (pid $(kafka_pid)) on 127.0.0.1:$KAFKA_PORT"; else say "Kafka stopped"; fi
     if port_open "$PG_PORT"; then say "PostgreSQL answering on 127.0.0.1:$PG_PORT"; else say "PostgreSQL stopped"; fi ;;
-  *) die "usage: services.sh [start|stop|status|certs [DIR]]" ;;
+  *) die "usage: services.sh [start|stop|status|certs [DIR]|sasl-properties]" ;;
 esac

@@ -72,8 +72,12 @@ def _check_kafka(config: Config) -> Iterator[tuple[str, bool]]:
 def connect_failure(exc: BaseException, dest: DestinationConfig) -> str:
     """One line for a failed connection: libpq's reason without its preamble, and what to check when it is TLS or
     authentication. libpq writes one line per address tried; the first that is not a plain refusal is the news."""
-    lines = [_PREFIX.sub("", line.strip()).replace("FATAL:  ", "") for line in str(exc).splitlines() if line.strip()]
-    lines = [line for line in lines if line and not line.startswith(("Multiple connection attempts", "- host"))]
+    lines: list[str] = []
+    for raw in str(exc).splitlines():
+        if raw[:1].isspace() and lines:  # libpq's hint under its reason ("Is the server running on ...")
+            lines[-1] += " " + raw.strip()
+        elif raw.strip() and not raw.startswith(("Multiple connection attempts", "- host")):
+            lines.append(_PREFIX.sub("", raw.strip()).replace("FATAL:  ", ""))
     reason = next((line for line in lines if "Connection refused" not in line), lines[0] if lines else str(exc))
     reason = one_line(reason)
     lowered = reason.lower()
