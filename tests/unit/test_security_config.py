@@ -163,16 +163,16 @@ def test_connect_failures_are_one_line_saying_what_to_check() -> None:
 # ---------------------------------------------------------------------------------------------- Kafka
 def test_typed_kafka_security_is_merged_into_every_clients_settings(files: dict[str, Path],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KAPOW_TEST_SASL_PW", "env-secret")
+    monkeypatch.setenv("SASL_PW_FOR_KAPOW_TEST", "env-secret")
     text = KAFKA + ('security_protocol = "SASL_SSL"\nsasl_mechanism = "SCRAM-SHA-512"\nsasl_username = "kapow"\n'
-                    f'sasl_password_env = "KAPOW_TEST_SASL_PW"\nssl_ca_location = "{files["ca.crt"]}"\n'
+                    f'sasl_password_env = "SASL_PW_FOR_KAPOW_TEST"\nssl_ca_location = "{files["ca.crt"]}"\n'
                     '[kafka.settings]\n"broker.address.family" = "v4"\n') + DEST
     k = parse_config(text).kafka
     assert k.settings == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
                           "sasl.username": "kapow", "sasl.password": "env-secret",
                           "ssl.ca.location": str(files["ca.crt"]), "broker.address.family": "v4"}
     assert "env-secret" not in repr(k.settings) and "env-secret" not in repr(k)
-    from_file = parse_config(text.replace('sasl_password_env = "KAPOW_TEST_SASL_PW"',
+    from_file = parse_config(text.replace('sasl_password_env = "SASL_PW_FOR_KAPOW_TEST"',
                                           f'sasl_password_file = "{files["pw"]}"')).kafka
     assert from_file.settings["sasl.password"] == "s3cret" and isinstance(from_file.settings["sasl.password"], Secret)
 
