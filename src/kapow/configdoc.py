@@ -163,6 +163,8 @@ ENVIRONMENT: dict[str, str] = {
                          "the log and `kapow_api_mutations_total` name who rescheduled or purged.",
     "KAPOW_SERVICES_TLS": "`scripts/services.sh`: `1` makes certificates (`.services/tls/`), turns TLS on in "
                           "PostgreSQL and adds a SASL_SSL (SCRAM-SHA-512) listener to Kafka (docs/SECURITY.md).",
+    "KAPOW_IMAGE_TEST": "`podman` makes tests/integration/test_package.py build the image (Dockerfile, on a "
+                        "debootstrap base) and run `kapow check` inside it; needs podman, runc and debootstrap.",
     "KAPOW_KAFKA_SASL_PORT": "`scripts/services.sh` with `KAPOW_SERVICES_TLS=1`: the port of Kafka's SASL_SSL "
                              "listener (default 9094).",
     "KAPOW_BOOTSTRAP": "Broker for `kapow send` and `kapow dlq` without `-b`/`-c`, for `kapow demo` (overrides "
