@@ -215,6 +215,9 @@ start_kafka() {
   fi
   if kafka_pid >/dev/null; then
     say "Kafka already running on 127.0.0.1:$KAFKA_PORT"
+    if [ "$TLS" = 1 ] && ! port_open "$KAFKA_SASL_PORT"; then
+      say "it has no SASL_SSL listener: a listener needs a restart (services.sh stop, then start with KAPOW_SERVICES_TLS=1)"
+    fi
     return 0
   fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process; set KAPOW_KAFKA_PORT or stop it"
