@@ -17,6 +17,7 @@ UPDATE SET c = EXCLUDED.c`` reads the key and every column it sets (PostgreSQL c
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,24 @@ def check_config(config: Config) -> Iterator[tuple[str, bool]]:
     for dest in config.destinations:
         for database in dest.databases:
             yield from check_database(config, dest, database)
+
+
+def log_destination_problems(config: Config, logger: logging.Logger) -> int:
+    """What :func:`check_database` finds wrong with each destination, one ERROR line each, for ``kapow run`` to
+    call at start in a thread of its own: the writer opens a database only when a packet needs it, so a
+    certificate that does not verify or a missing grant would otherwise first show as a parked packet. Never
+    raises; returns how many lines it logged."""
+    found = 0
+    for dest in config.destinations:
+        for database in dest.databases:
+            try:
+                for line, good in check_database(config, dest, database):
+                    if not good:
+                        logger.error("%s", line, extra={"fields": {"vanity": dest.vanity, "database": database}})
+                        found += 1
+            except Exception as exc:  # a check must never take the writer down
+                logger.warning("checking %s/%s failed: %s", dest.vanity, database, one_line(exc))
+    return found
 
 
 def _check_kafka(config: Config) -> Iterator[tuple[str, bool]]:

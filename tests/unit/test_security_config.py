@@ -298,3 +298,20 @@ def test_secret_repr_is_masked_everywhere_it_could_leak() -> None:
     assert repr(s) == "'***'" and str(s) == "hunter2-hunter2" and f"{s}" == "hunter2-hunter2"
     assert "hunter2" not in repr([s]) and "hunter2" not in repr({"sasl.password": s})
     assert os.fspath(Path("/x")) == "/x"  # (pathlib untouched: Secret is only used for values)
+
+
+def test_start_up_check_logs_one_line_per_bad_destination_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import socket
+
+    from kapow.health import log_destination_problems
+
+    with socket.socket() as s:  # a loopback port nobody listens on: refused at once
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    config = parse_config(KAFKA + DEST + f"port = {dead}\nconnect_timeout_s = 1\n")
+    logger = logging.getLogger("kapow.test.preflight")
+    with caplog.at_level(logging.ERROR, logger="kapow.test.preflight"):
+        assert log_destination_problems(config, logger) == 1
+    (record,) = caplog.records
+    assert record.getMessage().startswith(f"wh/analytics (127.0.0.1:{dead} as postgres): Connection refused")
