@@ -376,12 +376,14 @@ def _check_kafka_settings(config: Config, fail: Callable[[str, str], NoReturn]) 
         return
     from confluent_kafka import Consumer, KafkaException, Producer
 
+    from kapow.kafka.clients import with_secrets
+
     quiet = logging.getLogger("kapow.config.trial")  # librdkafka's warnings about the trial client are not news
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False
     base = {"bootstrap.servers": config.kafka.bootstrap_servers, "logger": quiet}
     for kind, make in (("consumer", Consumer), ("producer", Producer)):
-        conf = {**base, **settings}
+        conf = with_secrets({**base, **settings})
         if kind == "consumer":
             conf["group.id"] = config.kafka.group_id
         try:

@@ -49,7 +49,7 @@ KEYS: dict[str, str] = {
     "kafka.sasl_password_env": "Name of the environment variable that holds the SASL password (one of this and "
                                "`sasl_password_file`); never logged.",
     "kafka.sasl_password_file": "A file that holds the SASL password (a Kubernetes secret; a trailing line break "
-                                "is ignored), read at start.",
+                                "is ignored), checked at start and read whenever a Kafka client is made.",
     "kafka.ssl_ca_location": "The CA (PEM) that signs the brokers' certificates; librdkafka also checks that the "
                              "certificate names the host in `bootstrap_servers`.",
     "kafka.ssl_certificate_location": "A client certificate (PEM), for mutual TLS; with `ssl_key_location`.",

@@ -183,13 +183,15 @@ def check_kafka_security(config: Config, fail: Callable[[str, str], NoReturn]) -
         fail(f"kafka.{'ssl_key_location' if k.ssl_key_location is None else 'ssl_certificate_location'}",
              "a client certificate needs both ssl_certificate_location and ssl_key_location")
     try:
-        typed = security_properties(k)
+        k.sasl_password()  # readable now: a missing variable or file is one line at start, not at the first client
     except SecretUnreadable as exc:
         key, _, reason = str(exc).partition(": ")
         fail(key, reason)
-    for prop in typed:
+    typed = security_properties(k)
+    for prop, value in typed.items():
         for name in (prop, *ALIASES.get(prop, ())):
-            if name in k.settings:
+            # the same value is no conflict: a config written back from a parsed one (kapow demo) holds both
+            if name in k.settings and str(k.settings[name]) != value:
                 fail("kafka.settings", f"{name!r} is set by a typed key of [kafka] too: keep one")
     k.settings = {**typed, **k.settings}
 

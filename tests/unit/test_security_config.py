@@ -21,7 +21,7 @@ from kapow.credentials import FileSecret, Secret, SecretUnreadable, read_secret_
 from kapow.errors import ConfigError, KapowError
 from kapow.health import connect_failure
 from kapow.http.security import TokenGate, Tokens, who
-from kapow.kafka.clients import refusal
+from kapow.kafka.clients import admin_config, consumer_config, producer_config, refusal
 from kapow.postgres.pool import ConnectionPool, PasswordUnavailable
 
 KAFKA = """
@@ -169,12 +169,23 @@ def test_typed_kafka_security_is_merged_into_every_clients_settings(files: dict[
                     '[kafka.settings]\n"broker.address.family" = "v4"\n') + DEST
     k = parse_config(text).kafka
     assert k.settings == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
-                          "sasl.username": "kapow", "sasl.password": "env-secret",
+                          "sasl.username": "kapow", "kapow.sasl.password.env": "SASL_PW_FOR_KAPOW_TEST",
                           "ssl.ca.location": str(files["ca.crt"]), "broker.address.family": "v4"}
-    assert "env-secret" not in repr(k.settings) and "env-secret" not in repr(k)
+    assert "env-secret" not in repr(k)  # the settings say where the password is, never what
+    for conf in (consumer_config(k.bootstrap_servers, "g", k.settings), producer_config(k.bootstrap_servers,
+                 k.settings), admin_config(k.bootstrap_servers, k.settings)):  # every client gets it, read now
+        assert conf["sasl.password"] == "env-secret" and repr(conf["sasl.password"]) == "'***'"
+        assert conf["security.protocol"] == "SASL_SSL" and not any(key.startswith("kapow.") for key in conf)
+    from kapow.demo import to_toml
+
+    again = parse_config(to_toml(parse_config(text))).kafka  # a parsed config written back parses to the same
+    assert again.settings == k.settings and "env-secret" not in to_toml(parse_config(text))
     from_file = parse_config(text.replace('sasl_password_env = "SASL_PW_FOR_KAPOW_TEST"',
                                           f'sasl_password_file = "{files["pw"]}"')).kafka
-    assert from_file.settings["sasl.password"] == "s3cret" and isinstance(from_file.settings["sasl.password"], Secret)
+    assert admin_config("b:1", from_file.settings)["sasl.password"] == "s3cret"
+    files["pw"].write_text("rotated")  # the next client reads the file again
+    assert isinstance(producer_config("b:1", from_file.settings)["sasl.password"], Secret)
+    assert producer_config("b:1", from_file.settings)["sasl.password"] == "rotated"
 
 
 @pytest.mark.parametrize(("kafka", "needle"), [
@@ -191,10 +202,12 @@ def test_typed_kafka_security_is_merged_into_every_clients_settings(files: dict[
     ('security_protocol = "SSL"\nssl_certificate_location = "{client.crt}"',
      "kafka.ssl_key_location: a client certificate needs both"),
     ('security_protocol = "SASL_SSL"\nsasl_mechanism = "GSSAPI"', "kafka.sasl_mechanism: Invalid enum value 'GSSAPI'"),
-    ('security_protocol = "SSL"\n[kafka.settings]\n"security.protocol" = "SSL"',
+    ('security_protocol = "SSL"\n[kafka.settings]\n"security.protocol" = "SASL_SSL"',
      "kafka.settings: 'security.protocol' is set by a typed key of [kafka] too"),
     ('security_protocol = "SASL_SSL"\nsasl_mechanism = "PLAIN"\nsasl_username = "u"\nsasl_password_env = "HOME"\n'
-     '[kafka.settings]\n"sasl.mechanisms" = "PLAIN"', "kafka.settings: 'sasl.mechanisms' is set by a typed key"),
+     '[kafka.settings]\n"sasl.mechanisms" = "SCRAM-SHA-256"', "kafka.settings: 'sasl.mechanisms' is set by a typed"),
+    ('security_protocol = "SASL_SSL"\nsasl_mechanism = "PLAIN"\nsasl_username = "u"\nsasl_password_env = "HOME"\n'
+     '[kafka.settings]\n"sasl.password" = "inline"', "kafka.settings: 'sasl.password' is set by a typed key"),
     ('security_protocol = "SSL"\nssl_ca_location = "{client.key}"',  # not a CA: librdkafka's trial says so
      "kafka.ssl_ca_location: Failed to create consumer: ssl.ca.location failed"),
 ])

@@ -8,7 +8,10 @@ its own naming the bootstrap address when the broker cannot be reached (:mod:`ka
 
 Security (TLS, SASL) reaches every client the same way: the typed keys of ``[kafka]`` (``security_protocol``,
 ``sasl_*``, ``ssl_*``) are translated by :func:`security_properties` into librdkafka properties and merged into
-``kafka.settings`` when the config is parsed, and every client here is built from those settings. A broker that
+``kafka.settings`` when the config is parsed, and every client here is built from those settings. The password
+is not among them: the settings name where it is (``kapow.sasl.password.env`` or ``.file``, KaPoW's own keys), and
+:func:`with_secrets` reads it when a client is made. So no settings dict ever holds it (one written back to a
+file, printed or logged shows none), and a rotated password file is read by the next client. A broker that
 refuses us (a wrong password, a certificate that does not verify) is told apart from one that does not answer
 (:func:`refusal`): waiting cannot fix the first, so it is reported at once, in one line that names the key to fix.
 """
@@ -43,20 +46,37 @@ TYPED_PROPERTIES = {
     "ssl_certificate_location": "ssl.certificate.location",
     "ssl_key_location": "ssl.key.location",
 }
-# librdkafka's other names for the same properties: a raw setting under one of them conflicts with a typed key
-ALIASES = {"sasl.mechanism": ("sasl.mechanisms",)}
+PASSWORD_ENV = "kapow.sasl.password.env"  # noqa: S105 - names of settings keys, not secrets
+PASSWORD_FILE = "kapow.sasl.password.file"  # noqa: S105
+# other names for the same properties: a raw setting under one of them conflicts with a typed key
+ALIASES = {"sasl.mechanism": ("sasl.mechanisms",), PASSWORD_ENV: ("sasl.password", PASSWORD_FILE),
+           PASSWORD_FILE: ("sasl.password", PASSWORD_ENV)}
 
 
 def security_properties(kafka: KafkaConfig) -> dict[str, str]:
-    """The librdkafka properties the typed security keys stand for; the SASL password is read now (from its
-    variable or file) and masked in any ``repr``. Hostname verification stays librdkafka's default (``https``:
-    the broker's certificate must name the host we dial), the production setting."""
+    """The librdkafka properties the typed security keys stand for, and where the SASL password is (read by
+    :func:`with_secrets`). Hostname verification stays librdkafka's default (``https``: the broker's certificate
+    must name the host we dial), the production setting."""
     props = {prop: str(getattr(kafka, key)) for key, prop in TYPED_PROPERTIES.items()
              if getattr(kafka, key) is not None}
-    password = kafka.sasl_password()
-    if password is not None:
-        props["sasl.password"] = password
+    if kafka.sasl_password_file is not None:
+        props[PASSWORD_FILE] = kafka.sasl_password_file
+    elif kafka.sasl_password_env is not None:
+        props[PASSWORD_ENV] = kafka.sasl_password_env
     return props
+
+
+def with_secrets(conf: dict[str, Any]) -> dict[str, Any]:
+    """``conf`` with KaPoW's password keys replaced by ``sasl.password``, read now and masked in any ``repr``;
+    :class:`kapow.credentials.SecretUnreadable` (one line naming the key) when it cannot be read."""
+    from kapow.credentials import read_secret_env, read_secret_file
+
+    env, path = conf.pop(PASSWORD_ENV, None), conf.pop(PASSWORD_FILE, None)
+    if path is not None:
+        conf["sasl.password"] = read_secret_file(str(path), "kafka.sasl_password_file")
+    elif env is not None:
+        conf["sasl.password"] = read_secret_env(str(env), "kafka.sasl_password_env")
+    return conf
 
 
 # OpenSSL's error-queue codes and librdkafka's generic advice, around the reason that matters
@@ -150,7 +170,7 @@ def consumer_config(bootstrap: str, group_id: str, settings: Settings | None = N
         "client.id": "kapow",
     }
     conf.update(settings or {})
-    return _with_logging(conf, bootstrap)
+    return _with_logging(with_secrets(conf), bootstrap)
 
 
 def producer_config(bootstrap: str, settings: Settings | None = None, **extra: Any) -> dict[str, Any]:
@@ -165,7 +185,7 @@ def producer_config(bootstrap: str, settings: Settings | None = None, **extra: A
     }
     conf.update(settings or {})
     conf.update(extra)
-    return _with_logging(conf, bootstrap)
+    return _with_logging(with_secrets(conf), bootstrap)
 
 
 def _with_logging(conf: dict[str, Any], bootstrap: str) -> dict[str, Any]:
@@ -186,9 +206,9 @@ def admin_config(bootstrap: str, settings: Settings | None = None) -> dict[str, 
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap}
     # Admin takes only the client-level properties (security, sasl, ...), not consumer/producer tuning.
     for key, value in (settings or {}).items():
-        if key.startswith(("security.", "sasl.", "ssl.", "client.")):
+        if key.startswith(("security.", "sasl.", "ssl.", "client.", "kapow.sasl.")):
             conf[key] = value
-    return _with_logging(conf, bootstrap)
+    return _with_logging(with_secrets(conf), bootstrap)
 
 
 def ensure_topics(
