@@ -41,8 +41,7 @@ class KafkaConfig(_Strict):
     group_id: str = "kapow"
     user_errors_topic: str = "kapow.errors.user"
     system_errors_topic: str = "kapow.errors.system"
-    # Any librdkafka property (security.protocol, sasl.*, ...), passed to consumer and producer alike; once parsed,
-    # with the typed security keys below merged in (kapow.credentials), so every client built from it has them.
+    # Any librdkafka property, passed to every client; once parsed, with the typed keys below merged in (credentials)
     settings: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
     security_protocol: SecurityProtocol | None = None
     sasl_mechanism: SaslMechanism | None = None
@@ -52,10 +51,6 @@ class KafkaConfig(_Strict):
     ssl_ca_location: str | None = None
     ssl_certificate_location: str | None = None  # and ssl_key_location: a client certificate, for mutual TLS
     ssl_key_location: str | None = None
-
-    def sasl_password(self) -> Secret | None:
-        """The SASL password, read now from its variable or file; None when neither is configured."""
-        return secret_from(self.sasl_password_env, self.sasl_password_file, "kafka")
 
 
 class DestinationConfig(_Strict):

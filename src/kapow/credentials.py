@@ -183,7 +183,8 @@ def check_kafka_security(config: Config, fail: Callable[[str, str], NoReturn]) -
         fail(f"kafka.{'ssl_key_location' if k.ssl_key_location is None else 'ssl_certificate_location'}",
              "a client certificate needs both ssl_certificate_location and ssl_key_location")
     try:
-        k.sasl_password()  # readable now: a missing variable or file is one line at start, not at the first client
+        # readable now: a missing variable or file is one line at start, not at the first client
+        secret_from(k.sasl_password_env, k.sasl_password_file, "kafka")
     except SecretUnreadable as exc:
         key, _, reason = str(exc).partition(": ")
         fail(key, reason)
