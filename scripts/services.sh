@@ -3,6 +3,17 @@
 #   - Apache Kafka 4.x, single node in KRaft mode, from the official jars resolved by Maven from Maven Central;
 #   - PostgreSQL from Debian's packages, as a cluster of our own under .services/ (not the system's).
 # Both listen on 127.0.0.1 only. `services.sh stop` stops both; `services.sh status` tells what runs.
+#
+# With KAPOW_SERVICES_TLS=1 (off by default: TLS would change every `sslmode=prefer` connection), both also speak
+# TLS with certificates made here with openssl (.services/tls/, `services.sh certs [DIR]` makes them alone):
+#   - PostgreSQL: ssl = on, on the same port (plaintext with trust keeps working); the role kapow_cert may log in
+#     over TLS only, with a client certificate (hostssl ... cert); connect as host=localhost, the name the server
+#     certificate carries, with sslmode=verify-full and sslrootcert=.services/tls/ca.crt.
+#   - Kafka: a SASL_SSL listener with SCRAM-SHA-512 on 127.0.0.1:KAPOW_KAFKA_SASL_PORT (9094), advertised as
+#     localhost; the user kapow, its password in .services/tls/kafka-kapow.password, created with the broker's own
+#     tools (`kafka-storage format --add-scram` for a new cluster, `kafka-configs` for an older one). The plaintext
+#     listener on 127.0.0.1:9092 is unchanged.
+# docs/SECURITY.md shows the matching KaPoW config.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,8 +21,11 @@ STATE="${KAPOW_SERVICES_DIR:-$ROOT/.services}"
 KAFKA_PORT="${KAPOW_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAPOW_KAFKA_CONTROLLER_PORT:-9093}"
 PG_PORT="${KAPOW_PG_PORT:-5432}"
+KAFKA_SASL_PORT="${KAPOW_KAFKA_SASL_PORT:-9094}"
+TLS="${KAPOW_SERVICES_TLS:-0}"
 KAFKA_DIR="$STATE/kafka"
 PG_DIR="$STATE/postgres"
+TLS_DIR="$STATE/tls"
 
 say() { printf '[services] %s\n' "$*"; }
 die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
@@ -37,6 +51,41 @@ apt_install() {
   say "installing $* from Debian's packages"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# ---------------------------------------------------------------- certificates
+make_certs() {  # make_certs DIR: a CA; a server certificate for the name localhost (PostgreSQL and Kafka); a client
+                # certificate for the role kapow_cert; an unrelated CA (for tests that must be refused). Idempotent.
+  local dir="$1"
+  [ -f "$dir/.complete" ] && return 0
+  command -v openssl >/dev/null || apt_install openssl
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    umask 077
+    key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; }
+    sign() {  # sign NAME SUBJECT EXTENSIONS: NAME.crt for NAME.key, signed by the CA
+      openssl req -new -key "$1.key" -subj "$2" -out "$1.csr"
+      printf '%b' "$3" > "$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -sha256 \
+        -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+    }
+    key ca.key
+    openssl req -x509 -new -key ca.key -sha256 -days 3650 -subj "/CN=KaPoW development CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.crt
+    key other-ca.key
+    openssl req -x509 -new -key other-ca.key -sha256 -days 3650 -subj "/CN=Some other CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" -out other-ca.crt
+    key server.key
+    sign server "/CN=localhost" 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n'
+    key client.key
+    sign client "/CN=kapow_cert" 'extendedKeyUsage=clientAuth\n'
+    cat server.key server.crt > server.pem  # Kafka's PEM key store: the key, then its certificate
+    rm -f ./*.csr ./*.ext ./*.srl
+    chmod 644 ca.crt other-ca.crt server.crt client.crt
+  ) || die "openssl could not make the certificates in $dir"
+  touch "$dir/.complete"
+  say "certificates in $dir (CA ca.crt; server certificate for localhost; client certificate for kapow_cert)"
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -87,6 +136,7 @@ CONF
   done
   "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" || die "PostgreSQL is not ready on 127.0.0.1:$PG_PORT"
   ensure_logical_decoding "$bin"
+  [ "$TLS" = 1 ] && postgres_tls "$bin"
   say "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') ready on 127.0.0.1:$PG_PORT (user postgres, no password)"
 }
 
@@ -108,6 +158,35 @@ ensure_logical_decoding() {  # a cluster made before wal_level=logical was part 
     sleep 0.2
   done
   "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" || die "PostgreSQL is not ready on 127.0.0.1:$PG_PORT after the restart"
+}
+
+postgres_tls() {  # ssl = on with the project's certificates: a reload, never a restart (ssl is a reload setting)
+  local bin="$1" data="$PG_DIR/data" psql_ssl
+  make_certs "$TLS_DIR"
+  psql_ssl=("$bin/psql" -X -A -t -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
+  if [ "$("${psql_ssl[@]}" -c "SHOW ssl")" != on ]; then
+    install -m 600 "$TLS_DIR/server.key" "$data/server.key"
+    install -m 644 "$TLS_DIR/server.crt" "$data/server.crt"
+    install -m 644 "$TLS_DIR/ca.crt" "$data/ca.crt"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$data/server.key" "$data/server.crt" "$data/ca.crt"; fi
+    grep -q '^hostssl all kapow_cert' "$data/pg_hba.conf" || {
+      # certificate authentication for kapow_cert, over TLS only; every other line (trust) stays as it was
+      printf '%s\n' "hostssl all kapow_cert 127.0.0.1/32 cert" "hostssl all kapow_cert ::1/128 cert" \
+        "host all kapow_cert all reject" | cat - "$data/pg_hba.conf" > "$data/pg_hba.conf.new"
+      mv "$data/pg_hba.conf.new" "$data/pg_hba.conf"
+      if [ "$(id -u)" = 0 ]; then chown postgres: "$data/pg_hba.conf"; fi
+    }
+    "${psql_ssl[@]}" -c "ALTER SYSTEM SET ssl = on" -c "ALTER SYSTEM SET ssl_cert_file = 'server.crt'" \
+      -c "ALTER SYSTEM SET ssl_key_file = 'server.key'" -c "ALTER SYSTEM SET ssl_ca_file = 'ca.crt'" >/dev/null \
+      || die "cannot turn ssl on"
+    as_postgres "$bin/pg_ctl" -D "$data" reload >/dev/null || die "PostgreSQL reload failed"
+    local i
+    for ((i = 0; i < 50; i++)); do [ "$("${psql_ssl[@]}" -c "SHOW ssl")" = on ] && break; sleep 0.2; done
+    [ "$("${psql_ssl[@]}" -c "SHOW ssl")" = on ] || { tail -n 20 "$PG_DIR/postgres.log" >&2; die "ssl did not turn on"; }
+  fi
+  "${psql_ssl[@]}" -c "DO \$\$BEGIN CREATE ROLE kapow_cert LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END\$\$" \
+    >/dev/null || die "cannot create the role kapow_cert"
+  say "PostgreSQL TLS on 127.0.0.1:$PG_PORT (server certificate for localhost; CA $TLS_DIR/ca.crt)"
 }
 
 stop_postgres() {
@@ -136,18 +215,25 @@ start_kafka() {
   fi
   if kafka_pid >/dev/null; then
     say "Kafka already running on 127.0.0.1:$KAFKA_PORT"
+    if [ "$TLS" = 1 ] && ! port_open "$KAFKA_SASL_PORT"; then
+      say "it has no SASL_SSL listener: a listener needs a restart (services.sh stop, then start with KAPOW_SERVICES_TLS=1)"
+    fi
     return 0
   fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process; set KAPOW_KAFKA_PORT or stop it"
   sed -e "s:@DATA@:$KAFKA_DIR/data:" -e "s:@PORT@:$KAFKA_PORT:g" -e "s:@CONTROLLER_PORT@:$KAFKA_CONTROLLER_PORT:g" \
     "$ROOT/services/kafka/server.properties.in" > "$KAFKA_DIR/server.properties"
-  local cp="$KAFKA_DIR/libs/*"
+  local cp="$KAFKA_DIR/libs/*" scram=()
+  if [ "$TLS" = 1 ]; then
+    kafka_sasl_properties >> "$KAFKA_DIR/server.properties"
+    scram=(--add-scram "SCRAM-SHA-512=[name=kapow,password=$(cat "$TLS_DIR/kafka-kapow.password")]")
+  fi
   if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
     say "formatting KRaft storage in $KAFKA_DIR/data"
     local cluster_id
     cluster_id=$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
     java -cp "$cp" -Dlog4j2.configurationFile="$ROOT/services/kafka/log4j2.properties" -Dkafka.logs.dir="$KAFKA_DIR" \
-      kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" >/dev/null \
+      kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" "${scram[@]}" >/dev/null \
       || die "kafka storage format failed"
   fi
   say "starting Kafka $version (KRaft) on 127.0.0.1:$KAFKA_PORT"
@@ -163,6 +249,32 @@ start_kafka() {
     sleep 0.2
   done
   say "Kafka $version ready on 127.0.0.1:$KAFKA_PORT"
+  if [ "$TLS" = 1 ]; then
+    # a cluster formatted before TLS was asked for has no SCRAM user yet: add it with the broker's own tool
+    java -cp "$cp" -Dlog4j2.configurationFile="$ROOT/services/kafka/log4j2.properties" -Dkafka.logs.dir="$KAFKA_DIR" \
+      kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter --entity-type users \
+      --entity-name kapow --add-config "SCRAM-SHA-512=[password=$(cat "$TLS_DIR/kafka-kapow.password")]" >/dev/null \
+      || die "kafka-configs could not create the SCRAM user kapow"
+    wait_port "$KAFKA_SASL_PORT" "Kafka SASL_SSL" 30 "$KAFKA_DIR/server.log"
+    say "Kafka SASL_SSL (SCRAM-SHA-512, user kapow) on 127.0.0.1:$KAFKA_SASL_PORT, advertised as localhost"
+  fi
+}
+
+kafka_sasl_properties() {  # the lines that add a SASL_SSL listener (later lines win in a properties file)
+  make_certs "$TLS_DIR" >&2
+  [ -f "$TLS_DIR/kafka-kapow.password" ] || (umask 077; openssl rand -hex 16 > "$TLS_DIR/kafka-kapow.password")
+  cat <<PROPS
+# KAPOW_SERVICES_TLS=1: a SASL_SSL listener with SCRAM-SHA-512 beside the plaintext one
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://localhost:$KAFKA_SASL_PORT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$TLS_DIR/server.pem
+listener.name.sasl_ssl.ssl.truststore.type=PEM
+listener.name.sasl_ssl.ssl.truststore.location=$TLS_DIR/ca.crt
+PROPS
 }
 
 stop_kafka() {
@@ -179,9 +291,11 @@ stop_kafka() {
 
 case "${1:-start}" in
   start) start_postgres; start_kafka ;;
+  certs) make_certs "${2:-$TLS_DIR}" ;;
+  sasl-properties) kafka_sasl_properties ;;  # what KAPOW_SERVICES_TLS=1 adds to server.properties (tests use it)
   stop) stop_kafka; stop_postgres ;;
   status)
     if kafka_pid >/dev/null; then say "Kafka running (pid $(kafka_pid)) on 127.0.0.1:$KAFKA_PORT"; else say "Kafka stopped"; fi
     if port_open "$PG_PORT"; then say "PostgreSQL answering on 127.0.0.1:$PG_PORT"; else say "PostgreSQL stopped"; fi ;;
-  *) die "usage: services.sh [start|stop|status]" ;;
+  *) die "usage: services.sh [start|stop|status|certs [DIR]|sasl-properties]" ;;
 esac

@@ -18,10 +18,14 @@ from typing import Literal, NoReturn
 
 import msgspec
 
+from kapow.credentials import Secret, check_destination_security, check_kafka_security, secret_from, typed_key_of
 from kapow.errors import ConfigError
 
 Mode = Literal["insert", "upsert", "delete"]
 Format = Literal["json", "debezium"]
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
@@ -37,8 +41,16 @@ class KafkaConfig(_Strict):
     group_id: str = "kapow"
     user_errors_topic: str = "kapow.errors.user"
     system_errors_topic: str = "kapow.errors.system"
-    # Any librdkafka property (security.protocol, sasl.*, ...), passed to consumer and producer alike.
+    # Any librdkafka property, passed to every client; once parsed, with the typed keys below merged in (credentials)
     settings: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
+    security_protocol: SecurityProtocol | None = None
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password_env: str | None = None
+    sasl_password_file: str | None = None  # a Kubernetes secret
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None  # and ssl_key_location: a client certificate, for mutual TLS
+    ssl_key_location: str | None = None
 
 
 class DestinationConfig(_Strict):
@@ -48,8 +60,14 @@ class DestinationConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = 5432
     user: str = "postgres"
-    # Name of the environment variable holding the password; the password itself never sits in a file.
+    # Name of the environment variable holding the password; the password itself never sits in the config.
     password_env: str | None = None
+    password_file: str | None = None  # or a file (a Kubernetes secret), read again for every new connection
+    # TLS, with libpq's names and meanings; "verify-full" is the production setting (docs/SECURITY.md)
+    sslmode: SslMode = "prefer"
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
     max_connections: int = 4
     connect_timeout_s: float = 5.0
     statement_timeout_ms: int = 30_000
@@ -64,11 +82,14 @@ class DestinationConfig(_Strict):
     schemas: list[str] | None = None
     tables: list[str] | None = None
 
-    def password(self) -> str | None:
-        return os.environ.get(self.password_env) if self.password_env else None
+    def password(self) -> Secret | None:
+        """The password now: from ``password_env``, or read afresh from ``password_file`` (so a pool that asks
+        on every new connection follows a rotation). Raises :class:`SecretUnreadable` when it cannot be read."""
+        return secret_from(self.password_env, self.password_file, f"destinations[{self.vanity}]", missing_ok=True)
 
     def conninfo(self, database: str) -> str:
         """A libpq connection string; the password is passed separately so that it never reaches a log."""
+        tls = {name: getattr(self, name) for name in ("sslrootcert", "sslcert", "sslkey") if getattr(self, name)}
         return psycopg_conninfo(
             host=self.host,
             port=self.port,
@@ -76,6 +97,8 @@ class DestinationConfig(_Strict):
             dbname=database,
             connect_timeout=max(1, round(self.connect_timeout_s)),
             application_name="kapow",
+            sslmode=self.sslmode,
+            **tls,
         )
 
 
@@ -276,6 +299,7 @@ def _check(config: Config, source: str) -> None:
         for key, named_topic in named:
             if topic == named_topic:
                 fail(key, f"must not be the error topic {topic!r}")
+    check_kafka_security(config, fail)
     _check_kafka_settings(config, fail)
     if not config.destinations:
         fail("destinations", "configure at least one [[destinations]] table")
@@ -305,6 +329,7 @@ def _check(config: Config, source: str) -> None:
                 fail(f"{key}.schemas", f"{name[:80]!r} is not a plain identifier")
         if dest.password_env is not None and dest.password_env not in os.environ:
             fail(f"{key}.password_env", f"environment variable {dest.password_env} is not set")
+        check_destination_security(dest, key, fail)
     for i, route in enumerate(config.routes):
         _check_route(config, route, f"routes[{i}]", fail)
     p = config.pipeline
@@ -350,12 +375,14 @@ def _check_kafka_settings(config: Config, fail: Callable[[str, str], NoReturn]) 
         return
     from confluent_kafka import Consumer, KafkaException, Producer
 
+    from kapow.kafka.clients import with_secrets
+
     quiet = logging.getLogger("kapow.config.trial")  # librdkafka's warnings about the trial client are not news
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False
     base = {"bootstrap.servers": config.kafka.bootstrap_servers, "logger": quiet}
     for kind, make in (("consumer", Consumer), ("producer", Producer)):
-        conf = {**base, **settings}
+        conf = with_secrets({**base, **settings})
         if kind == "consumer":
             conf["group.id"] = config.kafka.group_id
         try:
@@ -363,7 +390,7 @@ def _check_kafka_settings(config: Config, fail: Callable[[str, str], NoReturn]) 
         except (KafkaException, TypeError, ValueError) as exc:
             err = exc.args[0] if exc.args else exc
             text = err.str() if hasattr(err, "str") else str(err)
-            fail("kafka.settings", text)
+            fail(typed_key_of(config.kafka, text) or "kafka.settings", text)
         else:
             if kind == "consumer":
                 client.close()

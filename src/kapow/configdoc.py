@@ -39,7 +39,21 @@ KEYS: dict[str, str] = {
                                  "created if missing, with `<name>.done` beside it for handled records.",
     "kafka.settings": "Any librdkafka property (`\"security.protocol\" = \"SASL_SSL\"`, `sasl.*`, `ssl.*`, ...), "
                       "passed to the consumer and the producer; the admin client takes `security.*`, `sasl.*`, "
-                      "`ssl.*` and `client.*` only. Quote keys that contain dots.",
+                      "`ssl.*` and `client.*` only. Quote keys that contain dots. A property that a typed key below "
+                      "also sets is refused.",
+    "kafka.security_protocol": "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL` (production: `SASL_SSL`); "
+                               "needed by every typed key below (docs/SECURITY.md).",
+    "kafka.sasl_mechanism": "`SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN` (others through `settings`); required "
+                            "with a `SASL_*` protocol.",
+    "kafka.sasl_username": "The SASL user; required with a `SASL_*` protocol.",
+    "kafka.sasl_password_env": "Name of the environment variable that holds the SASL password (one of this and "
+                               "`sasl_password_file`); never logged.",
+    "kafka.sasl_password_file": "A file that holds the SASL password (a Kubernetes secret; a trailing line break "
+                                "is ignored), checked at start and read whenever a Kafka client is made.",
+    "kafka.ssl_ca_location": "The CA (PEM) that signs the brokers' certificates; librdkafka also checks that the "
+                             "certificate names the host in `bootstrap_servers`.",
+    "kafka.ssl_certificate_location": "A client certificate (PEM), for mutual TLS; with `ssl_key_location`.",
+    "kafka.ssl_key_location": "Its private key (PEM).",
     "destinations[]": "One `[[destinations]]` table per PostgreSQL server, named by its vanity.",
     "destinations[].vanity": "The name clients write in a packet's `vanity`; unique.",
     "destinations[].databases": "The databases of this server that packets may name (at least one).",
@@ -49,6 +63,18 @@ KEYS: dict[str, str] = {
     "destinations[].user": "Role KaPoW connects as; it needs `INSERT` on the destination tables.",
     "destinations[].password_env": "Name of the environment variable that holds the password (must be set at "
                                    "start); the password itself never sits in the file and never reaches a log.",
+    "destinations[].password_file": "Or a file that holds it (a Kubernetes secret; a trailing line break is "
+                                    "ignored), read again for every new connection: a rotated password needs no "
+                                    "restart.",
+    "destinations[].sslmode": "libpq's `sslmode`: `disable`, `allow`, `prefer`, `require`, `verify-ca` or "
+                              "`verify-full`; `verify-full` (the CA signs the certificate, issued for `host`) is the "
+                              "production setting (docs/SECURITY.md).",
+    "destinations[].sslrootcert": "The CA (PEM) that signs the server's certificate, or `system` for the OS's "
+                                  "trusted roots; needed by `verify-ca` and `verify-full`.",
+    "destinations[].sslcert": "A client certificate (PEM) for certificate authentication (its CN is the user); "
+                              "with `sslkey`.",
+    "destinations[].sslkey": "Its private key; libpq refuses one others may read (mode 0600, or 0640 owned by "
+                             "root), checked at start.",
     "destinations[].max_connections": "Connections per database per writer process, at most: a burst is paced "
                                       "out, not passed on.",
     "destinations[].connect_timeout_s": "Seconds to wait for a connection to open.",
@@ -130,8 +156,20 @@ KEYS: dict[str, str] = {
 
 # Every KAPOW_* variable read anywhere in the project, and what it does.
 ENVIRONMENT: dict[str, str] = {
-    "KAPOW_ADMIN_TOKEN": "`kapow run`: the bearer token `/api` requires; needed to listen on anything but "
-                         "loopback. Never logged.",
+    "KAPOW_ADMIN_TOKEN": "`kapow run`: the admin token (named `admin`) for `/api`: every call, reschedule and "
+                         "purge included. A token is needed to listen on anything but loopback. Never logged.",
+    "KAPOW_ADMIN_TOKEN_FILE": "`kapow run`: a file holding the admin token, instead of `KAPOW_ADMIN_TOKEN`.",
+    "KAPOW_READ_TOKEN": "`kapow run`: the read token (named `read`): every `GET /api/...`, never a reschedule or "
+                        "purge (403).",
+    "KAPOW_READ_TOKEN_FILE": "`kapow run`: a file holding the read token, instead of `KAPOW_READ_TOKEN`.",
+    "KAPOW_TOKENS_FILE": "`kapow run`: a file of named tokens, one a line, `NAME ROLE TOKEN` (`read` or `admin`): "
+                         "the log and `kapow_api_mutations_total` name who rescheduled or purged.",
+    "KAPOW_SERVICES_TLS": "`scripts/services.sh`: `1` makes certificates (`.services/tls/`), turns TLS on in "
+                          "PostgreSQL and adds a SASL_SSL (SCRAM-SHA-512) listener to Kafka (docs/SECURITY.md).",
+    "KAPOW_IMAGE_TEST": "`podman` makes tests/integration/test_package.py build the image (Dockerfile, on a "
+                        "debootstrap base) and run `kapow check` inside it; needs podman, runc and debootstrap.",
+    "KAPOW_KAFKA_SASL_PORT": "`scripts/services.sh` with `KAPOW_SERVICES_TLS=1`: the port of Kafka's SASL_SSL "
+                             "listener (default 9094).",
     "KAPOW_BOOTSTRAP": "Broker for `kapow send` and `kapow dlq` without `-b`/`-c`, for `kapow demo` (overrides "
                        "the config), the benchmark and the tests. Default `127.0.0.1:9092`.",
     "KAPOW_BROKER_WAIT_S": "`kapow run`: how long to wait for an unreachable broker at start before giving up "

@@ -68,3 +68,7 @@ TABLES_HELD = Gauge("kapow_tables_held", "Tables held by a failure (lock, timeou
 # counter: parked packets republished by the automatic redrive, by outcome (redriven|skipped|gave_up)
 REDRIVE = Counter("kapow_redrive", "Parked packets handled by the automatic redrive, by outcome",
                   ["outcome"], registry=REGISTRY)
+# counter: DLQ reschedules and purges done through the HTTP API, by action (reschedule|purge) and the name of the
+# token that asked (kapow.http.security; "anonymous" on an open loopback API): who changed the queue, how often
+API_MUTATIONS = Counter("kapow_api_mutations", "DLQ reschedules and purges through the HTTP API, by action and token",
+                        ["action", "token"], registry=REGISTRY)

@@ -1,8 +1,9 @@
 """Issue #4: the writer's HTTP side, against a real writer process, broker and database.
 
 Fuzzed from its own OpenAPI document (schemathesis: no 5xx anywhere, responses as documented, auth enforced),
-plus the cases a fuzzer cannot judge: the token gate, the refusal to listen in the open without a token, no
-secret in the logs, readiness, and the DLQ API's semantics (those of ``kapow dlq``).
+once per role (issue 13: a read token and an admin token), plus the cases a fuzzer cannot judge: the token gate
+and each role on every endpoint of the document, mutations logged with who and counted, the refusal to listen in
+the open without a token, no secret in the logs, readiness, and the DLQ API's semantics (those of ``kapow dlq``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ http_writers = harness.http_writers  # the fixture
 
 TOKEN = f"tok-{uuid.uuid4().hex}"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+READ_TOKEN = f"read-{uuid.uuid4().hex}"
+READ_AUTH = {"Authorization": f"Bearer {READ_TOKEN}"}
+ROLES = {"admin": AUTH, "read": READ_AUTH}
 DDL = "CREATE TABLE public.events (id bigint PRIMARY KEY, v text NOT NULL)"
 
 
@@ -62,7 +66,8 @@ def fuzz_writer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Ht
     writer = None
     try:
         parked_world(env, n_parked=4, n_user_errors=2)
-        writer = harness.HttpWriter(harness.http_config(env, port), tmp, port, environ={"KAPOW_ADMIN_TOKEN": TOKEN})
+        writer = harness.HttpWriter(harness.http_config(env, port), tmp, port,
+                                    environ={"KAPOW_ADMIN_TOKEN": TOKEN, "KAPOW_READ_TOKEN": READ_TOKEN})
         writer.wait_ready(headers=AUTH)
         kit.wait_for(lambda: len(kit.read_all(env.system_errors)) >= 4, 60, "4 parked records")
         yield writer
@@ -81,10 +86,14 @@ schema = schemathesis.openapi.from_dict(openapi_document(), config=SchemathesisC
     {"operations": [{"include-method": "POST", "phases": {"coverage": {"enabled": False}}}]}))
 
 
+@pytest.mark.parametrize("role", ["read", "admin"])  # read first: the admin run may purge what the read run reads
 @schema.parametrize()
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
-def test_api_fuzz_no_5xx_and_as_documented(case: Any, fuzz_writer: harness.HttpWriter) -> None:
-    case.call_and_validate(base_url=fuzz_writer.url, headers=AUTH, timeout=30)
+def test_api_fuzz_no_5xx_and_as_documented(case: Any, fuzz_writer: harness.HttpWriter, role: str) -> None:
+    response = case.call_and_validate(base_url=fuzz_writer.url, headers=ROLES[role], timeout=30)
+    needs = case.operation.definition.raw.get("x-kapow-role")
+    if needs == "admin" and role == "read":  # a read token never changes anything, whatever it sends (401: the
+        assert response.status_code in (401, 403), (case.method, case.path, response.status_code)  # fuzzed header)
 
 
 def test_openapi_document_is_valid_openapi_3(fuzz_writer: harness.HttpWriter) -> None:
@@ -119,6 +128,34 @@ def test_token_gate(fuzz_writer: harness.HttpWriter) -> None:
     # operations endpoints stay open to the scraper and the orchestrator
     for path in ("/metrics", "/healthz", "/readyz", "/openapi.json", "/"):
         assert httpx.get(f"{url}{path}", timeout=10).status_code == 200, path
+
+
+def concrete(path: str) -> str:
+    return path.replace("{id}", "0:0")
+
+
+def test_each_role_on_every_endpoint_of_the_document(fuzz_writer: harness.HttpWriter) -> None:
+    """Every /api operation the OpenAPI document lists, with no token, a wrong one, the read and the admin token:
+    a new endpoint is covered the day it is documented (and must say which role it needs)."""
+    url = fuzz_writer.url
+    operations = [(method.upper(), path, op) for path, ops in openapi_document()["paths"].items()
+                  if path.startswith("/api") for method, op in ops.items()]
+    assert len(operations) >= 9 and {op["x-kapow-role"] for _, _, op in operations} == {"read", "admin"}
+    before = harness.get_json(url, "/api/dlq", TOKEN)["parked"]
+    for method, path, op in operations:
+        body = {"code": "no-such-code"} if method == "POST" and "{id}" not in path else None  # matches nothing
+        for headers in ({}, {"Authorization": f"Bearer {READ_TOKEN}x"}, {"Authorization": READ_TOKEN}):
+            r = httpx.request(method, f"{url}{concrete(path)}", json=body, headers=headers, timeout=30)
+            assert r.status_code == 401, (method, path, headers, r.status_code)
+        r = httpx.request(method, f"{url}{concrete(path)}", json=body, headers=READ_AUTH, timeout=60)
+        if op["x-kapow-role"] == "admin":
+            assert r.status_code == 403 and "may read, not reschedule or purge" in r.json()["error"], (path, r.text)
+        else:
+            assert r.status_code in (200, 404, 409), (method, path, r.status_code, r.text)
+        r = httpx.request(method, f"{url}{concrete(path)}", json=body, headers=AUTH, timeout=60)
+        assert r.status_code in (200, 404, 409), (method, path, r.status_code, r.text)
+        assert str(r.status_code) in op["responses"], (method, path, r.status_code)
+    assert harness.get_json(url, "/api/dlq", READ_TOKEN)["parked"] == before  # no read call changed anything
 
 
 def test_user_caused_errors_are_4xx_json_one_line(fuzz_writer: harness.HttpWriter) -> None:
@@ -245,6 +282,48 @@ def test_dlq_api_list_filter_show_reschedule_purge(make_env: Callable[..., kit.E
         "missing": 0}
     assert sum(p["total"] for p in api_audit["partitions"]) == 10 and api_audit["missing_examples"] == []
     assert writer.stop() == 0
+
+
+def test_mutations_are_logged_with_who_and_counted(make_env: Callable[..., kit.Env], http_writers: harness.Starter,
+                                                  tmp_path: Path) -> None:
+    """Named tokens from a file: each reschedule and purge is one log line with the token's name, the action, the
+    selection and how many, and one more in kapow_api_mutations_total{action, token}; a read token is refused."""
+    env = make_env()
+    parked_world(env, n_parked=3)
+    alice, grafana = f"alice-{uuid.uuid4().hex}", f"grafana-{uuid.uuid4().hex}"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# name role token\nalice admin {alice}\ngrafana read {grafana}\n")
+    port = harness.free_port()
+    writer = http_writers(harness.http_config(env, port), port,
+                          environ={"KAPOW_TOKENS_FILE": str(tokens), "KAPOW_ADMIN_TOKEN": TOKEN})
+    writer.wait_ready(headers=AUTH)
+    url = writer.url
+    kit.wait_for(lambda: harness.get_json(url, "/api/dlq", grafana)["parked"] == 3, 60, "3 parked records")
+    ids = [r["id"] for r in harness.get_json(url, "/api/dlq", grafana)["records"]]
+
+    def counted(action: str, token: str) -> float:
+        return harness.value(harness.metrics(url), "kapow_api_mutations_total", action=action, token=token)
+
+    r = httpx.post(f"{url}/api/dlq/purge", json={"all": True}, headers={"Authorization": f"Bearer {grafana}"},
+                   timeout=30)
+    assert r.status_code == 403
+    r = httpx.post(f"{url}/api/dlq/{ids[0]}/purge", headers={"Authorization": f"Bearer {alice}"}, timeout=30)
+    assert r.status_code == 200 and r.json()["count"] == 1
+    r = httpx.post(f"{url}/api/dlq/reschedule", json={"ids": [ids[1]]}, headers=AUTH, timeout=30)
+    assert r.status_code == 200 and r.json()["count"] == 1
+    r = httpx.post(f"{url}/api/dlq/{ids[0]}/purge", headers={"Authorization": f"Bearer {alice}"}, timeout=30)
+    assert r.status_code == 404  # handled once; refused, logged, not counted
+    assert counted("purge", "alice") == 1 and counted("reschedule", "admin") == 1
+    assert counted("purge", "grafana") == 0 and counted("purge", "admin") == 0
+    assert writer.stop() == 0
+    lines = [json.loads(line) for line in writer.log().splitlines() if line.startswith("{")]
+    done = [(line["who"], line["action"], line["count"]) for line in lines if line.get("logger") == "kapow.http.dlq"
+            and "count" in line]
+    assert done == [("alice", "purge", 1), ("admin", "reschedule", 1)], done
+    assert any(line.get("who") == "alice" and "refused" in line["msg"] for line in lines)
+    assert any(line.get("who") == "grafana" and "refused to the read token grafana" in line["msg"] for line in lines)
+    log = writer.log()
+    assert alice not in log and grafana not in log and TOKEN not in log
 
 
 # ---------------------------------------------------------------------------------------------- start-up rules

@@ -5,8 +5,9 @@ the routes to the module-level handlers, the error handlers and the middleware (
 Each handler lives in a small module named after what it serves: :mod:`.health` (health, readiness, metrics,
 OpenAPI), :mod:`.dlq`, :mod:`.user_errors`, :mod:`.stats`, :mod:`.audit`, :mod:`.pages` (the console).
 
-With ``KAPOW_ADMIN_TOKEN`` set, every ``/api`` call needs ``Authorization: Bearer <token>``. Every error a caller
-can cause is a 4xx with a JSON body ``{"error": "<one line>"}``; Kafka being unreachable is a 503.
+With a token configured, every ``/api`` call needs ``Authorization: Bearer <token>``: a read token for every
+``GET``, an admin token to reschedule or purge (:mod:`kapow.http.security`). Every error a caller can cause is a
+4xx with a JSON body ``{"error": "<one line>"}``; Kafka being unreachable is a 503.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from kapow.errors import one_line
 from kapow.http import audit, dlq, health, pages, stats, user_errors
 from kapow.http.common import ID, NO_STORE, ApiError, json_response
 from kapow.http.openapi import openapi_document
-from kapow.http.security import SecurityHeaders, TokenGate
+from kapow.http.security import SecurityHeaders, TokenGate, Tokens
 from kapow.http.state import AppState, DestinationsView, WriterView
 
 __all__ = ["DestinationsView", "WriterView", "create_app"]
@@ -106,7 +107,9 @@ async def on_crash(request: Request, exc: Exception) -> Response:
     return json_response({"error": f"internal error: {one_line(exc)}"}, 500)
 
 
-def create_app(config: Config, writer: WriterView, *, token: str | None = None) -> ASGIApp:
+def create_app(config: Config, writer: WriterView, *, token: str | None = None,
+               tokens: Tokens | None = None) -> ASGIApp:
+    """The app; ``tokens`` gate ``/api`` (``token`` alone: one admin token)."""
     index, assets = pages.load()
     state = AppState(
         config=config, writer=writer, dlq=dlq.Dlq(config), user_errors=user_errors.UserErrors(config),
@@ -116,4 +119,4 @@ def create_app(config: Config, writer: WriterView, *, token: str | None = None) 
     app = Starlette(routes=ROUTES, lifespan=lifespan,
                     exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash})
     app.state.kapow = state
-    return SecurityHeaders(TokenGate(app, token))
+    return SecurityHeaders(TokenGate(app, tokens if tokens is not None else token))

@@ -19,12 +19,14 @@ from msgspec import UNSET, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
+from kapow import metrics
 from kapow.config import Config
 from kapow.deadletter.mover import Outcome, Verb
 from kapow.deadletter.queue import CannotReschedule, DeadLetterQueue, Page, UnknownRecord
 from kapow.deadletter.records import DlqFilter, DlqRecord, Trimmed, trim
 from kapow.errors import one_line
 from kapow.http.common import ID, ApiError, blocking, json_response, only, query_int, query_str, query_time
+from kapow.http.security import who
 from kapow.http.state import state_of
 
 log = logging.getLogger(__name__)
@@ -160,9 +162,28 @@ async def dlq_show(request: Request) -> Response:
     return json_response(full(trim(found, len(found.value or b""))))
 
 
+def _what(flt: DlqFilter) -> dict[str, Any]:
+    """The selection, for the log line of a mutation (ids are counted: the outcome lists those acted on)."""
+    out: dict[str, Any] = {k: v for k, v in (("code", flt.code), ("destination", flt.destination),
+                                             ("since_ms", flt.since_ms), ("until_ms", flt.until_ms)) if v is not None}
+    if flt.ids is not None:
+        out["ids"] = len(flt.ids)
+    return out or {"all": True}
+
+
 async def _mutate(request: Request, verb: Verb, flt: DlqFilter, ids: list[str] | None) -> Response:
-    outcome: Outcome = await blocking(state_of(request).dlq.mutate, verb, flt, ids)
-    log.info("dlq %s", verb.done, extra={"fields": {"count": outcome.count, "ids": outcome.ids[:20]}})
+    """Reschedule or purge; logged with who (the token's name), what and how many, and counted."""
+    name = who(request.scope)
+    fields = {"who": name, "action": verb.value, "selection": _what(flt)}
+    try:
+        outcome: Outcome = await blocking(state_of(request).dlq.mutate, verb, flt, ids)
+    except ApiError as exc:
+        log.info("dlq %s by %s refused: %s", verb.value, name, exc.message, extra={"fields": {**fields,
+                                                                                          "status": exc.status}})
+        raise
+    metrics.API_MUTATIONS.labels(verb.value, name).inc()
+    log.info("dlq %s by %s: %d record(s)", verb.done, name, outcome.count,
+             extra={"fields": {**fields, "count": outcome.count, "ids": outcome.ids[:20]}})
     return json_response(outcome.to_json())
 
 

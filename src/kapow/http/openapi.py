@@ -8,6 +8,7 @@ from kapow import __version__
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
+_FORBIDDEN = {"$ref": "#/components/responses/Forbidden"}
 _UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
 _ID_PATTERN = "^[0-9]{1,10}:[0-9]{1,19}$"
 # A time bound: relative (15m, 2h, 1d ago), an RFC 3339 date-time, or empty (no bound).
@@ -189,7 +190,7 @@ def openapi_document() -> dict[str, Any]:
     }
     mutation = {
         "200": _json(_ref("Done"), "done: each record acknowledged on its way, then marked handled"),
-        "400": _ERROR, "401": _UNAUTHORIZED, "404": _ERROR, "409": _ERROR, "503": _UNAVAILABLE,
+        "400": _ERROR, "401": _UNAUTHORIZED, "403": _FORBIDDEN, "404": _ERROR, "409": _ERROR, "503": _UNAVAILABLE,
     }
     paths: dict[str, Any] = {
         "/healthz": {"get": {"summary": "Liveness: the consumer loop is turning and commits are not stuck",
@@ -269,19 +270,27 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": _json(_ref("UserErrors"), "records"), "400": _ERROR, "401": _UNAUTHORIZED,
                           "503": _UNAVAILABLE}}},
     }
+    for path, ops in paths.items():  # the role each /api operation needs (kapow.http.security)
+        for method, op in ops.items():
+            if path.startswith("/api"):
+                op["x-kapow-role"] = "read" if method == "get" else "admin"
     return {
         "openapi": "3.0.3",
         "info": {"title": "KaPoW operations API", "version": __version__,
-                 "description": "Dead-letter queue, user errors, the audit and live stats of one KaPoW writer. With "
-                                "KAPOW_ADMIN_TOKEN set, every /api call needs Authorization: Bearer <token>."},
+                 "description": "Dead-letter queue, user errors, the audit and live stats of one KaPoW writer. With a "
+                                "token configured, every /api call needs Authorization: Bearer <token>: a read token "
+                                "(KAPOW_READ_TOKEN) or an admin token (KAPOW_ADMIN_TOKEN) for every GET, an admin "
+                                "token to reschedule or purge (x-kapow-role says which each operation needs)."},
         "paths": paths,
         "components": {
             "schemas": schemas,
             "responses": {
                 "Error": _json(_ref("Error"), "the request cannot be served as asked (one-line reason)"),
                 "Unauthorized": _json(_ref("Error"), "missing or wrong bearer token"),
+                "Forbidden": _json(_ref("Error"), "a read token: rescheduling and purging need an admin token"),
                 "Unavailable": _json(_ref("Error"), "Kafka cannot be reached"),
             },
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "A read token (GET) or an admin token (everything)."}},
         },
     }

@@ -1,8 +1,10 @@
 """Run the HTTP app (uvicorn) in a background thread of the writer process.
 
 The listening socket is bound in the caller's thread, before the writer starts, so that a taken port or a bad
-address fails ``kapow run`` at once with one line; so does an address other machines can reach when no admin
-token is set (``KAPOW_ADMIN_TOKEN``): the DLQ API can republish and purge records, it is never left open.
+address fails ``kapow run`` at once with one line; so does an address other machines can reach when no token is
+set (``KAPOW_ADMIN_TOKEN``, ``KAPOW_READ_TOKEN``, their ``_FILE`` forms or ``KAPOW_TOKENS_FILE``:
+:mod:`kapow.http.security`): the DLQ API can republish and purge records, it is never left open. A token file that
+cannot be read or a malformed line fails the start the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     import uvicorn
 
     from kapow.config import Config
+    from kapow.http.security import Tokens
     from kapow.http.state import WriterView
 
 log = logging.getLogger(__name__)
@@ -51,10 +54,11 @@ def admin_token() -> str | None:
     return token or None
 
 
-def bind(listen: str, token: str | None) -> socket.socket:
-    """The listening socket for ``listen``; refuses a reachable address without a token."""
+def bind(listen: str, token: str | bool | None) -> socket.socket:
+    """The listening socket for ``listen``; refuses a reachable address without a token (``token``: one, or
+    whether any is configured)."""
     host, port = split_listen(listen)
-    if token is None and not is_loopback(host):
+    if not token and not is_loopback(host):
         raise KapowError(f"http.listen {listen} is reachable from other machines: set {TOKEN_ENV} to protect the "
                          "DLQ API, or listen on 127.0.0.1")
     try:
@@ -77,13 +81,19 @@ def bind(listen: str, token: str | None) -> socket.socket:
 class HttpServer:
     """uvicorn serving :func:`kapow.http.api.create_app` on a pre-bound socket, in a daemon thread."""
 
-    def __init__(self, config: Config, writer: WriterView, *, token: str | None = None) -> None:
-        self._sock = bind(config.http.listen, token)
+    def __init__(self, config: Config, writer: WriterView, *, token: str | None = None,
+                 tokens: Tokens | None = None) -> None:
+        """``tokens``: the roles' tokens (default: from the environment); ``token`` an admin token given by the
+        caller, as ``KAPOW_ADMIN_TOKEN``."""
+        from kapow.http.security import Tokens
+
+        self.tokens = tokens if tokens is not None else Tokens.from_environment(admin=token)
+        self._sock = bind(config.http.listen, self.tokens.enabled)
         host, port = self._sock.getsockname()[:2]
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         from kapow.http.api import create_app
 
-        self.app = create_app(config, writer, token=token)
+        self.app = create_app(config, writer, tokens=self.tokens)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -104,7 +114,7 @@ class HttpServer:
             time.sleep(0.02)
         if not server.started:
             raise KapowError(f"HTTP server did not start on {self.url}")
-        log.info("http listening", extra={"fields": {"url": self.url}})
+        log.info("http listening", extra={"fields": {"url": self.url, "tokens": self.tokens.names}})
 
     def _serve(self, server: uvicorn.Server) -> None:
         try:

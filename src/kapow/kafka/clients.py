@@ -5,22 +5,150 @@ The producer is idempotent with ``acks=all``, since an error record is the only 
 Every client routes librdkafka's own log lines and errors through KaPoW's logging, rate-limited, with one line of
 its own naming the bootstrap address when the broker cannot be reached (:mod:`kapow.kafka.clientlog`); a
 ``logger`` or ``error_cb`` the caller passes wins.
+
+Security (TLS, SASL) reaches every client the same way: the typed keys of ``[kafka]`` (``security_protocol``,
+``sasl_*``, ``ssl_*``) are translated by :func:`security_properties` into librdkafka properties and merged into
+``kafka.settings`` when the config is parsed, and every client here is built from those settings. The password
+is not among them: the settings name where it is (``kapow.sasl.password.env`` or ``.file``, KaPoW's own keys), and
+:func:`with_secrets` reads it when a client is made. So no settings dict ever holds it (one written back to a
+file, printed or logged shows none), and a rotated password file is read by the next client. A broker that
+refuses us (a wrong password, a certificate that does not verify) is told apart from one that does not answer
+(:func:`refusal`): waiting cannot fix the first, so it is reported at once, in one line that names the key to fix.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from kapow.kafka.clientlog import client_logging
+from kapow.errors import KapowError
+from kapow.kafka.clientlog import LibrdkafkaLog, RateLimiter, client_logging, reason_of
+
+if TYPE_CHECKING:
+    from kapow.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 
 Settings = Mapping[str, str | int | float | bool]
+
+# typed key of [kafka] -> librdkafka property
+TYPED_PROPERTIES = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_username": "sasl.username",
+    "ssl_ca_location": "ssl.ca.location",
+    "ssl_certificate_location": "ssl.certificate.location",
+    "ssl_key_location": "ssl.key.location",
+}
+PASSWORD_ENV = "kapow.sasl.password.env"  # noqa: S105 - names of settings keys, not secrets
+PASSWORD_FILE = "kapow.sasl.password.file"  # noqa: S105
+# other names for the same properties: a raw setting under one of them conflicts with a typed key
+ALIASES = {"sasl.mechanism": ("sasl.mechanisms",), PASSWORD_ENV: ("sasl.password", PASSWORD_FILE),
+           PASSWORD_FILE: ("sasl.password", PASSWORD_ENV)}
+
+
+def security_properties(kafka: KafkaConfig) -> dict[str, str]:
+    """The librdkafka properties the typed security keys stand for, and where the SASL password is (read by
+    :func:`with_secrets`). Hostname verification stays librdkafka's default (``https``: the broker's certificate
+    must name the host we dial), the production setting."""
+    props = {prop: str(getattr(kafka, key)) for key, prop in TYPED_PROPERTIES.items()
+             if getattr(kafka, key) is not None}
+    if kafka.sasl_password_file is not None:
+        props[PASSWORD_FILE] = kafka.sasl_password_file
+    elif kafka.sasl_password_env is not None:
+        props[PASSWORD_ENV] = kafka.sasl_password_env
+    return props
+
+
+def with_secrets(conf: dict[str, Any]) -> dict[str, Any]:
+    """``conf`` with KaPoW's password keys replaced by ``sasl.password``, read now and masked in any ``repr``;
+    :class:`kapow.credentials.SecretUnreadable` (one line naming the key) when it cannot be read."""
+    from kapow.credentials import read_secret_env, read_secret_file
+
+    env, path = conf.pop(PASSWORD_ENV, None), conf.pop(PASSWORD_FILE, None)
+    if path is not None:
+        conf["sasl.password"] = read_secret_file(str(path), "kafka.sasl_password_file")
+    elif env is not None:
+        conf["sasl.password"] = read_secret_env(str(env), "kafka.sasl_password_env")
+    return conf
+
+
+# OpenSSL's error-queue codes and librdkafka's generic advice, around the reason that matters
+_SSL_NOISE = re.compile(r"error:[0-9A-F]+:SSL routines::|: broker certificate could not be verified, verify that "
+                        r"ssl\.ca\.location is correctly configured or root CA certificates are installed "
+                        r"\(install ca-certificates package\)")
+
+
+class BrokerRefused(KapowError):
+    """The broker answered and refused us (authentication, TLS): waiting will not help; the message says why."""
+
+
+def refusal(err: KafkaError) -> str | None:
+    """A one-line reason when ``err`` says the broker refused us rather than could not be reached, else None.
+
+    SASL: a wrong user name or password (librdkafka's ``_AUTHENTICATION``). TLS: the broker's certificate is not
+    signed by ``ssl_ca_location`` or not issued for the address we dial, or the broker refused our certificate
+    (``_SSL`` with a verification reason). A TLS error without one (a handshake cut short, a plaintext listener) may
+    be passing, and is left to the caller's wait.
+    """
+    text = _SSL_NOISE.sub("", reason_of(err.str()))
+    code = err.code()
+    if code == KafkaError._AUTHENTICATION:
+        return f"SASL authentication failed: {text} (check kafka.sasl_username and its password)"
+    if code == KafkaError._SSL:
+        lowered = text.lower()
+        if "certificate verify failed" in lowered or "could not be verified" in lowered:
+            return (f"TLS: the broker's certificate does not verify ({text}): check kafka.ssl_ca_location, and that "
+                    "the certificate names the host in bootstrap_servers")
+        if "alert" in lowered and ("unknown ca" in lowered or "certificate" in lowered):
+            return f"TLS: the broker refused our certificate ({text}): check kafka.ssl_certificate_location"
+    return None
+
+
+class _Refusals:
+    """An ``error_cb`` that remembers the first refusal (see :func:`refusal`) and the latest reason."""
+
+    def __init__(self) -> None:
+        self.refused: str | None = None
+        self.last_reason: str | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        why = refusal(err)
+        if why is not None and self.refused is None:
+            self.refused = why
+        if err.code() != KafkaError._ALL_BROKERS_DOWN:
+            self.last_reason = reason_of(err.str())
+
+
+def check_access(bootstrap: str, settings: Settings | None = None, *, timeout: float = 10.0,
+                 probe_s: float = 0.5) -> int:
+    """Ask the broker for metadata; return how many brokers it has. Raise :class:`BrokerRefused` as soon as it
+    refuses us (one line: a wrong SASL password fails here in well under a second, not after ``timeout``), and
+    :class:`KapowError` naming the address and the last reason when it does not answer within ``timeout``."""
+    errors = _Refusals()
+    conf = admin_config(bootstrap, settings)
+    quiet = logging.Logger("kapow.kafka.probe")  # not registered: the reason is ours to tell, in one line
+    quiet.addHandler(logging.NullHandler())
+    conf.update({"error_cb": errors, "logger": LibrdkafkaLog(RateLimiter(), quiet)})
+    admin = AdminClient(conf)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return len(admin.list_topics(timeout=probe_s).brokers)
+        except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
+            if errors.refused is not None:
+                raise BrokerRefused(f"Kafka at {bootstrap}: {errors.refused}") from None
+            if time.monotonic() >= deadline:
+                reason = errors.last_reason or reason_of(exc.args[0].str() if exc.args else str(exc))
+                raise KapowError(f"Kafka at {bootstrap} cannot be reached: {reason} (gave up after "
+                                 f"{timeout:.0f} s)") from None
 
 
 def consumer_config(bootstrap: str, group_id: str, settings: Settings | None = None) -> dict[str, Any]:
@@ -42,7 +170,7 @@ def consumer_config(bootstrap: str, group_id: str, settings: Settings | None = N
         "client.id": "kapow",
     }
     conf.update(settings or {})
-    return _with_logging(conf, bootstrap)
+    return _with_logging(with_secrets(conf), bootstrap)
 
 
 def producer_config(bootstrap: str, settings: Settings | None = None, **extra: Any) -> dict[str, Any]:
@@ -57,7 +185,7 @@ def producer_config(bootstrap: str, settings: Settings | None = None, **extra: A
     }
     conf.update(settings or {})
     conf.update(extra)
-    return _with_logging(conf, bootstrap)
+    return _with_logging(with_secrets(conf), bootstrap)
 
 
 def _with_logging(conf: dict[str, Any], bootstrap: str) -> dict[str, Any]:
@@ -78,9 +206,9 @@ def admin_config(bootstrap: str, settings: Settings | None = None) -> dict[str, 
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap}
     # Admin takes only the client-level properties (security, sasl, ...), not consumer/producer tuning.
     for key, value in (settings or {}).items():
-        if key.startswith(("security.", "sasl.", "ssl.", "client.")):
+        if key.startswith(("security.", "sasl.", "ssl.", "client.", "kapow.sasl.")):
             conf[key] = value
-    return _with_logging(conf, bootstrap)
+    return _with_logging(with_secrets(conf), bootstrap)
 
 
 def ensure_topics(

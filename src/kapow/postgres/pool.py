@@ -11,6 +11,13 @@ caller's own thread and the server's exception reaches it. Everything else a poo
 ``max_connections`` open at once (the database's load is bounded, a burst is paced out), idle connections are
 reused, broken ones are dropped. The pool's own errors are ``psycopg.OperationalError``s, so they classify like
 any other failure to reach the database.
+
+The password may be a provider, asked again for every new connection: a callable, or a
+:class:`kapow.config.Secret`, whose ``current()`` reads its file again when it came from ``password_file`` (a
+Kubernetes secret, :meth:`kapow.config.DestinationConfig.password`). So a rotated password is used by the next
+connection and a rotation needs no restart; open connections keep their session, as PostgreSQL lets them. A
+provider that cannot give it (the file is missing mid-rotation) fails that connection like an unreachable server,
+and is asked again on the next attempt.
 """
 
 from __future__ import annotations
@@ -26,9 +33,16 @@ from psycopg import pq
 from psycopg.abc import RV, PQGen
 from psycopg.conninfo import make_conninfo
 
+from kapow.credentials import Secret
+
 log = logging.getLogger(__name__)
 
 Configure = Callable[[psycopg.Connection[tuple[object, ...]]], None]
+Password = str | Callable[[], str | None] | None  # a fixed password, or a provider asked on every new connection
+
+
+class PasswordUnavailable(psycopg.OperationalError):
+    """The password provider could not give the password now (its one-line reason names the file or variable)."""
 
 
 class PoolBusy(psycopg.OperationalError):
@@ -69,7 +83,7 @@ class ConnectionPool:
         *,
         name: str,
         conninfo: str,
-        password: str | None = None,
+        password: Password = None,
         max_size: int = 4,
         wait_timeout: float = 30.0,
         max_idle: float = 10 * 60.0,
@@ -149,8 +163,17 @@ class ConnectionPool:
                 self._cond.notify()
             raise
 
+    def _current_password(self) -> str | None:
+        if self._password is None or (isinstance(self._password, str) and not isinstance(self._password, Secret)):
+            return self._password
+        try:
+            return self._password.current() if isinstance(self._password, Secret) else self._password()
+        except Exception as exc:  # the reason is one line naming the key (kapow.config.SecretUnreadable)
+            raise PasswordUnavailable(f"password for {self.name}: {exc}") from None
+
     def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
-        conninfo = make_conninfo(self._conninfo, password=self._password) if self._password else self._conninfo
+        password = self._current_password()
+        conninfo = make_conninfo(self._conninfo, password=password) if password else self._conninfo
         conn = _BoundedConnection.connect(conninfo)
         conn.io_timeout = self._io_timeout
         try:
