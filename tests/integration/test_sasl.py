@@ -210,8 +210,6 @@ def test_writer_dlq_errors_and_audit_over_sasl_ssl(broker: SaslBroker, world: Wo
     assert '"level": "debug"' in log and not any(secret in log + audit.stderr for secret in world.secrets)
 
 
-@pytest.mark.xfail(strict=True, reason="kapow send takes no -c/--config yet, so no security settings (cli/send.py "
-                                       "is the lead's: see the report of issue 13)")
 def test_kapow_send_over_sasl_ssl(broker: SaslBroker, world: World) -> None:
     k = world.parsed.kafka
     ensure_topics(k.bootstrap_servers, {world.topic: 1}, settings=k.settings)
@@ -250,8 +248,6 @@ def test_a_refusal_is_one_line_from_check_at_once(broker: SaslBroker, world: Wor
     assert broker.password not in line
 
 
-@pytest.mark.xfail(strict=True, reason="kapow run waits for the broker (kafka/connectivity.py, the lead's) and does "
-                                       "not yet tell a refusal from silence: see the report of issue 13")
 def test_a_wrong_password_stops_kapow_run_at_start_in_one_line(broker: SaslBroker, world: World,
                                                                tmp_path: Path) -> None:
     wrong = tmp_path / "wrong-password"

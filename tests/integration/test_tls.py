@@ -241,8 +241,6 @@ def test_the_writer_says_why_in_one_line_when_tls_refuses(tls: TlsServer, tmp_pa
     assert lines and all(f"wh/{tls.database}" in line for line in lines), writer.log()[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason="kapow run does not check its databases at start yet: cli/run.py (the "
-                                       "lead's) is to call kapow.health.log_destination_problems in a thread")
 def test_kapow_run_says_at_start_that_a_certificate_does_not_verify(tls: TlsServer, tmp_path: Path,
                                                                   password_file: Path) -> None:
     topic = kit.uid("ktls")

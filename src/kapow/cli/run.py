@@ -41,6 +41,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     waited = _wait_for_broker(config.kafka.bootstrap_servers, config.kafka.settings)
     if waited is not None:
         return waited
+    from kapow.health import log_destination_problems
+
+    # lanes open their database on first use: say now, not at the first parked packet, what is wrong with one
+    threading.Thread(target=log_destination_problems, args=(config, log), name="kapow-preflight",
+                     daemon=True).start()
     from confluent_kafka import KafkaException
 
     from kapow.pipeline.runner import Writer

@@ -32,8 +32,9 @@ _REPORT_LIMIT = 1000  # bad lines reported one by one; past that, only counted
 
 def register(sub: Any) -> None:
     send = sub.add_parser("send", help="publish packets from JSON lines (stdin or a file)")
-    send.add_argument("-b", "--bootstrap", default=os.environ.get("KAPOW_BOOTSTRAP", "127.0.0.1:9092"),
-                      help="broker (default: $KAPOW_BOOTSTRAP, else 127.0.0.1:9092)")
+    send.add_argument("-b", "--bootstrap",
+                      help="broker (default: the config's, else $KAPOW_BOOTSTRAP, else 127.0.0.1:9092)")
+    send.add_argument("-c", "--config", help="TOML config: its broker and [kafka] security settings (SASL, TLS)")
     send.add_argument("-t", "--topic", required=True)
     send.add_argument("-f", "--file", help="JSON lines file (default: stdin)")
     send.add_argument("--no-header", action="store_true", help="publish without the context header")
@@ -108,8 +109,16 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise KapowError(f"{args.file}: no such file")
     from kapow.kafka.connectivity import BrokerUnreachable, wait_for_broker
 
+    settings: dict[str, str | int | float | bool] = {}
+    if args.config:
+        from kapow.config import load_config
+
+        kafka = load_config(args.config).kafka
+        args.bootstrap = args.bootstrap or kafka.bootstrap_servers
+        settings = dict(kafka.settings)
+    args.bootstrap = args.bootstrap or os.environ.get("KAPOW_BOOTSTRAP", "127.0.0.1:9092")
     try:
-        wait_for_broker(args.bootstrap, give_up_s=BROKER_WAIT_S)
+        wait_for_broker(args.bootstrap, settings, give_up_s=BROKER_WAIT_S)
     except BrokerUnreachable as exc:
         raise KapowError(f"send: {exc}") from None
     stream: IO[bytes] = Path(args.file).open("rb") if args.file else sys.stdin.buffer  # noqa: SIM115 - closed below
@@ -140,7 +149,7 @@ def _send_all(args: argparse.Namespace, stream: IO[bytes]) -> int:
 
     last = time.monotonic()
     show = sys.stderr.isatty()
-    pub = Publisher(args.bootstrap, args.topic)
+    pub = Publisher(args.bootstrap, args.topic, settings=settings)
     try:
         for n, line in _lines(stream):
             if isinstance(line, _TooLong):

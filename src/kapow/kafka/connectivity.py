@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from kapow.kafka.clientlog import BrokerErrors, LibrdkafkaLog, RateLimiter, reason_of
@@ -57,11 +57,19 @@ def wait_for_broker(
     Raise :class:`BrokerUnreachable` after ``give_up_s``. ``report`` is called at most once per
     ``report_every_s`` while waiting (the first time after the first failed probe).
     """
-    from kapow.kafka.clients import admin_config
+    from kapow.kafka.clients import admin_config, refusal
 
     errors = BrokerErrors(bootstrap, quiet=True)
+    refused: list[str] = []
+
+    def on_error(err: KafkaError) -> None:  # a refusal (wrong password, certificate) is final: no use waiting
+        errors(err)
+        why = refusal(err)
+        if why is not None and not refused:
+            refused.append(why)
+
     conf = admin_config(bootstrap, settings)
-    conf.update({"logger": LibrdkafkaLog(RateLimiter()), "error_cb": errors})
+    conf.update({"logger": LibrdkafkaLog(RateLimiter()), "error_cb": on_error})
     admin = AdminClient(conf)
     stop = stop or threading.Event()
     started = time.monotonic()
@@ -76,6 +84,8 @@ def wait_for_broker(
             return True
         except KafkaException as exc:
             admin.poll(0)  # serves error_cb, which knows the reason ("Connection refused", a DNS failure, ...)
+            if refused:
+                raise BrokerUnreachable(f"Kafka at {bootstrap}: {refused[0]}") from None
             reason = errors.last_reason or reason_of(str(exc.args[0].str() if exc.args else exc))
         now = time.monotonic()
         waited = now - started
