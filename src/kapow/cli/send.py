@@ -117,6 +117,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         args.bootstrap = args.bootstrap or kafka.bootstrap_servers
         settings = dict(kafka.settings)
     args.bootstrap = args.bootstrap or os.environ.get("KAPOW_BOOTSTRAP", "127.0.0.1:9092")
+    args.settings = settings
     try:
         wait_for_broker(args.bootstrap, settings, give_up_s=BROKER_WAIT_S)
     except BrokerUnreachable as exc:
@@ -149,7 +150,7 @@ def _send_all(args: argparse.Namespace, stream: IO[bytes]) -> int:
 
     last = time.monotonic()
     show = sys.stderr.isatty()
-    pub = Publisher(args.bootstrap, args.topic, settings=settings)
+    pub = Publisher(args.bootstrap, args.topic, settings=args.settings)
     try:
         for n, line in _lines(stream):
             if isinstance(line, _TooLong):
