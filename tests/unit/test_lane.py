@@ -208,16 +208,20 @@ def test_cancel_drops_queued_works_and_answers_from_before_it() -> None:
         gate.wait(5)
         return None
 
-    h = Harness(Script(slow))
-    for batch in range(1, 4):
-        h.lane.submit(work("a", batch))
-    time.sleep(0.2)  # batch 1 (and maybe more) is being written
+    script = Script(slow)
+    h = Harness(script)
+    h.lane.submit(work("a", 1))
+    deadline = time.monotonic() + 5
+    while not script.calls and time.monotonic() < deadline:  # batch 1 is being written
+        time.sleep(0.01)
+    h.lane.submit(work("a", 2))
+    h.lane.submit(work("a", 3))
     dropped = h.lane.cancel(running=True)
     assert h.pool.cancelled == 1
     gate.set()
     h.lane.submit(work("a", 9))
     h.wait(lambda rs: landed(rs, "a") == [9])
-    assert dropped >= 1
+    assert dropped == 2
     assert [r.work.batch for r in h.results] == [9], "an answer from before the cancel was delivered"
     h.lane.close()
 
