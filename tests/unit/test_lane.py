@@ -134,11 +134,24 @@ def landed(results: list[WorkResult], table: str) -> list[int]:
 
 
 def test_one_writer_per_table_in_consumption_order_and_tables_share_units() -> None:
-    script = Script(delay=0.01)
+    gate = threading.Event()
+    first: list[TableKey] = []
+
+    def hold_first(k: TableKey) -> Failure | None:  # every worker's first write waits: the queues fill up
+        if len(first) < 3:
+            first.append(k)
+            gate.wait(5)
+        return None
+
+    script = Script(hold_first, delay=0.01)
     h = Harness(script)
     for batch in range(1, 31):
         for table in ("a", "b", "c"):
             h.lane.submit(work(table, batch))
+    deadline = time.monotonic() + 5
+    while len(script.calls) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
     h.wait(lambda rs: len(rs) == 90)
     assert not script.overlap, "two workers wrote one table at once"
     for table in ("a", "b", "c"):
