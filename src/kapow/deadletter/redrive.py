@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 REDRIVABLE = frozenset({ErrorCode.DATABASE_UNAVAILABLE.value, ErrorCode.TIMEOUT.value,
                         ErrorCode.TOO_MANY_CONNECTIONS.value, ErrorCode.DATABASE_SHUTTING_DOWN.value})
 CHUNK = 500  # records per transaction at most
+CATCH_UP_S = 10.0  # how long a chunk waits for the markers written before it to be read
 RECHECK_S = 1.0  # how often a waiting partition asks again whether its destination is healthy
 
 Health = Callable[[TableKey], bool]
@@ -118,6 +119,15 @@ def republished_headers(msg: Message) -> list[tuple[str, bytes | None]]:
     return out
 
 
+def _firsts(msgs: list[Message]) -> list[TopicPartition]:
+    """The first offset read of each partition in ``msgs`` (to read them again)."""
+    first: dict[tuple[str, int], int] = {}
+    for m in msgs:
+        where = (m.topic() or "", m.partition() or 0)
+        first[where] = min(first.get(where, m.offset() or 0), m.offset() or 0)
+    return [TopicPartition(t, p, o) for (t, p), o in first.items()]
+
+
 class Redriver:
     """The redrive thread of one writer (``start``/``stop``); ``health`` is the writer's view of its lanes."""
 
@@ -158,7 +168,8 @@ class Redriver:
         producer = Producer(producer_config(k.bootstrap_servers, k.settings, **{
             "transactional.id": f"{group}.{uuid.uuid4().hex}", "client.id": "kapow-redrive", "linger.ms": 5}))
         markers = Consumer(consumer_config(k.bootstrap_servers, f"{group}.markers", k.settings) | {
-            "client.id": "kapow-redrive-markers"})
+            "isolation.level": "read_committed", "enable.partition.eof": True, "client.id": "kapow-redrive-markers"})
+        self._markers_at = -1
         try:
             producer.init_transactions(30)
             markers.assign([TopicPartition(f"{k.system_errors_topic}.done", 0, -2)])  # -2: from the beginning
@@ -176,8 +187,11 @@ class Redriver:
                     err = m.error()
                     if err is not None and err.code() != KafkaError._PARTITION_EOF:
                         log.warning("redrive consumer: %s", err)
-                if good:
+                if good and self._caught_up(markers):
                     self._handle(consumer, producer, good)
+                elif good:  # not judged without every marker: read again from the first of them
+                    for tp in _firsts(good):
+                        consumer.seek(tp)
         finally:
             for client in (consumer, markers):
                 try:
@@ -189,16 +203,46 @@ class Redriver:
     def _on_revoke(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
         self._waiting.clear()
 
-    def _read_markers(self, markers: Consumer) -> None:
+    def _read_markers(self, markers: Consumer, timeout: float = 0) -> None:
         """Records rescheduled, purged or redriven (by anyone) are never redriven again."""
-        for msg in markers.consume(10_000, 0):
-            if msg.error() is not None or msg.key() is None:
+        for msg in markers.consume(10_000, timeout):
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._markers_at = max(self._markers_at, msg.offset() or 0)
                 continue
+            self._markers_at = max(self._markers_at, (msg.offset() or 0) + 1)
             try:
                 p, _, o = (msg.key() or b"").decode().partition(":")
-                self._handled.add((int(p), int(o)))
+                where = (int(p), int(o))
             except ValueError:
                 continue
+            if msg.value() is None:  # a tombstone un-handles
+                self._handled.discard(where)
+            else:
+                self._handled.add(where)
+
+    def _caught_up(self, markers: Consumer) -> bool:
+        """Read every marker written so far before judging: a restarted session must know what was purged.
+
+        The redrive group's offset stays before a record that waits for its destination, so after a restart the
+        record is read again; judged before its ``purged`` marker is loaded, it would be republished. The end is
+        the marker topic's high watermark now (read_committed: an open transaction is waited for, at most
+        :data:`CATCH_UP_S`, after which this chunk is read again later)."""
+        tp = TopicPartition(f"{self._config.kafka.system_errors_topic}.done", 0)
+        try:
+            _low, high = markers.get_watermark_offsets(tp, timeout=5, cached=False)
+        except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return True  # no marker was ever written
+            log.debug("redrive: marker watermarks: %s", exc)
+            return False
+        deadline = time.monotonic() + CATCH_UP_S
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if self._markers_at >= high:
+                return True
+            self._read_markers(markers, 0.2)
+        return False
 
     def _prune(self, consumer: Consumer) -> None:
         """Forget handled records below the group's committed offsets: they are never read again."""
