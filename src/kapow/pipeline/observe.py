@@ -112,6 +112,7 @@ class Observer:
             "batch": batch.seq, "received": batch.received, "filtered": batch.filtered, "landed": batch.landed,
             "duplicate": batch.duplicates, "user_errors": batch.user_errors, "system_errors": batch.system_errors,
             "ms": round((time.monotonic() - batch.started) * 1000, 1),
+            "probes": batch.probes,  # statements spent isolating bad rows
             "partitions": sorted(f"{t}[{p}]" for t, p in batch.offsets),
         }
         log.info("batch committed", extra={"fields": fields})
