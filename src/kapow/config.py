@@ -375,7 +375,8 @@ def _check_kafka_settings(config: Config, fail: Callable[[str, str], NoReturn]) 
         return
     from confluent_kafka import Consumer, KafkaException, Producer
 
-    from kapow.kafka.clients import with_secrets
+    from kapow.credentials import with_secrets
+
 
     quiet = logging.getLogger("kapow.config.trial")  # librdkafka's warnings about the trial client are not news
     quiet.addHandler(logging.NullHandler())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from kapow.errors import ConfigError
 
@@ -155,8 +155,6 @@ _KAFKA_SSL_KEYS = ("ssl_ca_location", "ssl_certificate_location", "ssl_key_locat
 def check_kafka_security(config: Config, fail: Callable[[str, str], NoReturn]) -> None:
     """Check the typed security keys, then merge them, translated, into ``kafka.settings``: every client is
     built from those settings (:mod:`kapow.kafka.clients`), so none is left without them."""
-    from kapow.kafka.clients import ALIASES, security_properties
-
     k = config.kafka
     proto = k.security_protocol
     given = [name for name in (*_KAFKA_SASL_KEYS, *_KAFKA_SSL_KEYS) if getattr(k, name) is not None]
@@ -200,9 +198,47 @@ def check_kafka_security(config: Config, fail: Callable[[str, str], NoReturn]) -
 def typed_key_of(kafka: KafkaConfig, message: str) -> str | None:
     """The typed key whose property librdkafka names in ``message`` (``ssl.ca.location failed: ...``), if one set it:
     the line then names the key the user wrote."""
-    from kapow.kafka.clients import TYPED_PROPERTIES
-
     for key, prop in TYPED_PROPERTIES.items():
         if getattr(kafka, key) is not None and prop in message:
             return f"kafka.{key}"
     return None
+
+
+# typed key of [kafka] -> librdkafka property
+TYPED_PROPERTIES = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_username": "sasl.username",
+    "ssl_ca_location": "ssl.ca.location",
+    "ssl_certificate_location": "ssl.certificate.location",
+    "ssl_key_location": "ssl.key.location",
+}
+PASSWORD_ENV = "kapow.sasl.password.env"  # noqa: S105 - names of settings keys, not secrets
+PASSWORD_FILE = "kapow.sasl.password.file"  # noqa: S105
+# other names for the same properties: a raw setting under one of them conflicts with a typed key
+ALIASES = {"sasl.mechanism": ("sasl.mechanisms",), PASSWORD_ENV: ("sasl.password", PASSWORD_FILE),
+           PASSWORD_FILE: ("sasl.password", PASSWORD_ENV)}
+
+
+def security_properties(kafka: KafkaConfig) -> dict[str, str]:
+    """The librdkafka properties the typed security keys stand for, and where the SASL password is (read by
+    :func:`with_secrets`). Hostname verification stays librdkafka's default (``https``: the broker's certificate
+    must name the host we dial), the production setting."""
+    props = {prop: str(getattr(kafka, key)) for key, prop in TYPED_PROPERTIES.items()
+             if getattr(kafka, key) is not None}
+    if kafka.sasl_password_file is not None:
+        props[PASSWORD_FILE] = kafka.sasl_password_file
+    elif kafka.sasl_password_env is not None:
+        props[PASSWORD_ENV] = kafka.sasl_password_env
+    return props
+
+
+def with_secrets(conf: dict[str, Any]) -> dict[str, Any]:
+    """``conf`` with KaPoW's password keys replaced by ``sasl.password``, read now and masked in any ``repr``;
+    :class:`kapow.credentials.SecretUnreadable` (one line naming the key) when it cannot be read."""
+    env, path = conf.pop(PASSWORD_ENV, None), conf.pop(PASSWORD_FILE, None)
+    if path is not None:
+        conf["sasl.password"] = read_secret_file(str(path), "kafka.sasl_password_file")
+    elif env is not None:
+        conf["sasl.password"] = read_secret_env(str(env), "kafka.sasl_password_env")
+    return conf

@@ -7,11 +7,12 @@ its own naming the bootstrap address when the broker cannot be reached (:mod:`ka
 ``logger`` or ``error_cb`` the caller passes wins.
 
 Security (TLS, SASL) reaches every client the same way: the typed keys of ``[kafka]`` (``security_protocol``,
-``sasl_*``, ``ssl_*``) are translated by :func:`security_properties` into librdkafka properties and merged into
-``kafka.settings`` when the config is parsed, and every client here is built from those settings. The password
-is not among them: the settings name where it is (``kapow.sasl.password.env`` or ``.file``, KaPoW's own keys), and
-:func:`with_secrets` reads it when a client is made. So no settings dict ever holds it (one written back to a
-file, printed or logged shows none), and a rotated password file is read by the next client. A broker that
+``sasl_*``, ``ssl_*``) are translated into librdkafka properties
+(:func:`kapow.credentials.security_properties`) and merged into ``kafka.settings`` when the config is parsed, and
+every client here is built from those settings. The password is not among them: the settings name where it is
+(``kapow.sasl.password.env`` or ``.file``, KaPoW's own keys), and :func:`kapow.credentials.with_secrets` reads it
+when a client is made. So no settings dict ever holds it (one written back to a file, printed or logged shows
+none), and a rotated password file is read by the next client. A broker that
 refuses us (a wrong password, a certificate that does not verify) is told apart from one that does not answer
 (:func:`refusal`): waiting cannot fix the first, so it is reported at once, in one line that names the key to fix.
 """
@@ -22,62 +23,18 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from kapow.credentials import with_secrets
 from kapow.errors import KapowError
 from kapow.kafka.clientlog import LibrdkafkaLog, RateLimiter, client_logging, reason_of
-
-if TYPE_CHECKING:
-    from kapow.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 
 Settings = Mapping[str, str | int | float | bool]
-
-# typed key of [kafka] -> librdkafka property
-TYPED_PROPERTIES = {
-    "security_protocol": "security.protocol",
-    "sasl_mechanism": "sasl.mechanism",
-    "sasl_username": "sasl.username",
-    "ssl_ca_location": "ssl.ca.location",
-    "ssl_certificate_location": "ssl.certificate.location",
-    "ssl_key_location": "ssl.key.location",
-}
-PASSWORD_ENV = "kapow.sasl.password.env"  # noqa: S105 - names of settings keys, not secrets
-PASSWORD_FILE = "kapow.sasl.password.file"  # noqa: S105
-# other names for the same properties: a raw setting under one of them conflicts with a typed key
-ALIASES = {"sasl.mechanism": ("sasl.mechanisms",), PASSWORD_ENV: ("sasl.password", PASSWORD_FILE),
-           PASSWORD_FILE: ("sasl.password", PASSWORD_ENV)}
-
-
-def security_properties(kafka: KafkaConfig) -> dict[str, str]:
-    """The librdkafka properties the typed security keys stand for, and where the SASL password is (read by
-    :func:`with_secrets`). Hostname verification stays librdkafka's default (``https``: the broker's certificate
-    must name the host we dial), the production setting."""
-    props = {prop: str(getattr(kafka, key)) for key, prop in TYPED_PROPERTIES.items()
-             if getattr(kafka, key) is not None}
-    if kafka.sasl_password_file is not None:
-        props[PASSWORD_FILE] = kafka.sasl_password_file
-    elif kafka.sasl_password_env is not None:
-        props[PASSWORD_ENV] = kafka.sasl_password_env
-    return props
-
-
-def with_secrets(conf: dict[str, Any]) -> dict[str, Any]:
-    """``conf`` with KaPoW's password keys replaced by ``sasl.password``, read now and masked in any ``repr``;
-    :class:`kapow.credentials.SecretUnreadable` (one line naming the key) when it cannot be read."""
-    from kapow.credentials import read_secret_env, read_secret_file
-
-    env, path = conf.pop(PASSWORD_ENV, None), conf.pop(PASSWORD_FILE, None)
-    if path is not None:
-        conf["sasl.password"] = read_secret_file(str(path), "kafka.sasl_password_file")
-    elif env is not None:
-        conf["sasl.password"] = read_secret_env(str(env), "kafka.sasl_password_env")
-    return conf
-
 
 # OpenSSL's error-queue codes and librdkafka's generic advice, around the reason that matters
 _SSL_NOISE = re.compile(r"error:[0-9A-F]+:SSL routines::|: broker certificate could not be verified, verify that "
