@@ -137,7 +137,7 @@ def check_database(config: Config, dest: DestinationConfig, database: str) -> It
                                "pid = pg_backend_pid() AND ssl)").fetchone()
             version, tls = (row[0], row[1]) if row else ("?", None)
             via = f"{tls}, sslmode {dest.sslmode}" if tls else f"no TLS, sslmode {dest.sslmode}"
-            yield f"{where}: PostgreSQL {version} ({via})", True
+            yield f"{where}: PostgreSQL {version} ({via}); modes allowed: {', '.join(dest.modes)}", True
             for line, good in privilege_problems(conn, config, dest, database):
                 yield f"{where}: {line}", good
     except psycopg.Error as exc:

@@ -60,6 +60,8 @@ def test_check_reports_each_destination(make_env: Callable[..., kit.Env]) -> Non
     lines = out.stdout.splitlines()
     assert any(line.startswith("ok") and "Kafka" in line for line in lines)
     assert any(line.startswith("ok") and f"wh/{env.databases[0]}" in line and "PostgreSQL" in line for line in lines)
+    # the modes each server allows (issue 11): the default, insert and upsert
+    assert any(f"wh/{env.databases[0]}" in line and line.endswith("modes allowed: insert, upsert") for line in lines), lines
     assert any(line.startswith("FAIL") and f"dead/{env.databases[0]}" in line for line in lines)
     env.extra_destinations = []
     assert kapow("check", "-c", str(env.write_config())).returncode == 0
