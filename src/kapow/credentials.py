@@ -58,21 +58,26 @@ class FileSecret(Secret):
         return read_secret_file(self.path, self.key)
 
 
+def read_text_file(path: str, key: str, max_bytes: int) -> str:
+    """The UTF-8 text of a small file the config or the environment names under ``key`` (a secret, a token file);
+    :class:`SecretUnreadable`, one line naming ``key``, when it is missing, unreadable, too large or not text."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise SecretUnreadable(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise SecretUnreadable(f"{key}: {path} is larger than {max_bytes // 1024} KiB: not a secret file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretUnreadable(f"{key}: {path} is not UTF-8 text") from None
+
+
 def read_secret_file(path: str, key: str) -> Secret:
     """The secret in ``path`` without its trailing line break, read now (a rotated file is picked up on the next
     call). Kubernetes writes secret files without one, ``echo`` with one: both give the same password."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(SECRET_MAX_BYTES + 1)
-    except OSError as exc:
-        raise SecretUnreadable(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > SECRET_MAX_BYTES:
-        raise SecretUnreadable(f"{key}: {path} is larger than {SECRET_MAX_BYTES // 1024} KiB: not a password file")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SecretUnreadable(f"{key}: {path} is not UTF-8 text") from None
-    text = text.removesuffix("\n").removesuffix("\r")
+    text = read_text_file(path, key, SECRET_MAX_BYTES).removesuffix("\n").removesuffix("\r")
     if not text:
         raise SecretUnreadable(f"{key}: {path} is empty")
     return FileSecret(text, path, key)

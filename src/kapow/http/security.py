@@ -30,6 +30,7 @@ from typing import Any, Literal
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kapow.credentials import read_text_file
 from kapow.errors import KapowError
 
 log = logging.getLogger(__name__)
@@ -62,20 +63,6 @@ class Token:
 
 def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
-
-
-def _read(path: str, variable: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
-    except OSError as exc:
-        raise KapowError(f"{variable}: cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_TOKEN_FILE_BYTES:
-        raise KapowError(f"{variable}: {path} is larger than 1 MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise KapowError(f"{variable}: {path} is not UTF-8 text") from None
 
 
 class Tokens:
@@ -112,12 +99,12 @@ class Tokens:
             if value is not None and path is not None:
                 raise KapowError(f"{file_variable}: set {variable} or {file_variable}, not both")
             if path is not None:
-                value = _read(path, file_variable).strip()
+                value = read_text_file(path, file_variable, MAX_TOKEN_FILE_BYTES).strip()
             if value is not None:
                 found.append((name, role, value))
         path = env.get(TOKENS_FILE) or None
         if path is not None:
-            for n, line in enumerate(_read(path, TOKENS_FILE).splitlines(), 1):
+            for n, line in enumerate(read_text_file(path, TOKENS_FILE, MAX_TOKEN_FILE_BYTES).splitlines(), 1):
                 fields = line.split("#", 1)[0].split()
                 if not fields:
                     continue
