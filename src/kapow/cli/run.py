@@ -41,11 +41,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     waited = _wait_for_broker(config.kafka.bootstrap_servers, config.kafka.settings)
     if waited is not None:
         return waited
-    from kapow.health import log_destination_problems
-
-    # lanes open their database on first use: say now, not at the first parked packet, what is wrong with one
-    threading.Thread(target=log_destination_problems, args=(config, log), name="kapow-preflight",
-                     daemon=True).start()
     from confluent_kafka import KafkaException
 
     from kapow.pipeline.runner import Writer
@@ -57,6 +52,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         http = HttpServer(config, writer, token=admin_token())
         http.start()
+    from kapow.health import log_destination_problems
+
+    # lanes open their database on first use: say now, not at the first parked packet, what is wrong with one
+    # (after the HTTP bind, so that a refused listen address stays the one line of a failed start)
+    threading.Thread(target=log_destination_problems, args=(config, log), name="kapow-preflight",
+                     daemon=True).start()
     writer.install_signals()
     try:
         drained = writer.run()
