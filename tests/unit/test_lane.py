@@ -202,23 +202,29 @@ def test_a_database_down_opens_the_circuit_and_a_timer_probe_reopens_the_lane_wi
 
 
 def test_cancel_drops_queued_works_and_answers_from_before_it() -> None:
+    writing = threading.Event()
     gate = threading.Event()
 
     def slow(k: TableKey) -> Failure | None:
-        gate.wait(5)
+        writing.set()
+        assert gate.wait(10), "the test never opened the gate"
         return None
 
-    h = Harness(Script(slow))
-    for batch in range(1, 4):
-        h.lane.submit(work("a", batch))
-    time.sleep(0.2)  # batch 1 (and maybe more) is being written
+    script = Script(slow)
+    h = Harness(script)
+    h.lane.submit(work("a", 1))
+    assert writing.wait(10), "batch 1 was never written"
+    h.lane.submit(work("a", 2))  # table a is being written: these two wait in its queue
+    h.lane.submit(work("a", 3, n=3))
     dropped = h.lane.cancel(running=True)
+    assert dropped == 2
     assert h.pool.cancelled == 1
+    assert h.lane.queued_bytes == 0
     gate.set()
     h.lane.submit(work("a", 9))
     h.wait(lambda rs: landed(rs, "a") == [9])
-    assert dropped >= 1
     assert [r.work.batch for r in h.results] == [9], "an answer from before the cancel was delivered"
+    assert [batches for call in script.calls for _k, batches in call] == [[1], [9]], "a dropped work was written"
     h.lane.close()
 
 
