@@ -36,9 +36,11 @@ class FakePool:
         self.down = False
         self.in_use = 0
         self.cancelled = 0
+        self.lent_to: list[str] = []  # the thread asking, per connection asked for
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Any]:
+        self.lent_to.append(threading.current_thread().name)
         if self.down:
             raise psycopg.OperationalError("connection refused")
         yield self
@@ -199,6 +201,27 @@ def test_a_database_down_opens_the_circuit_and_a_timer_probe_reopens_the_lane_wi
     h.wait(lambda rs: landed(rs, "a") == [1])
     assert h.lane.circuit.closed
     h.lane.close()
+
+
+def test_while_the_circuit_is_open_only_the_prober_tries_the_database() -> None:
+    h = Harness(Script())
+    h.pool.down = True
+    h.lane.submit(work("a", 1))
+    kit_wait(lambda: not h.lane.circuit.closed, "the circuit to open")
+    opened_at = len(h.pool.lent_to)
+    kit_wait(lambda: sum(n.startswith("kapow-probe-") for n in h.pool.lent_to[opened_at:]) >= 3, "three probes")
+    workers = [n for n in h.pool.lent_to[opened_at:] if n.startswith("kapow-lane-")]
+    assert workers == [], f"workers tried the database while its circuit was open: {workers}"
+    h.pool.down = False
+    h.wait(lambda rs: landed(rs, "a") == [1])
+    h.lane.close()
+
+
+def kit_wait(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def test_cancel_drops_queued_works_and_answers_from_before_it() -> None:
