@@ -29,7 +29,7 @@ from kapow.deadletter.publisher import ErrorPublisher
 from kapow.deadletter.queue import CannotReschedule, DeadLetterQueue, UnknownRecord
 from kapow.deadletter.reader import BrokerUnreachable, open_reader
 from kapow.deadletter.recent import recent_records
-from kapow.deadletter.records import DlqFilter, decode_record
+from kapow.deadletter.records import DlqFilter, decode_record, failed_at_ms
 from kapow.deadletter.redrive import Redriver
 from kapow.deadletter.topics import HEADER_MARGIN, prepare_error_topics, topic_limits
 from kapow.errors import ErrorClass, ErrorCode, Failure, Scope
@@ -346,6 +346,31 @@ def test_a_reader_ends_where_the_topic_ended_and_merges_partitions_by_key(q: Que
         assert list(reader.read(q.system, {0: (2, 2)})) == []
         assert reader.offsets_for_time(q.system, [0, 1], 0) == {0: 0, 1: 0}
         assert reader.committed(kit.uid("nobody"), q.system, [0, 1]) == {0: -1, 1: -1}
+
+
+def test_a_merged_read_of_large_partitions_is_bounded_and_in_order(q: Queue) -> None:
+    """More than the merge buffer per partition: partitions are paused and resumed, and the order still holds."""
+    n = 3000
+    park(q, [{"failed_at": T0 + 2 * i + p, "partition": p} for i in range(n) for p in (0, 1)])
+    with open_reader(kit.BOOTSTRAP) as reader:
+        marks = reader.watermarks(q.system)
+        paused: list[int] = []
+        resumed: list[int] = []
+        real_pause, real_resume = reader.pause, reader.resume
+
+        def pause(topic: str, partition: int) -> None:
+            paused.append(partition)
+            real_pause(topic, partition)
+
+        def resume(topic: str, partition: int) -> None:
+            resumed.append(partition)
+            real_resume(topic, partition)
+
+        reader.pause = pause  # type: ignore[method-assign]
+        reader.resume = resume  # type: ignore[method-assign]
+        times = [decode_record(m).failed_at_ms - T0 for m in reader.read_merged(q.system, marks, failed_at_ms)]
+    assert times == list(range(2 * n))
+    assert paused and resumed, "the read never filled its merge buffer: the test proves nothing"
 
 
 def test_an_unreachable_broker_is_one_line_naming_it_within_seconds() -> None:

@@ -451,3 +451,39 @@ def test_a_redriven_copy_s_headers() -> None:
                                                "kapow-source-partition": None}))
     assert ("kapow-attempt", b"2") in empty and ("kapow-origin", b"//41") in empty
     assert all(k not in OWN_HEADERS for k, _ in plain[:2])
+
+
+class Committed:
+    """The redrive consumer's view of its group's committed offsets (or a broker that does not answer)."""
+
+    def __init__(self, offsets: dict[int, int] | None) -> None:
+        self.offsets = offsets
+
+    def assignment(self) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition("sys", p) for p in (self.offsets or {})]
+
+    def committed(self, partitions: list[Any], timeout: float) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        assert timeout == 5
+        if self.offsets is None:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+        return [TopicPartition("sys", tp.partition, self.offsets[tp.partition]) for tp in partitions]
+
+
+def test_the_redrive_forgets_handled_records_below_its_committed_offsets() -> None:
+    from kapow.config import parse_config
+    from kapow.deadletter.redrive import Redriver
+
+    config = parse_config('[kafka]\nbootstrap_servers = "x:1"\ntopics = ["in"]\n'
+                          '[[destinations]]\nvanity = "wh"\ndatabases = ["db"]\n')
+    r = Redriver(config, lambda _k: True)
+    r._handled = {(0, 4), (0, 5), (0, 9), (1, 0), (1, 7), (2, 3)}
+    r._prune(Committed({0: 5, 1: -1001}))  # partition 1 has no committed offset; 2 is not assigned
+    assert r._handled == {(0, 5), (0, 9), (1, 0), (1, 7), (2, 3)}
+    r._prune(Committed(None))
+    assert r._handled == {(0, 5), (0, 9), (1, 0), (1, 7), (2, 3)}, "a broker that does not answer prunes nothing"
+    r._prune(Committed({0: 10, 1: 8}))
+    assert r._handled == {(2, 3)}
