@@ -387,6 +387,12 @@ def test_recent_user_errors_are_newest_first_bounded_and_trimmed(q: Queue) -> No
     assert all(t.record.value == b'{"n"' and t.truncated and t.size == 8 for t in got)
 
 
+def test_recent_user_errors_keep_the_last_two_hundred_of_a_partition_by_default(q: Queue) -> None:
+    park(q, [{"failed_at": T0 + i, "partition": 0} for i in range(201)])
+    got = recent_records(kit.BOOTSTRAP, q.system)
+    assert len(got) == 200 and got[-1].record.failed_at_ms == T0 + 1 and not any(t.truncated for t in got)
+
+
 # ---------------------------------------------------------------------------------------------------- redrive
 
 

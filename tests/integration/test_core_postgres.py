@@ -185,6 +185,7 @@ def test_isolate_bisects_to_the_bad_rows_and_spends_the_probes_a_bisection_does(
             assert f.message.startswith("column qty (integer): invalid input syntax"), f.message
         else:
             assert f.code is ErrorCode.CONSTRAINT_VIOLATION
+            assert f.message.startswith(f'new row for relation "{name}" violates check constraint'), f.message
     assert result.affected == n - len(bad) and result.landed_sources == n - len(bad)
     assert result.probes == expected_probes(n, bad)
     assert result.probes <= 1 + 2 * len(bad) * math.ceil(math.log2(max(n, 2))), "not a bisection"
@@ -216,6 +217,20 @@ def test_a_folded_upsert_is_unfolded_so_only_the_bad_packet_fails(db: str, conn:
                                                                                   (2, "two", 2, None)]
 
 
+def test_a_folded_pair_beside_a_good_row_in_one_statement_is_unfolded_and_the_rest_still_lands(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, name text, qty int CHECK (qty >= 0))")
+    table = table_of(conn, name)
+    up = dest(db, name, "upsert")
+    rows = [row_in(up, {"id": 1, "name": "a", "qty": 1}), row_in(up, {"id": 1, "name": "b", "qty": -1}),
+            row_in(up, {"id": 2, "name": "c", "qty": 2})]
+    statements = plan(table, rows, dict.fromkeys(range(3), ("id",)))
+    assert [[e.sources for e in s.elements] for s in statements] == [[[0, 1], [2]]]  # the premise
+    result = isolate(conn, table, statements, rows)
+    assert [(i, f.code) for i, f in result.failures] == [(1, ErrorCode.CONSTRAINT_VIOLATION)]
+    assert kit.sql(db, f"SELECT id, name, qty FROM {name} ORDER BY id") == [(1, "a", 1), (2, "c", 2)]
+
+
 def test_a_not_null_failure_names_its_column_from_the_server(db: str, conn: psycopg.Connection[Any]) -> None:
     name = new_table(db)
     table = table_of(conn, name)
@@ -244,6 +259,7 @@ def test_isolation_stops_at_a_locked_table_and_says_why(db: str, conn: psycopg.C
             isolate(conn, table, plan(table, rows, {}), rows)
         locker.rollback()
     assert (aborted.value.failure.code, aborted.value.failure.scope) == (ErrorCode.TIMEOUT, Scope.TABLE)
+    assert str(aborted.value) == aborted.value.failure.message and "lock" in str(aborted.value)
     assert kit.scalar(db, f"SELECT count(*) FROM {name}") == 0
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
@@ -259,6 +275,23 @@ def test_isolation_on_a_closed_connection_is_the_database_failing(db: str) -> No
         isolate(c, table, plan(table, rows, {}), rows)
     assert aborted.value.failure.scope is Scope.DATABASE
     assert aborted.value.failure.code is ErrorCode.DATABASE_UNAVAILABLE
+    assert aborted.value.failure.message == "the connection is closed", aborted.value.failure.message
+
+
+def test_a_connection_lost_while_isolating_is_the_database_s_failure(db: str, conn: psycopg.Connection[Any]) -> None:
+    """The first probe's statement ends its own session: the isolation stops, charged to the database."""
+    name = new_table(db)
+    kit.sql(db, f"CREATE SEQUENCE {name}_calls; CREATE FUNCTION {name}_f() RETURNS trigger LANGUAGE plpgsql AS $$"
+                f" BEGIN IF nextval('{name}_calls') = 1 THEN RAISE EXCEPTION 'bad row' USING ERRCODE = '23514';"
+                f" END IF; PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$;"
+                f"CREATE TRIGGER f BEFORE INSERT ON {name} FOR EACH STATEMENT EXECUTE FUNCTION {name}_f()")
+    table = table_of(conn, name)
+    rows = [row_in(dest(db, name), good(1)), row_in(dest(db, name), good(2))]
+    (outcome,) = apply_unit(conn, [plan(table, rows, {})])
+    assert outcome.failure is not None and outcome.failure.scope is Scope.ROW  # the premise: a row's error
+    with pytest.raises(IsolationAborted) as aborted:
+        isolate(conn, table, plan(table, rows, {}), rows)
+    assert aborted.value.failure.scope is Scope.DATABASE, aborted.value.failure
 
 
 # ---------------------------------------------------------------------------------------------------- unit.py
@@ -310,6 +343,7 @@ def test_a_unit_writes_many_tables_and_answers_each_work(db: str, conn: psycopg.
     assert results(out[1]) == [(1, 0, ["constraint_violation"])]
     assert results(out[2]) == [(0, 0, ["unknown_table"])]
     assert out[1].results is not None and out[1].results[0].probes == expected_probes(2, {1})
+    assert out[1].results[0].failed[0].destination == dest(db, b), "a failed record names its destination"
     assert out[0].results is not None and out[0].results[0].probes == 0
     assert all(r.attempts == 1 and r.seconds >= 0 for o in out for r in o.results or [])
     assert kit.scalar(db, f"SELECT count(*) FROM {a}") == 3 and kit.scalar(db, f"SELECT count(*) FROM {b}") == 1
@@ -390,6 +424,21 @@ def test_a_table_wide_refusal_on_a_retry_fails_every_row(db: str, conn: psycopg.
     assert first[0].failure is not None and first[0].failure.code is ErrorCode.TIMEOUT
     again = write_unit(conn, catalog, [job(db, name, rows[:1], rows[1:], attempts=1)])
     assert results(again[0]) == [(0, 0, ["unknown_table"]), (0, 0, ["unknown_table"])]
+    assert again[0].results is not None and again[0].results[1].failed[0].destination == dest(db, name)
+
+
+def test_a_failure_while_isolating_holds_the_table_instead_of_failing_rows(db: str,
+                                                                         conn: psycopg.Connection[Any]) -> None:
+    """The whole statement fails on a row; its first probe then meets a lock timeout: the table waits, no row fails."""
+    name = new_table(db)
+    kit.sql(db, f"CREATE SEQUENCE {name}_calls; CREATE FUNCTION {name}_f() RETURNS trigger LANGUAGE plpgsql AS $$"
+                f" BEGIN IF nextval('{name}_calls') = 1 THEN RAISE EXCEPTION 'bad row' USING ERRCODE = '23514';"
+                f" END IF; RAISE EXCEPTION 'locked' USING ERRCODE = '55P03'; END $$;"
+                f"CREATE TRIGGER f BEFORE INSERT ON {name} FOR EACH STATEMENT EXECUTE FUNCTION {name}_f()")
+    out = write_unit(conn, Catalog(), [job(db, name, [packet_row(dest(db, name), good(1))])])
+    assert out[0].results is None and out[0].failure is not None
+    assert (out[0].failure.code, out[0].failure.scope, out[0].failure.message) == (ErrorCode.TIMEOUT, Scope.TABLE,
+                                                                                  "locked")
 
 
 def test_duplicates_are_counted_from_the_first_work_on(db: str, conn: psycopg.Connection[Any]) -> None:

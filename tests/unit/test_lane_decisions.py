@@ -451,6 +451,15 @@ def test_a_lane_down_without_a_known_failure_parks_as_unavailable() -> None:
                                                        "database wh/db is unavailable (held 10 s)", Scope.DATABASE)
 
 
+def test_recently_ok_means_a_success_within_the_window() -> None:
+    s = Stepped()
+    s.clock.now = 5.0
+    assert not s.lane.recently_ok(), "a lane that never wrote has no recent success, even early on the clock"
+    s.clock.now = 0.5
+    assert s.lane.probe() is True and s.lane.last_success == 0.5
+    assert s.lane.recently_ok() and s.lane.healthy() and s.lane.healthy(key("anything"))
+
+
 def test_a_probe_tells_the_circuit_and_ends_the_back_off() -> None:
     s = Stepped({"a": DOWN})
     s.lane.submit(work("a"))

@@ -109,7 +109,9 @@ def test_answers_come_back_on_one_queue_all_at_once() -> None:
     p, made = persister()
     p.lane("wh", "a")
     deliver = made[0].kw["deliver"]
+    started = time.monotonic()
     assert p.collect() == []
+    assert time.monotonic() - started < 0.5, "collect() waits for nothing unless asked to"
     results = [WorkResult(work("a")) for _ in range(3)]
     for r in results:
         deliver(r)
@@ -134,6 +136,8 @@ def test_bytes_sheds_cancels_and_closes_sum_over_every_lane() -> None:
     assert p.cancel() == 4 and made[0].cancelled[-1] is False
     p.close(timeout=2.5)
     assert [lane.closed for lane in made] == [[2.5], [2.5]]
+    p.close()
+    assert [lane.closed[-1] for lane in made] == [0.0, 0.0], "by default a close waits for no lane"
 
 
 def test_health_probes_a_quiet_lane_and_a_held_table_before_answering() -> None:

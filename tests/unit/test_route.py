@@ -241,10 +241,18 @@ def test_a_tombstone_without_a_usable_key_is_refused() -> None:
     keyless = route_specs(CONFIG)["plain"]  # no key columns named
     for key, route, message in ((None, spec, "a tombstone without a key deletes nothing"),
                                 (b"[1, 2]", spec, "a tombstone's key is not a key value"),
-                                (b"5", keyless, "the route must name its one key column")):
+                                (b"5", keyless, "a tombstone's key must be a JSON object of the key columns, or the"
+                                                " route must name its one key column (key = [\"id\"])")):
         with pytest.raises(PacketError) as err:
             tombstone_row(key, route)
-        assert err.value.failure.code is ErrorCode.MISSING_KEY and message in str(err.value)
+        assert err.value.failure.code is ErrorCode.MISSING_KEY and str(err.value) == message
+
+
+def test_a_routed_record_of_exactly_the_limit_is_accepted() -> None:
+    value = b'{"id": 1, "pad": "' + b"x" * (200 - 20) + b'"}'
+    assert len(value) == 200
+    batch, works = Sorter(CONFIG).sort(1, [record("accounts.json", value)])
+    assert not batch.errors and [len(w.rows) for w in works] == [1]
 
 
 # ---------------------------------------------------------------------------------------------------- sort

@@ -29,6 +29,23 @@ from tests.unit.fake_kafka import FakeClients, FakeConsumer, FakePersister, Fake
 from tests.unit.test_runner import CONFIG, packet, records, steps, writer
 
 
+def writer_with(spec: dict[int, list[bytes]], **settings: str) -> tuple[Writer, FakeConsumer, FakeProducer,
+                                                                     FakePersister]:
+    """``writer`` with some of the test config's own pipeline keys set otherwise."""
+    text = CONFIG.format(extra="batch_max_messages = 10")
+    for k, v in settings.items():
+        line = f"{k} = "
+        if line in text:
+            start = text.index(line)
+            text = text[:start] + f"{k} = {v}" + text[text.index("\n", start):]
+        else:
+            text = text.replace("[pipeline]\n", f"[pipeline]\n{k} = {v}\n")
+    consumer, producer, persister = FakeConsumer(records(spec)), FakeProducer(), FakePersister()
+    w = Writer(parse_config(text), clients=FakeClients(consumer, producer), persister=persister)  # type: ignore[arg-type]
+    w.open()
+    return w, consumer, producer, persister
+
+
 @pytest.fixture(autouse=True)
 def restore_gc() -> Iterator[None]:
     """The writer tunes the collector for the whole process: put it back after each test."""
@@ -304,23 +321,42 @@ def test_a_pause_the_consumer_refuses_is_logged_not_raised(caplog: pytest.LogCap
     w.assigned.clear()
     w._set_paused(False)
     assert not w._paused
+    consumer.pause_error = None
+    w.assigned.add(("in", 0))
+    w._consumer = None  # closed: the flag changes, nothing is asked of a consumer that is gone
+    w._set_paused(True)
+    assert w._paused
 
 
 # ---------------------------------------------------------------------------------------------------- health, gauges
 
 
-def test_health_fails_once_commits_are_stuck_past_every_bound() -> None:
-    w, _consumer, _producer, persister = writer({0: [packet("held", 0)]}, extra="hold_s = 5")
+class FrozenTime:
+    """The runner module's clock, stopped where a test puts it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+
+def test_health_fails_once_commits_are_stuck_past_every_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    w, _consumer, _producer, persister = writer_with({0: [packet("held", 0)]}, hold_s="5", shutdown_deadline_s="10")
     assert w.commit_stalled_s == 0.0 and w.health() == (True, "ok")
     persister.held.add("held")
     w.step()
     head: Any = w.window.head()
-    limit = 5 + 2 * 0.5 + 60
-    head.started = time.monotonic() - (limit - 1)
-    assert w.health()[0]
-    head.started = time.monotonic() - (limit + 1)
+    limit = 5 + 2 * 10 + 60  # hold_s + twice the deadline + a minute
+    frozen = FrozenTime(head.started + limit)
+    monkeypatch.setattr(runner_module, "time", frozen)
+    assert w.commit_stalled_s == limit and w.health()[0], "unhealthy at the limit exactly: only past it"
+    frozen.now += 1
     ok, why = w.health()
-    assert not ok and why.startswith("no commit for 67 s (limit 66 s)")
+    assert not ok and why == "no commit for 86 s (limit 85 s): an error topic or the broker is stuck"
 
 
 class Lane:
@@ -369,13 +405,42 @@ def test_an_assignment_reads_the_committed_offsets_or_the_low_watermarks(caplog:
     assert assigned and assigned[0].fields == {"partitions": ["in[0]", "in[1]"]}  # type: ignore[attr-defined]
 
 
-def test_a_revoke_that_drains_commits_and_keeps_running_statements() -> None:
-    w, consumer, _producer, persister = writer({0: [packet("a", 0)]})
+def test_a_revoke_finishes_what_is_in_flight_commits_and_keeps_running_statements(
+        caplog: pytest.LogCaptureFixture) -> None:
+    w, consumer, _producer, persister = writer({0: [packet("held", 0)]})
+    persister.held.add("held")
     w.step()
+    finish_during_the_drain(persister, "held")
     consumer.schedule("revoke")
-    w.step()
+    with caplog.at_level(logging.INFO, logger="kapow.writer"):
+        w.step()
     assert persister.cancels == [False], "a drained revoke has nothing running to cancel"
     assert consumer.committed_offsets == {("in", 0): 1}
+    assert "unfinished" not in caplog.text
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("partitions ")
+               and r.getMessage() != "partitions assigned"]
+    assert (line.getMessage(), line.levelno) == ("partitions revoked", logging.INFO)
+
+
+def test_a_revoke_past_its_deadline_says_so_and_cancels(caplog: pytest.LogCaptureFixture) -> None:
+    w, consumer, _producer, persister = writer({0: [packet("held", 0)]})
+    persister.held.add("held")
+    w.step()
+    consumer.schedule("revoke")
+    with caplog.at_level(logging.WARNING, logger="kapow.writer"):
+        w.step()
+    assert persister.cancels == [True]
+    assert "revoke: 1 batches unfinished; the next owner consumes them again" in caplog.text
+
+
+def test_lost_partitions_are_logged_as_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    w, consumer, _producer, _persister = writer({0: [packet("a", 0)]})
+    w.step()
+    consumer.schedule("lost")
+    with caplog.at_level(logging.INFO, logger="kapow.writer"):
+        w.step()
+    (line,) = [r for r in caplog.records if r.getMessage() == "partitions lost"]
+    assert line.levelno == logging.WARNING
 
 
 def test_forgetting_partitions_drops_everything_in_flight(caplog: pytest.LogCaptureFixture) -> None:
@@ -425,12 +490,48 @@ def test_a_clean_shutdown_commits_closes_everything_in_order_and_logs_the_totals
     assert stopped.fields == w.totals and w.totals["received"] == 2  # type: ignore[attr-defined]
 
 
-def test_a_shutdown_past_its_deadline_cancels_and_does_not_wait_for_the_lanes() -> None:
-    w, _consumer, _producer, persister = writer({0: [packet("held", 0)]})
+def finish_during_the_drain(persister: FakePersister, table: str) -> None:
+    """The held table's rows land while the writer drains (on its first look for answers)."""
+    real = persister.collect
+
+    def collect(timeout: float = 0.0) -> list[WorkResult]:
+        persister.release(table)
+        return real(timeout)
+
+    persister.collect = collect  # type: ignore[method-assign]
+
+
+def test_a_shutdown_waits_within_its_deadline_for_what_is_in_flight(caplog: pytest.LogCaptureFixture) -> None:
+    w, consumer, _producer, persister = writer({0: [packet("held", 0)]})
     persister.held.add("held")
     w.step()
-    assert w.close() is False
+    finish_during_the_drain(persister, "held")
+    flushes: list[float] = []
+    assert w.errors is not None
+    real_flush = w.errors.flush
+    w.errors.flush = lambda timeout: flushes.append(timeout) or real_flush(timeout)  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="kapow.writer"):
+        assert w.close() is True
+    assert consumer.committed_offsets == {("in", 0): 1} and persister.cancels == [False]
+    assert "shutdown deadline reached" not in caplog.text
+    (flush,) = flushes  # what is left of the 0.5 s deadline, but at least half a second
+    assert flush == 0.5
+
+
+def test_a_shutdown_past_its_deadline_cancels_and_does_not_wait_for_the_lanes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    w, _consumer, _producer, persister = writer_with({0: [packet("held", 0)]}, shutdown_deadline_s="20")
+    persister.held.add("held")
+    w.step()
+    flushes: list[float] = []
+    assert w.errors is not None
+    w.errors.flush = lambda timeout: flushes.append(timeout) or 0  # type: ignore[method-assign]
+    w._drain = lambda deadline: False  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="kapow.writer"):
+        assert w.close() is False
     assert persister.cancels == [True] and persister.close_timeouts == [0.0]
+    assert "shutdown deadline reached with 1 batches unfinished; they will be replayed" in caplog.text
+    assert flushes == [CLOSE_TIMEOUT_S], "the last acks wait at most CLOSE_TIMEOUT_S, however long the deadline"
 
 
 def test_run_loops_until_stopped_then_closes() -> None:
@@ -455,12 +556,12 @@ def test_the_first_signal_stops_the_loop_the_second_exits_at_once(monkeypatch: p
     exits: list[int] = []
     written: list[bytes] = []
     monkeypatch.setattr(runner_module.os, "_exit", exits.append)
-    monkeypatch.setattr(runner_module.os, "write", lambda fd, data: written.append(data) or len(data))
+    monkeypatch.setattr(runner_module.os, "write", lambda fd, data: written.append((fd, data)) or len(data))
     w._on_signal(signal.SIGINT, None)
     assert w._stop.is_set() and exits == []
     w._on_signal(signal.SIGTERM, None)
     assert exits == [128 + signal.SIGTERM]
-    assert written == [b"kapow: second signal, exiting at once\n"]
+    assert written == [(2, b"kapow: second signal, exiting at once\n")]  # on stderr
 
 
 def test_signals_are_installed_and_a_hangup_changes_nothing(caplog: pytest.LogCaptureFixture) -> None:

@@ -182,3 +182,10 @@ def test_rows_of_one_shape_and_destination_keep_the_fast_path() -> None:
     assert order_keys(t, keyless) == {0: ("id",)}, "a row without its key has no place in the key order"
     no_key = Table("public", "t", t.columns, None, (), False, True, True, True)
     assert order_keys(no_key, [row(UPSERT, {"id": 1})]) == {}
+
+
+def test_an_insert_without_its_key_in_a_mixed_table_is_planned_alone_and_the_rest_still_are() -> None:
+    rows = [row(UPSERT, {"id": 1, "a": 1}), RowIn(b'{"a":5}', ("a",), DEST[INSERT]), row(UPSERT, {"id": 2, "a": 2})]
+    statements = plan(table(), rows, order_keys(table(), rows))
+    assert sorted(i for s in statements for e in s.elements for i in e.sources) == [0, 1, 2]
+    assert [s.kind for s in statements] == [UPSERT, INSERT]

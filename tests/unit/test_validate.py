@@ -133,8 +133,11 @@ def test_refusals_tell_the_client_exactly_what_to_fix() -> None:
     assert message(several, ("id", "code", "name"), dest("upsert")) == (
         "table public.t has several unique constraints and no primary key: name the one to use with \"key\":"
         " [columns] in the destination")
-    assert message(t, ("id", "code", "name"), dest("upsert", key=("name",))) == (
-        "table public.t has no non-deferrable unique constraint on (name)")
+    assert message(t, ("id", "code", "name"), dest("upsert", key=("name", "note"))) == (
+        "table public.t has no non-deferrable unique constraint on (name, note)")
+    long_key = tuple(f"c{i:03}" for i in range(60))
+    assert message(t, ("id", "code", "name"), dest("upsert", key=long_key)) == (
+        "table public.t has no non-deferrable unique constraint on (" + ", ".join(long_key)[:199] + "…)")
 
 
 def test_a_verdict_is_worked_out_once_per_shape_and_none_is_remembered_too() -> None:
