@@ -32,7 +32,7 @@ from kapow.deadletter.recent import recent_records
 from kapow.deadletter.records import DlqFilter, decode_record, failed_at_ms
 from kapow.deadletter.redrive import Redriver
 from kapow.deadletter.topics import HEADER_MARGIN, prepare_error_topics, topic_limits
-from kapow.errors import ErrorClass, ErrorCode, Failure, Scope
+from kapow.errors import ErrorClass, ErrorCode, Failure, KapowError, Scope
 from kapow.kafka.clients import make_producer
 from kapow.pipeline.work import ErrorRecord
 from tests.integration import kit
@@ -309,6 +309,26 @@ def test_markers_written_by_anyone_hide_records_and_a_tombstone_brings_one_back(
     assert ns(dlq.records()) == [1, 2, 3, 4, 5, 6, 7]
 
 
+def test_a_page_holds_a_hundred_previews_and_its_cursor_survives_a_purge(q: Queue) -> None:
+    producer = make_producer(kit.BOOTSTRAP)
+    for i in range(101):
+        headers = headers_for(q, i, code="timeout", vanity="vault", failed_at=T0 + i)
+        producer.produce(q.system, key=b"k", value=b"%03d" % i + b"x" * 297, headers=headers,  # type: ignore[arg-type]
+                         partition=0)
+    assert producer.flush(30) == 0
+    dlq = DeadLetterQueue(kit.BOOTSTRAP, q.system, timeout=20)
+    first = dlq.page()
+    assert len(first.records) == 100 and first.total == 101 and first.next_after == "0:99"
+    assert {len(t.record.value or b"") for t in first.records} == {240} and all(t.size == 300 for t in first.records)
+    middle = dlq.page(limit=10)
+    assert dlq.purge(DlqFilter(ids=frozenset({"0:5", "0:9"}))) == 2
+    after = dlq.page(limit=10, after=middle.next_after)  # the cursor's own record was purged meanwhile
+    assert [t.record.id for t in after.records] == [f"0:{i}" for i in range(10, 20)]
+    again = dlq.page(limit=10)
+    assert [t.record.id for t in again.records] == [f"0:{i}" for i in (0, 1, 2, 3, 4, 6, 7, 8, 10, 11)]
+    assert again.total == 99 and again.summary.parked == 99
+
+
 def test_two_movers_of_one_queue_fence_each_other(q: Queue) -> None:
     dlq = mixed_queue(q)
     records = dlq.records()
@@ -316,8 +336,11 @@ def test_two_movers_of_one_queue_fence_each_other(q: Queue) -> None:
     first.add(records[0])
     second = Mover(kit.BOOTSTRAP, q.system, Verb.PURGE, chunk_records=10)  # fences the first
     try:
-        with pytest.raises(Exception, match="purge stopped after 0 record"):
+        with pytest.raises(KapowError) as stopped:
             first.finish()
+        text = str(stopped.value)
+        assert text.startswith(f"purge stopped after 0 record(s): Kafka {kit.BOOTSTRAP}: ")
+        assert text.endswith("(run it again: what was done is not done twice)") and "KafkaError{" not in text
         second.add(records[1])
         assert second.finish().count == 1
     finally:
@@ -346,6 +369,14 @@ def test_a_reader_ends_where_the_topic_ended_and_merges_partitions_by_key(q: Que
         assert list(reader.read(q.system, {0: (2, 2)})) == []
         assert reader.offsets_for_time(q.system, [0, 1], 0) == {0: 0, 1: 0}
         assert reader.committed(kit.uid("nobody"), q.system, [0, 1]) == {0: -1, 1: -1}
+        group = kit.uid("somebody")
+        committer = Consumer({"bootstrap.servers": kit.BOOTSTRAP, "group.id": group})
+        try:
+            committer.commit(offsets=[TopicPartition(q.system, 0, 0), TopicPartition(q.system, 1, 2)],
+                             asynchronous=False)
+        finally:
+            committer.close()
+        assert reader.committed(group, q.system, [0, 1]) == {0: 0, 1: 2}
 
 
 def test_a_merged_read_of_large_partitions_is_bounded_and_in_order(q: Queue) -> None:

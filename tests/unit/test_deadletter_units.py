@@ -98,6 +98,10 @@ def test_describe_names_the_packet_and_a_long_destination_is_cut() -> None:
     assert describe(ErrorRecord(source(), Failure(ErrorCode.NOT_JSON, "x"), None)).get("destination") is None
     short = describe(ErrorRecord(source(), Failure(ErrorCode.NOT_JSON, "x"), DEST))
     assert short["destination"] == "wh/db/s.t"
+    for length, shown in ((300, 300), (301, 300)):
+        vanity = "v" * (length - len("/db/public.t"))
+        out = describe(ErrorRecord(source(), Failure(ErrorCode.NOT_JSON, "x"), Destination(vanity, "db", "t")))
+        assert len(out["destination"]) == shown and out["destination"].endswith("…") is (length > 300)
 
 
 # ---------------------------------------------------------------------------------------------------- the publisher
@@ -502,3 +506,32 @@ def test_the_redrive_forgets_handled_records_below_its_committed_offsets() -> No
     assert r._handled == {(0, 5), (0, 9), (1, 0), (1, 7), (2, 3)}, "a broker that does not answer prunes nothing"
     r._prune(Committed({0: 10, 1: 8}))
     assert r._handled == {(2, 3)}
+
+
+def test_the_summary_counts_by_code_destination_and_pair_within_its_bounds() -> None:
+    from kapow.deadletter.queue import MAX_FACETS, Summary
+
+    def rec(code: str, vanity: str | None, at: int) -> DlqRecord:
+        import dataclasses
+
+        base = decode_record(parked(written(**{"kapow-error-code": code.encode(),
+                                               "kapow-failed-at": str(at).encode()})))
+        destination = None if vanity is None else {"vanity": vanity, "database": "db", "table": "t"}
+        return dataclasses.replace(base, destination=destination)
+
+    s = Summary()
+    s.add(rec("timeout", "a", 5))
+    s.add(rec("timeout", "a", 3))
+    s.add(rec("timeout", "a", 9))
+    s.add(rec("timeout", None, 1))
+    assert s.parked == 4 and s.codes == {"timeout": 4}
+    assert s.destinations == {"a/db/public.t": 3, "-": 1}
+    assert s.pairs == {("timeout", "a/db/public.t"): [3, 3, 9], ("timeout", "-"): [1, 1, 1]}
+    many = Summary()
+    for i in range(MAX_FACETS + 5):
+        many.add(rec(f"c{i}", f"v{i}", i))
+    many.add(rec("c0", "v0", 0))  # a known key still counts, past the bound
+    assert len(many.codes) == MAX_FACETS + 1 and many.codes["…"] == 5 and many.codes["c0"] == 2
+    assert many.destinations["…"] == 5 and many.destinations["v0/db/public.t"] == 2
+    assert len(many.pairs) == MAX_FACETS and many.pairs[("c0", "v0/db/public.t")][0] == 2
+    assert ("c204", "v204/db/public.t") not in many.pairs

@@ -230,6 +230,7 @@ def test_shed_parks_held_works_at_once_and_says_how_long_they_waited() -> None:
     held = Failure(ErrorCode.TIMEOUT, "lock timeout (held 42 s)", Scope.TABLE)
     assert [f.failure for f in parked.failed] == [held, held]
     assert parked.seconds == 42 and parked.attempts == 2 and {f.attempts for f in parked.failed} == {1}
+    assert {f.destination for f in parked.failed} == {Destination("wh", "db", "a")}
     assert s.lane.queued_bytes == 0 and s.lane.shed() == 0
     s.clock.now += 7
     s.lane.submit(work("a", nbytes=1))
@@ -362,14 +363,17 @@ def test_an_unexpected_error_in_the_worker_holds_its_tables(caplog: pytest.LogCa
 # ---------------------------------------------------------------------------------------------------- holds
 
 
-def test_a_held_table_backs_off_doubling_to_the_cap_and_recovers() -> None:
+def test_a_held_table_backs_off_doubling_to_the_cap_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
     s = Stepped({"a": LOCKED})
     s.lane.submit(work("a", rows=2))
     waits = []
-    for _ in range(5):
-        s.clock.now = s.queue("a").held_until
-        assert s.step() == ["a"]
-        waits.append(s.queue("a").held_until - s.clock.now)
+    with caplog.at_level(logging.WARNING, logger="kapow.pipeline.lane"):
+        for _ in range(5):
+            s.clock.now = s.queue("a").held_until
+            assert s.step() == ["a"]
+            waits.append(s.queue("a").held_until - s.clock.now)
+    held = [r.getMessage() for r in caplog.records if " held: " in r.getMessage()]
+    assert held == ["table wh/db/public.a held: lock timeout (timeout); other tables keep landing"], "once per hold"
     assert waits == [0.5, 1.0, 2.0, 3.0, 3.0]
     (w,) = s.queue("a").works
     assert w.attempts == 5 and s.lane.queued_bytes == 10

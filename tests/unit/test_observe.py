@@ -97,6 +97,13 @@ def test_a_failure_is_counted_once_by_class_step_database_and_code(caplog: pytes
         o.failed(batch, user, at_sort=True)
         o.failed(batch, system, at_sort=False)
     assert (batch.user_errors, batch.system_errors) == (1, 1)
+    o.failed(batch, user, at_sort=True)
+    o.failed(batch, system, at_sort=False)
+    assert (batch.user_errors, batch.system_errors) == (2, 2)
+    before["sort_user"] += 1
+    before["persist_system"] += 1
+    before["bad_value"] += 1
+    before["timeout"] += 1
     assert value("kapow_packets_total", topic="obs.in2", step="sort", outcome="user_error") - before["sort_user"] == 1
     assert value("kapow_packets_total", topic="obs.in", step="persist", outcome="system_error") \
         - before["persist_system"] == 1
@@ -216,3 +223,30 @@ def test_the_tick_runs_once_a_second_and_counts_acknowledged_error_records() -> 
     o.tick(broken, {ErrorClass.USER: 5, ErrorClass.SYSTEM: 2})  # a gauge never stops the loop
     assert value("kapow_error_records_total", topic="obs.user") - user == 5
     assert o._gauges_due - time.monotonic() == pytest.approx(1.0, abs=0.5)
+
+
+def test_a_record_without_a_topic_is_counted_under_a_dash() -> None:
+    o = Observer(CONFIG)
+    before = value("kapow_packets_total", topic="-", step="sort", outcome="user_error")
+    o.failed(Batch(seq=1), ErrorRecord(Message(), Failure(ErrorCode.NOT_JSON, "x"), None), at_sort=True)
+    assert value("kapow_packets_total", topic="-", step="sort", outcome="user_error") - before == 1
+
+
+def test_latency_is_sampled_for_any_batch_with_timestamps() -> None:
+    o = Observer(CONFIG)
+    count = value("kapow_end_to_end_latency_seconds_count")
+    o.account(batch_of(first_ts_ms=1, last_ts_ms=1), now_ms=1_001)
+    o.account(batch_of(first_ts_ms=0, last_ts_ms=0), now_ms=1_001)  # no timestamps: nothing to measure
+    assert value("kapow_end_to_end_latency_seconds_count") - count == 2
+
+
+def test_the_batch_line_gives_milliseconds_to_a_tenth(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+                                                      ) -> None:
+    import kapow.pipeline.observe as observe
+
+    o = Observer(CONFIG)
+    monkeypatch.setattr(observe.time, "monotonic", lambda: 1000.25004)
+    with caplog.at_level(logging.INFO, logger="kapow.writer"):
+        o.account(batch_of(started=1000.0), now_ms=0)
+    ms = next(r for r in caplog.records if r.getMessage() == "batch committed").fields["ms"]  # type: ignore[attr-defined]
+    assert type(ms) is float and ms == 250.0

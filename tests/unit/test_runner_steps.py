@@ -614,3 +614,38 @@ def test_answers_from_the_lanes_are_counted_into_their_batch() -> None:
     w._collect(0)
     assert (batch.pending, batch.landed, batch.duplicates, batch.probes, batch.system_errors) == (0, 0, 1, 7, 1)
     assert batch.unacked == 1
+
+
+def test_each_error_record_of_a_batch_is_waited_for_and_its_bytes_held(retry_at_once: None) -> None:
+    bad1, bad2 = b"{", b"[1, 2"
+    w, _consumer, producer, _persister = writer({0: [bad1, bad2]})
+    producer.failing.add("kapow.errors.user")
+    w.step()
+    (batch,) = list(w.window)
+    assert (batch.unacked, batch.nbytes, w.held_bytes) == (2, len(bad1) + len(bad2), len(bad1) + len(bad2))
+
+
+def test_drain_looks_for_answers_briefly_and_never_waits_on_the_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+    w, _consumer, _producer, persister = writer({0: [packet("held", 0)]})
+    persister.held.add("held")
+    w.step()
+    waits: list[float] = []
+    polls: list[float] = []
+    real_collect = persister.collect
+    persister.collect = lambda timeout=0.0: waits.append(timeout) or real_collect(timeout)  # type: ignore[method-assign]
+    assert w.errors is not None
+    real_poll = w.errors.poll
+    w.errors.poll = lambda timeout=0.0: polls.append(timeout) or real_poll(timeout)  # type: ignore[method-assign]
+    w._drain(time.monotonic() + 0.2)
+    assert waits and max(waits) <= 0.05 and set(polls) == {0}
+    frozen = FrozenTime(100.0)
+    monkeypatch.setattr(runner_module, "time", frozen)
+    assert w._drain(100.0) is False, "a deadline reached exactly is reached"
+
+
+def test_nothing_is_committed_once_the_consumer_is_gone() -> None:
+    w, consumer, _producer, _persister = writer({0: [packet("a", 0)]})
+    w.step()
+    w._consumer = None
+    w._commit({("in", 0): 9}, asynchronous=False)
+    assert consumer.committed_offsets == {("in", 0): 1}
