@@ -247,7 +247,7 @@ def test_the_queue_lists_in_failure_order_with_pages_filters_and_counts(q: Queue
     assert dlq.get("1:999") is None
 
 
-def test_a_reschedule_by_filter_moves_only_what_matches_and_acks_before_marking(q: Queue) -> None:
+def test_a_reschedule_by_filter_moves_only_what_matches_copies_and_marks_each_once(q: Queue) -> None:
     dlq = mixed_queue(q)
     progress: list[tuple[int, int]] = []
     outcome = dlq.move(Verb.RESCHEDULE, DlqFilter(destination="vault/", code="database_unavailable"),
