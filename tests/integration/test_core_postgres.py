@@ -135,6 +135,12 @@ def test_apply_unit_fences_each_table_and_counts_each_statement(db: str, conn: p
     assert kit.scalar(db, f"SELECT name FROM {a} WHERE id = 1") == "old"  # insert: a replay changes nothing
     assert kit.scalar(db, f"SELECT count(*) FROM {b}") == 0, "the good row of a failed table landed alone"
     assert apply_unit(conn, []) == []
+    with psycopg.connect(kit.dsn(db)) as locker:
+        locker.execute(f"LOCK TABLE {c} IN ACCESS EXCLUSIVE MODE".encode())
+        (locked,) = apply_unit(conn, [plan(tc, [row_in(dest(db, c), good(5))], {})])
+        locker.rollback()
+    assert locked.failure is not None and (locked.failure.code, locked.failure.scope) == (ErrorCode.TIMEOUT,
+                                                                                          Scope.TABLE)
 
 
 def test_apply_unit_is_one_transaction(db: str, conn: psycopg.Connection[Any]) -> None:
@@ -334,12 +340,17 @@ def test_a_unit_writes_many_tables_and_answers_each_work(db: str, conn: psycopg.
     kit.sql(db, f"INSERT INTO {a} VALUES (0, 'there', 1)")
     catalog = Catalog()
     ja = job(db, a, [packet_row(dest(db, a), good(0)), packet_row(dest(db, a), good(1))],
-             [packet_row(dest(db, a), good(2)), packet_row(dest(db, a), {"id": 3, "name": "n", "qty": 1, "nope": 1})])
+             [packet_row(dest(db, a), {"id": 3, "name": "n", "qty": 1, "nope": 1}), packet_row(dest(db, a), good(2))])
     jb = job(db, b, [packet_row(dest(db, b), good(1)), packet_row(dest(db, b), {"id": 2, "name": "n", "qty": -1})])
     missing = job(db, "no_such_table", [packet_row(dest(db, "no_such_table"), good(1))])
-    out = write_unit(conn, catalog, [ja, jb, missing])
-    assert [o.job for o in out] == [ja, jb, missing]
+    for w in ja.works:
+        w.enqueued_at -= 5  # queued five seconds ago
+    out = write_unit(conn, catalog, [missing, ja, jb])
+    assert [o.job for o in out] == [missing, ja, jb]
+    out = [out[1], out[2], out[0]]
     assert results(out[0]) == [(1, 1, []), (1, 0, ["unknown_column"])]
+    assert out[0].results is not None and out[0].results[1].failed[0].destination == dest(db, a)
+    assert all(5 <= r.seconds < 60 for r in out[0].results)
     assert results(out[1]) == [(1, 0, ["constraint_violation"])]
     assert results(out[2]) == [(0, 0, ["unknown_table"])]
     assert out[1].results is not None and out[1].results[0].probes == expected_probes(2, {1})
@@ -380,6 +391,21 @@ def test_a_column_added_is_believed_once_the_catalog_entry_is_a_second_old(db: s
     out = write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), {**good(2), "colour": "red"})])])
     assert results(out[0]) == [(1, 0, [])]
     assert kit.scalar(db, f"SELECT colour FROM {name} WHERE id = 2") == "red"
+    at_once = write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), {**good(3), "colour": "b"})])])
+    assert results(at_once[0]) == [(1, 0, [])], "the fresh shape read for the recheck was not kept"
+    table, at, size = catalog._entries[key]
+    catalog._entries[key] = (table, at - 1.5, size)
+    write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), good(4))])])
+    assert catalog.age(key) >= 1.5, "a shape that answered was read again: only a schema failure rereads it"
+
+
+def test_a_catalog_whose_entries_expire_at_once_reads_the_table_every_time(db: str,
+                                                                           conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db)
+    catalog = Catalog(ttl=0.0)
+    for i in range(2):
+        out = write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), good(i))])])
+        assert results(out[0]) == [(1, 0, [])]
 
 
 def test_a_table_created_after_a_miss_is_seen_a_second_later(db: str, conn: psycopg.Connection[Any]) -> None:
@@ -410,6 +436,7 @@ def test_a_column_dropped_under_the_writer_holds_the_table_once_then_fails_only_
     assert "table changed while writing" in first[0].failure.message
     retried = write_unit(conn, catalog, [job(db, name, rows, attempts=1)])
     assert results(retried[0]) == [(1, 0, ["unknown_column"])]
+    assert retried[0].results is not None and retried[0].results[0].attempts == 2
     assert kit.scalar(db, f"SELECT count(*) FROM {name}") == 2
 
 
@@ -457,10 +484,12 @@ def test_metadata_columns_are_filled_from_the_record(db: str, conn: psycopg.Conn
     d = dest(db, name, metadata=meta)
     m = Message(topic="in", partition=4, offset=77, key=b"k-\xff", value=b"{}", timestamp=(1, 1_700_000_000_045))
     row = Row(m, b'{"id": 1 }', ("id",), d)
-    out = write_unit(conn, Catalog(), [job(db, name, [row])])
-    assert results(out[0]) == [(1, 0, [])]
+    tight = Row(Message(topic="in", partition=4, offset=78, key=None, value=b"{}", timestamp=(1, 1)), b'{"id":2}',
+                ("id",), d)
+    out = write_unit(conn, Catalog(), [job(db, name, [row, tight])])
+    assert results(out[0]) == [(2, 0, [])]
     got = kit.sql(db, f"SELECT src_offset, src_partition, src_topic, src_ts = '2023-11-14T22:13:20.045Z', src_key"
-                      f" FROM {name}")
+                      f" FROM {name} WHERE id = 1")
     assert got == [(77, 4, "in", True, "k-\ufffd")]
 
 
@@ -494,12 +523,13 @@ def test_change_events_are_decoded_with_the_table_types_and_applied(db: str, con
                                      "source": {"lsn": 900 + len(op), "ts_ms": 5}})
         return Row(msg(value, b'{"id": 3}'), b"", (), spec.dests["upsert"], spec)
 
-    rows = [event("c", None, {"id": 1, "v": "one"}), event("u", {"id": 1}, {"id": 1, "v": "uno"}),
-            event("d", {"id": 3}, None), event("t", None, None),
-            Row(msg(b'{"op": 5}'), b"", (), spec.dests["upsert"], spec)]
+    rows = [Row(msg(b'{"op": 5}'), b"", (), spec.dests["upsert"], spec),
+            event("c", None, {"id": 1, "v": "one"}), event("u", {"id": 1}, {"id": 1, "v": "uno"}),
+            event("d", {"id": 3}, None), event("t", None, None), event("c", None, {"id": 9, "nope": 1})]
     key = TableKey("wh", db, "public", name)
     out = write_unit(conn, Catalog(), [TableJob(key, spec.destination, [TableWork(key, spec.destination, rows, 1, 1)])])
-    assert results(out[0]) == [(3, 1, ["bad_change_event"])]
+    assert results(out[0]) == [(3, 1, ["bad_change_event", "unknown_column"])]
+    assert out[0].results is not None and {r.destination for r in out[0].results[0].failed} == {spec.dests["upsert"]}
     assert kit.sql(db, f"SELECT id, v, lsn, ts FROM {name} ORDER BY id") == [(1, "uno", 901, 5)]
 
 

@@ -176,6 +176,9 @@ def test_the_pool_is_sized_and_bounded_from_the_destination() -> None:
     old = Conn(130000)
     pool._configure(old)  # type: ignore[arg-type]
     assert len(old.calls) == 2, "client_connection_check_interval exists from PostgreSQL 14 only"
+    first = Conn(140000)
+    pool._configure(first)  # type: ignore[arg-type]
+    assert len(first.calls) == 3, "PostgreSQL 14.0 has it"
     short = parse_config('[kafka]\nbootstrap_servers = "x:1"\ntopics = ["in"]\n[[destinations]]\nvanity = "v"\n'
                          'databases = ["d"]\nconnect_timeout_s = 1\n').destinations[0]
     small = DatabaseLane(vanity="v", database="d", config=short, pipeline=CONFIG.pipeline, catalog=Catalog(),
