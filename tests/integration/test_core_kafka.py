@@ -234,7 +234,7 @@ def test_the_queue_lists_in_failure_order_with_pages_filters_and_counts(q: Queue
     skipped = dlq.page(limit=3, skip=6)
     assert ns([t.record for t in skipped.records]) == [6, 7] and skipped.total == 8
     assert skipped.records[0].record.headers == ()  # pages carry previews, not headers
-    with pytest.raises(UnknownRecord):
+    with pytest.raises(UnknownRecord, match=f"^no record with id 9:999 on {q.system} \\(the cursor of a listing\\)$"):
         dlq.page(after="9:999")
     with pytest.raises(UnknownRecord):
         list(dlq.scan(after="9:999"))
@@ -402,6 +402,15 @@ def test_a_merged_read_of_large_partitions_is_bounded_and_in_order(q: Queue) -> 
         times = [decode_record(m).failed_at_ms - T0 for m in reader.read_merged(q.system, marks, failed_at_ms)]
     assert times == list(range(2 * n))
     assert paused and resumed, "the read never filled its merge buffer: the test proves nothing"
+
+
+def test_a_read_that_gets_nothing_gives_up_after_its_idle_timeout_in_one_line(q: Queue) -> None:
+    with open_reader(kit.BOOTSTRAP, idle_timeout=1) as reader:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnreachable) as stopped:
+            list(reader.read(q.system, {7: (0, 5)}))  # a partition the topic does not have: nothing ever comes
+    assert str(stopped.value) == f"cannot read {q.system} (nothing for 1 s) at Kafka {kit.BOOTSTRAP}: timed out"
+    assert 1 <= time.monotonic() - started < 10
 
 
 def test_an_unreachable_broker_is_one_line_naming_it_within_seconds() -> None:

@@ -250,6 +250,12 @@ def test_flush_returns_what_is_unacknowledged_once_everything_is_or_its_deadline
     producer.flushes.clear()
     assert p.flush(1.0) == 1
     assert len(producer.flushes) == 4 and producer.flushes[-1] == 0.0, producer.flushes
+    clock.now = 50.0  # a deadline met exactly is met: 0.25 s per turn, four turns for one second
+    p.poll = lambda timeout=0.0: setattr(clock, "now", clock.now + 0.25) or real_poll(timeout)  # type: ignore
+    producer.flushes.clear()
+    producer.polls.clear()
+    assert p.flush(1.0) == 1 and len(producer.flushes) == 4
+    assert set(producer.polls) == {0.05}, "the publisher waits at most 50 ms for delivery reports per turn"
 
 
 # ---------------------------------------------------------------------------------------------------- records

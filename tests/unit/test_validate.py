@@ -104,6 +104,7 @@ def test_refusals_tell_the_client_exactly_what_to_fix() -> None:
     assert message(t, ("id", "code")) == "missing required column name (NOT NULL, no default)"
     assert message(t, ("id",)) == "missing required columns code, name (NOT NULL, no default)"
     assert message(t, ("id", "code", "name", "nope")) == "unknown column 'nope' in public.t"
+    assert message(t, ("id", "code", "name", "a", "b")) == "unknown columns 'a', 'b' in public.t"
     many = ("id", "code", "name", *(f"x{i}" for i in range(7)))
     assert message(t, many) == "unknown columns 'x0', 'x1', 'x2', 'x3', 'x4' in public.t"
     long = "y" * 70
