@@ -30,6 +30,10 @@ class FakeConsumer:
         self.callbacks: dict[str, Callback] = {}
         self.pending_event: str | None = "assign"  # the first consume assigns every partition
         self.closed = False
+        self.consumed: list[tuple[int, float]] = []  # (num, timeout) of every consume call
+        self.commit_error: BaseException | None = None  # raised by commit while set
+        self.pause_error: BaseException | None = None  # raised by pause and resume while set
+        self.extra: list[Message] = []  # handed out (once) by the next consume, after the partitions' records
 
     def subscribe(self, _topics: list[str], *, on_assign: Callback, on_revoke: Callback, on_lost: Callback) -> None:
         self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
@@ -41,7 +45,8 @@ class FakeConsumer:
     def _tps(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in sorted(self.records)]
 
-    def consume(self, num: int, _timeout: float) -> list[Message]:
+    def consume(self, num: int, timeout: float) -> list[Message]:
+        self.consumed.append((num, timeout))
         event, self.pending_event = self.pending_event, None
         if event in ("revoke", "lost"):
             self.callbacks[event](self, [TopicPartition(t, p) for t, p in sorted(self.assigned)])
@@ -58,10 +63,14 @@ class FakeConsumer:
             while self.position[tp] < len(msgs) and len(out) < num:
                 out.append(msgs[self.position[tp]])
                 self.position[tp] += 1
+        out += self.extra
+        self.extra = []
         return out
 
     def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
-        del asynchronous
+        self.asynchronous = asynchronous
+        if self.commit_error is not None:
+            raise self.commit_error
         done = {(tp.topic, tp.partition): tp.offset for tp in offsets}
         self.commits.append(done)
         self.committed_offsets.update(done)
@@ -75,9 +84,13 @@ class FakeConsumer:
         return 0, len(self.records.get((tp.topic, tp.partition), []))
 
     def pause(self, tps: list[TopicPartition]) -> None:
+        if self.pause_error is not None:
+            raise self.pause_error
         self.paused |= {(tp.topic, tp.partition) for tp in tps}
 
     def resume(self, tps: list[TopicPartition]) -> None:
+        if self.pause_error is not None:
+            raise self.pause_error
         self.paused -= {(tp.topic, tp.partition) for tp in tps}
 
     def close(self) -> None:
@@ -137,6 +150,7 @@ class FakePersister:
         self.cancels: list[bool] = []
         self.sheds = 0
         self.closed = False
+        self.close_timeouts: list[float] = []
 
     def submit(self, work: TableWork) -> None:
         if work.key.table in self.held:
@@ -185,5 +199,5 @@ class FakePersister:
         return {}
 
     def close(self, timeout: float = 0.0) -> None:
-        del timeout
+        self.close_timeouts.append(timeout)
         self.closed = True

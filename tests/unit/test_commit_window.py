@@ -42,8 +42,23 @@ def test_out_of_order_add_is_refused() -> None:
 def test_forget_drops_partitions() -> None:
     w: CommitWindow[FakeBatch] = CommitWindow()
     w.add(FakeBatch(1, {("t", 0): 5, ("t", 1): 6}, done=True))
+    w.add(FakeBatch(2, {("t", 1): 8}, done=True))  # holds no offset of partition 0
     w.forget({("t", 0)})
-    assert w.release()[1] == {("t", 1): 7}
+    assert w.release()[1] == {("t", 1): 9}
+
+
+def test_head_iteration_and_clear() -> None:
+    w: CommitWindow[FakeBatch] = CommitWindow()
+    assert w.head() is None and list(w) == [] and w.clear() == []
+    b1, b2 = FakeBatch(1, {("t", 0): 1}), FakeBatch(2, {("t", 0): 2}, done=True)
+    w.add(b1)
+    w.add(b2)
+    assert w.head() is b1 and list(w) == [b1, b2] and len(w) == 2
+    assert w.clear() == [b1, b2]
+    assert len(w) == 0 and w.head() is None and w.release() == ([], {})
+    with pytest.raises(ValueError, match="added after"):
+        w.add(FakeBatch(2))  # sequence numbers keep rising across a clear
+    w.add(FakeBatch(3))
 
 
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 20), st.booleans()), min_size=1, max_size=40))
@@ -59,7 +74,7 @@ def test_committed_offsets_never_pass_an_unfinished_batch(spec: list[tuple[int, 
         b.first = first  # type: ignore[attr-defined]
         batches.append(b)
         w.add(b)
-    _, committed = w.release()
+    released, committed = w.release()
     unfinished = [b for b in batches if not b.done]
     for (_, partition), offset in committed.items():
         blockers = [b.first for b in unfinished if ("t", partition) in b.offsets]  # type: ignore[attr-defined]
@@ -67,4 +82,11 @@ def test_committed_offsets_never_pass_an_unfinished_batch(spec: list[tuple[int, 
             assert offset <= min(blockers)
     # everything before the first unfinished batch is released, nothing after it
     first_unfinished = unfinished[0].seq if unfinished else len(batches) + 1
+    assert [b.seq for b in released] == list(range(1, first_unfinished))
     assert len(w) == len(batches) - (first_unfinished - 1)
+    # and the commit is exactly one past the newest offset released per partition: not less (a replay), not more
+    expected: dict[tuple[str, int], int] = {}
+    for b in released:
+        for tp, last in b.offsets.items():
+            expected[tp] = max(expected.get(tp, 0), last + 1)
+    assert committed == expected

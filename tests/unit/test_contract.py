@@ -187,3 +187,31 @@ def test_huge_numbers_pass_through_raw_even_in_deep_packets() -> None:
     packet = decoder().decode(value)
     assert packet.keys == ("n", "deep", "more")
     assert b"1e400" in packet.doc
+
+
+def _hostile_data() -> st.SearchStrategy[bytes]:
+    """What a client may put where ``data`` goes: broken JSON, non-objects, deep nesting, bad UTF-8, huge numbers."""
+    valid = msgspec.json.encode({"id": 1, "v": "x", "n": [1, {"a": 2}]})
+    return st.one_of(
+        st.binary(min_size=1, max_size=200).filter(lambda b: b.strip()[:1] not in (b"", b",", b"}", b"]")),
+        st.builds(lambda i, b: valid[:i] + b + valid[i:], st.integers(1, len(valid) - 1), st.binary(min_size=1,
+                                                                                                      max_size=6)),
+        st.builds(lambda n: b'{"a":' + b"[" * n + b"]" * n + b"}", st.integers(0, 200)),
+        st.builds(lambda s: msgspec.json.encode({s: 1}), st.text(max_size=30)),
+        st.builds(lambda d: b'{"n": ' + d.encode() + b"}",
+                  st.from_regex(r"-?[1-9][0-9]{0,400}(\.[0-9]{1,50})?(e[0-9]{1,4})?", fullmatch=True)),
+    )
+
+
+@settings(max_examples=300)
+@given(_hostile_data())
+def test_hostile_data_in_a_valid_envelope_is_a_user_error_or_kept_exactly(data: bytes) -> None:
+    """Every example reaches the decoding of ``data`` (the envelope around it is valid)."""
+    value = b'{"pipeline_context":{"destinations":[' + msgspec.json.encode(DEST) + b']},"data":' + data + b"}"
+    try:
+        packet = decoder().decode(value)
+    except PacketError as exc:
+        assert exc.failure.code in (ErrorCode.NOT_JSON, ErrorCode.BAD_PACKET), exc.failure
+    else:
+        assert packet.doc == data.strip() or packet.doc == data  # byte for byte, as the client sent it
+        assert packet.keys == tuple(msgspec.json.decode(packet.doc, type=dict[str, msgspec.Raw]))

@@ -8,7 +8,18 @@ import psycopg
 import pytest
 from psycopg import errors as pgerr
 
-from kapow.errors import ErrorClass, ErrorCode, Scope, classify_exception, classify_sqlstate, one_line
+from kapow.errors import (
+    TABLE_WIDE_USER_CODES,
+    ErrorClass,
+    ErrorCode,
+    Failure,
+    PacketError,
+    Scope,
+    classify_exception,
+    classify_sqlstate,
+    failure,
+    one_line,
+)
 
 
 @pytest.mark.parametrize(
@@ -38,6 +49,24 @@ from kapow.errors import ErrorClass, ErrorCode, Scope, classify_exception, class
         ("40P01", ErrorCode.TIMEOUT, Scope.TABLE),  # deadlock: retry the table
         ("40001", ErrorCode.TIMEOUT, Scope.TABLE),  # serialization failure
         ("XX000", ErrorCode.INTERNAL, Scope.TABLE),
+        ("3F000", ErrorCode.UNKNOWN_TABLE, Scope.ROW),  # invalid_schema_name
+        ("42804", ErrorCode.BAD_VALUE, Scope.ROW),  # datatype_mismatch
+        ("42846", ErrorCode.BAD_VALUE, Scope.ROW),  # cannot_coerce
+        ("428C9", ErrorCode.BAD_VALUE, Scope.ROW),  # generated_always
+        ("42809", ErrorCode.UNSUPPORTED_TABLE, Scope.ROW),  # wrong_object_type: a view, a sequence
+        ("42601", ErrorCode.BAD_VALUE, Scope.ROW),  # any other class 42: the packet's shape
+        ("21000", ErrorCode.BAD_VALUE, Scope.ROW),  # cardinality_violation: a key twice in one upsert
+        ("55006", ErrorCode.TIMEOUT, Scope.TABLE),  # object_in_use
+        ("57P02", ErrorCode.DATABASE_SHUTTING_DOWN, Scope.DATABASE),  # crash_shutdown
+        ("57P05", ErrorCode.DATABASE_UNAVAILABLE, Scope.DATABASE),  # idle_session_timeout
+        ("57000", ErrorCode.DATABASE_UNAVAILABLE, Scope.DATABASE),  # other operator intervention
+        ("25006", ErrorCode.DATABASE_UNAVAILABLE, Scope.DATABASE),  # read_only_sql_transaction: a standby
+        ("40000", ErrorCode.TIMEOUT, Scope.TABLE),  # other transaction rollbacks
+        ("2F005", ErrorCode.ROW_REJECTED, Scope.ROW),  # routine exception in a trigger function
+        ("38000", ErrorCode.ROW_REJECTED, Scope.ROW),
+        ("39000", ErrorCode.ROW_REJECTED, Scope.ROW),
+        ("44000", ErrorCode.CONSTRAINT_VIOLATION, Scope.ROW),  # WITH CHECK OPTION
+        ("", ErrorCode.DATABASE_UNAVAILABLE, Scope.DATABASE),  # no answer at all
         ("ZZ999", ErrorCode.INTERNAL, Scope.TABLE),  # unknown: held and retried, never a circuit, never dropped
         (None, ErrorCode.DATABASE_UNAVAILABLE, Scope.DATABASE),
     ],
@@ -67,6 +96,37 @@ def test_every_code_is_documented() -> None:
     assert not missing, f"docs/errors.md does not explain {missing}"
 
 
+def test_table_wide_codes_are_the_table_s_not_a_row_s() -> None:
+    assert {ErrorCode.UNKNOWN_TABLE, ErrorCode.UNKNOWN_COLUMN,
+                                     ErrorCode.FORBIDDEN_DESTINATION, ErrorCode.UNSUPPORTED_TABLE,
+                                     ErrorCode.NO_UNIQUE_KEY} == TABLE_WIDE_USER_CODES
+    assert all(c.error_class is ErrorClass.USER for c in TABLE_WIDE_USER_CODES)
+
+
+def test_failures_carry_their_code_s_class_and_scope() -> None:
+    assert failure(ErrorCode.TOO_MANY_CONNECTIONS, "m") == Failure(ErrorCode.TOO_MANY_CONNECTIONS, "m", Scope.DATABASE)
+    assert failure(ErrorCode.TIMEOUT, "m").scope is Scope.TABLE
+    assert failure(ErrorCode.BAD_VALUE, "m").scope is Scope.ROW
+    assert Failure(ErrorCode.INTERNAL, "m").error_class is ErrorClass.SYSTEM
+    assert Failure(ErrorCode.BAD_VALUE, "m").error_class is ErrorClass.USER
+    err = PacketError(ErrorCode.NOT_JSON, "not json")
+    assert str(err) == "not json" and err.failure == Failure(ErrorCode.NOT_JSON, "not json", Scope.ROW)
+
+
+def test_classify_exception_says_what_happened_in_one_line() -> None:
+    check = pgerr.lookup("23514")("new row violates check constraint\nDETAIL: x")
+    assert classify_exception(check) == Failure(ErrorCode.CONSTRAINT_VIOLATION, "new row violates check constraint",
+                                                Scope.ROW)
+    assert classify_exception(pgerr.lookup("57P01")("")) == Failure(ErrorCode.DATABASE_SHUTTING_DOWN,
+                                                                    "AdminShutdown", Scope.DATABASE)
+    assert classify_exception(TimeoutError("no answer")) == Failure(ErrorCode.TIMEOUT, "no answer", Scope.DATABASE)
+    assert classify_exception(TimeoutError()) == Failure(ErrorCode.TIMEOUT, "timed out", Scope.DATABASE)
+    assert classify_exception(ConnectionResetError("reset")) == Failure(ErrorCode.DATABASE_UNAVAILABLE, "reset",
+                                                                        Scope.DATABASE)
+    assert classify_exception(OSError()) == Failure(ErrorCode.DATABASE_UNAVAILABLE, "OSError", Scope.DATABASE)
+    assert classify_exception(KeyError("k")) == Failure(ErrorCode.INTERNAL, "KeyError: 'k'", Scope.TABLE)
+
+
 def test_classify_exception_uses_sqlstate_not_class() -> None:
     # psycopg maps SQLSTATE to exception classes; we read the state itself
     exc = pgerr.lookup("23514")("new row violates check constraint")
@@ -84,5 +144,9 @@ def test_classify_exception_uses_sqlstate_not_class() -> None:
 
 def test_one_line() -> None:
     assert one_line("first\nsecond") == "first"
-    assert len(one_line("x" * 1000)) == 500
+    assert one_line("  \n\n  ") == "" and one_line("") == ""
+    assert one_line(ValueError(" padded \n")) == "padded"
+    assert one_line("x" * 1000) == "x" * 499 + "…"
+    assert one_line("x" * 500) == "x" * 500 and one_line("x" * 501) == "x" * 499 + "…"
+    assert one_line("abcdef", limit=4) == "abc…"
     assert one_line("a\x00b\x1bc") == "a b c"  # no control characters reach a header or a log line

@@ -36,9 +36,11 @@ class FakePool:
         self.down = False
         self.in_use = 0
         self.cancelled = 0
+        self.lent_to: list[str] = []  # the thread asking, per connection asked for
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Any]:
+        self.lent_to.append(threading.current_thread().name)
         if self.down:
             raise psycopg.OperationalError("connection refused")
         yield self
@@ -134,24 +136,11 @@ def landed(results: list[WorkResult], table: str) -> list[int]:
 
 
 def test_one_writer_per_table_in_consumption_order_and_tables_share_units() -> None:
-    gate = threading.Event()
-    first: list[TableKey] = []
-
-    def hold_first(k: TableKey) -> Failure | None:  # every worker's first write waits: the queues fill up
-        if len(first) < 3:
-            first.append(k)
-            gate.wait(5)
-        return None
-
-    script = Script(hold_first, delay=0.01)
+    script = Script(delay=0.01)
     h = Harness(script)
     for batch in range(1, 31):
         for table in ("a", "b", "c"):
             h.lane.submit(work(table, batch))
-    deadline = time.monotonic() + 5
-    while len(script.calls) < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    gate.set()
     h.wait(lambda rs: len(rs) == 90)
     assert not script.overlap, "two workers wrote one table at once"
     for table in ("a", "b", "c"):
@@ -214,28 +203,51 @@ def test_a_database_down_opens_the_circuit_and_a_timer_probe_reopens_the_lane_wi
     h.lane.close()
 
 
+def test_while_the_circuit_is_open_only_the_prober_tries_the_database() -> None:
+    h = Harness(Script())
+    h.pool.down = True
+    h.lane.submit(work("a", 1))
+    kit_wait(lambda: not h.lane.circuit.closed, "the circuit to open")
+    opened_at = len(h.pool.lent_to)
+    kit_wait(lambda: sum(n.startswith("kapow-probe-") for n in h.pool.lent_to[opened_at:]) >= 3, "three probes")
+    workers = [n for n in h.pool.lent_to[opened_at:] if n.startswith("kapow-lane-")]
+    assert workers == [], f"workers tried the database while its circuit was open: {workers}"
+    h.pool.down = False
+    h.wait(lambda rs: landed(rs, "a") == [1])
+    h.lane.close()
+
+
+def kit_wait(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 def test_cancel_drops_queued_works_and_answers_from_before_it() -> None:
+    writing = threading.Event()
     gate = threading.Event()
 
     def slow(k: TableKey) -> Failure | None:
-        gate.wait(5)
+        writing.set()
+        assert gate.wait(10), "the test never opened the gate"
         return None
 
     script = Script(slow)
     h = Harness(script)
     h.lane.submit(work("a", 1))
-    deadline = time.monotonic() + 5
-    while not script.calls and time.monotonic() < deadline:  # batch 1 is being written
-        time.sleep(0.01)
-    h.lane.submit(work("a", 2))
-    h.lane.submit(work("a", 3))
+    assert writing.wait(10), "batch 1 was never written"
+    h.lane.submit(work("a", 2))  # table a is being written: these two wait in its queue
+    h.lane.submit(work("a", 3, n=3))
     dropped = h.lane.cancel(running=True)
+    assert dropped == 2
     assert h.pool.cancelled == 1
+    assert h.lane.queued_bytes == 0
     gate.set()
     h.lane.submit(work("a", 9))
     h.wait(lambda rs: landed(rs, "a") == [9])
-    assert dropped == 2
     assert [r.work.batch for r in h.results] == [9], "an answer from before the cancel was delivered"
+    assert [batches for call in script.calls for _k, batches in call] == [[1], [9]], "a dropped work was written"
     h.lane.close()
 
 

@@ -123,3 +123,69 @@ def test_inserts_of_one_key_in_two_shapes_keep_the_first() -> None:
     rows = [row(INSERT, {"id": 2, "b": 1}), row(INSERT, {"id": 1, "a": 1}), row(INSERT, {"id": 1, "b": 5})]
     statements = plan(table(), rows, {i: ("id",) for i in range(3)})
     assert run_plan(statements)[1] == {"id": 1, "a": 1, "b": None, "c": None}
+
+
+def test_the_sql_of_each_statement_shape() -> None:
+    t = table()
+    up = Destination("wh", "db", "t", mode=UPSERT)
+    assert plan(t, [row(INSERT, {"id": 1, "a": 2})], {})[0].text == (
+        'INSERT INTO "public"."t" AS t ("id", "a") SELECT "id", "a" FROM json_populate_recordset(NULL::"public"."t",'
+        ' $1::json) ON CONFLICT DO NOTHING')
+    (key_only,) = plan(t, [RowIn(b'{"id":1}', ("id",), up)], {0: ("id",)})
+    assert key_only.text.endswith(' ON CONFLICT ("id") DO NOTHING'), key_only.text
+    versioned = Destination("wh", "db", "t", mode=UPSERT, version="c")
+    (guarded,) = plan(t, [RowIn(b'{"id":1,"a":1,"c":2}', ("id", "a", "c"), versioned)], {0: ("id",)})
+    assert guarded.text.endswith(' ON CONFLICT ("id") DO UPDATE SET "a" = EXCLUDED."a", "c" = EXCLUDED."c"'
+                                 ' WHERE t."c" <= EXCLUDED."c"'), guarded.text
+    pair = Table("public", "t", table().columns, ("id", "a"), (("id", "a"),), False, True, True, True)
+    (delete,) = plan(pair, [RowIn(b'{"id":1,"a":1}', ("id", "a"), DEST[DELETE])], {0: ("id", "a")})
+    assert delete.text == ('DELETE FROM "public"."t" AS t USING json_populate_recordset(NULL::"public"."t",'
+                           ' $1::json) AS r WHERE t."id" = r."id" AND t."a" = r."a"')
+    assert (delete.kind, delete.columns, delete.dest) == (DELETE, (), DEST[DELETE])
+
+
+def test_inserts_are_planned_as_inserts_of_their_destination() -> None:
+    d = Destination("wh", "db", "t", mode=INSERT, key=("id",))
+    (stmt,) = plan(table(), [RowIn(b'{"id":1}', ("id",), d)], {})
+    assert (stmt.kind, stmt.columns, stmt.dest, stmt.payload(), stmt.sources) == (INSERT, ("id",), d, '[{"id":1}]', 1)
+    assert stmt.elements[0].sources == [0]
+
+
+def test_folding_keeps_apart_what_a_version_guard_or_another_key_decides() -> None:
+    t = table()
+    guarded = Destination("wh", "db", "t", mode=UPSERT, version="c")
+    plain = DEST[UPSERT]
+    rows = [RowIn(b'{"id":1,"c":5}', ("id", "c"), plain), RowIn(b'{"id":1,"c":3}', ("id", "c"), guarded)]
+    assert len(plan(t, rows, {0: ("id",), 1: ("id",)})) == 2, "folded into a version-guarded upsert"
+    other_key = Destination("wh", "db", "t", mode=UPSERT, key=("id",))
+    rows = [RowIn(b'{"id":1,"a":1}', ("id", "a"), plain), RowIn(b'{"id":1,"b":1}', ("id", "b"), other_key)]
+    assert len(plan(t, rows, {0: ("id",), 1: ("id",)})) == 2, "folded across destinations naming other keys"
+
+
+def test_an_upsert_then_a_delete_of_a_key_is_one_delete_of_both_packets() -> None:
+    rows = [row(UPSERT, {"id": 1, "a": 1}), row(DELETE, {"id": 1, "b": 2})]
+    (stmt,) = plan(table(), rows, {0: ("id",), 1: ("id",)})
+    assert stmt.kind == DELETE and stmt.columns == ()
+    assert stmt.elements[0].sources == [0, 1] and stmt.elements[0].doc == b'{"id":1,"b":2}'
+
+
+def test_rows_of_one_shape_and_destination_keep_the_fast_path() -> None:
+    t = table()
+    same = [row(INSERT, {"id": 1, "a": 1}), row(INSERT, {"id": 2, "a": 2})]
+    assert order_keys(t, same) == {}
+    shapes = [row(INSERT, {"id": 1, "a": 1}), row(INSERT, {"id": 2, "b": 2})]
+    assert order_keys(t, shapes) == {0: ("id",), 1: ("id",)}
+    other = Destination("wh", "db", "t", key=("id",))
+    dests = [row(INSERT, {"id": 1}), RowIn(b'{"id":2}', ("id",), other)]
+    assert order_keys(t, dests) == {0: ("id",), 1: ("id",)}
+    keyless = [row(UPSERT, {"id": 1}), row(UPSERT, {"a": 1})]
+    assert order_keys(t, keyless) == {0: ("id",)}, "a row without its key has no place in the key order"
+    no_key = Table("public", "t", t.columns, None, (), False, True, True, True)
+    assert order_keys(no_key, [row(UPSERT, {"id": 1})]) == {}
+
+
+def test_an_insert_without_its_key_in_a_mixed_table_is_planned_alone_and_the_rest_still_are() -> None:
+    rows = [row(UPSERT, {"id": 1, "a": 1}), RowIn(b'{"a":5}', ("a",), DEST[INSERT]), row(UPSERT, {"id": 2, "a": 2})]
+    statements = plan(table(), rows, order_keys(table(), rows))
+    assert sorted(i for s in statements for e in s.elements for i in e.sources) == [0, 1, 2]
+    assert [s.kind for s in statements] == [UPSERT, INSERT]

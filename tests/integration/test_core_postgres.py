@@ -1,0 +1,648 @@
+"""The database half of the core, in this process, against the real PostgreSQL: apply, isolate, write a unit, lanes.
+
+These call :func:`kapow.postgres.writer.apply_unit`, :func:`kapow.postgres.isolate.isolate`,
+:func:`kapow.pipeline.unit.write_unit` and a :class:`~kapow.pipeline.lane.DatabaseLane` with its real pool
+directly, without a writer process: each test takes a second or less, and mutation testing (``make mutation``)
+can see which of them runs which function (it cannot see into a child process). What the writer process does
+with the same code end to end is in the other integration tests.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+import psycopg
+import pytest
+from confluent_kafka import Message
+
+from kapow.config import parse_config
+from kapow.contract import Destination, Metadata, TableKey
+from kapow.errors import ErrorCode, Scope
+from kapow.pipeline.lane import DatabaseLane
+from kapow.pipeline.route import route_specs
+from kapow.pipeline.unit import JobOutcome, TableJob, write_unit
+from kapow.pipeline.work import Row, TableWork, WorkResult
+from kapow.postgres.catalog import Catalog, Table, load_tables
+from kapow.postgres.isolate import IsolationAborted, isolate
+from kapow.postgres.statements import RowIn, plan
+from kapow.postgres.writer import apply_unit, configure_connection
+from tests.integration import kit
+
+pytestmark = pytest.mark.integration
+
+ITEMS = """
+CREATE TABLE {name} (
+    id    bigint PRIMARY KEY,
+    name  varchar(20) NOT NULL,
+    qty   integer NOT NULL CHECK (qty >= 0),
+    note  text,
+    extra text
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def db() -> Iterator[str]:
+    name = kit.uid("kcore")
+    kit.create_database(name)
+    yield name
+    kit.drop_database(name)
+
+
+@pytest.fixture
+def conn(db: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(kit.dsn(db)) as c:
+        configure_connection(c, statement_timeout_ms=10_000, lock_timeout_ms=300)
+        yield c
+
+
+_names = iter(range(1_000_000))
+
+
+def new_table(db: str, ddl: str = ITEMS) -> str:
+    name = f"t{next(_names)}_{kit.uid('x')[2:]}"
+    kit.sql(db, ddl.format(name=name))
+    return name
+
+
+def table_of(conn: psycopg.Connection[Any], name: str) -> Table:
+    table = load_tables(conn, [("public", name)])[("public", name)]
+    assert table is not None
+    return table
+
+
+def dest(db: str, table: str, mode: str = "insert", **kw: Any) -> Destination:
+    return Destination("wh", db, table, mode=mode, **kw)
+
+
+def row_in(d: Destination, data: dict[str, Any]) -> RowIn:
+    return RowIn(msgspec.json.encode(data), tuple(data), d)
+
+
+def good(i: int) -> dict[str, Any]:
+    return {"id": i, "name": f"item {i}", "qty": i % 5}
+
+
+def expected_probes(n: int, bad: set[int]) -> int:
+    """The statements a bisection of ``n`` elements with ``bad`` ones spends: every range tried once, a failing
+    range of more than one element split in halves (the algorithm of kapow.postgres.isolate, stated again)."""
+
+    def tries(lo: int, hi: int) -> int:
+        fails = any(lo <= b < hi for b in bad)
+        if not fails or hi - lo == 1:
+            return 1
+        mid = (lo + hi) // 2
+        return 1 + tries(lo, mid) + tries(mid, hi)
+
+    return tries(0, n)
+
+
+# ---------------------------------------------------------------------------------------------------- writer.py
+
+
+def test_a_connection_is_configured_once_with_its_timeouts(db: str) -> None:
+    with psycopg.connect(kit.dsn(db)) as c:
+        configure_connection(c, statement_timeout_ms=1234, lock_timeout_ms=567)
+        assert c.autocommit
+        assert c.execute("SHOW statement_timeout").fetchone() == ("1234ms",)
+        assert c.execute("SHOW lock_timeout").fetchone() == ("567ms",)
+        assert c.execute("SHOW client_connection_check_interval").fetchone() == ("1s",)
+        assert c.execute("SELECT count(*) FROM pg_proc WHERE proname = 'kapow_apply'").fetchone() == (1,)
+
+
+def test_apply_unit_fences_each_table_and_counts_each_statement(db: str, conn: psycopg.Connection[Any]) -> None:
+    a, b, c = new_table(db), new_table(db), new_table(db)
+    kit.sql(db, f"INSERT INTO {a} VALUES (1, 'old', 1)")
+    ta, tb, tc = table_of(conn, a), table_of(conn, b), table_of(conn, c)
+    rows_a = [row_in(dest(db, a), good(i)) for i in range(4)] + [row_in(dest(db, a), {"id": 9, "name": "n", "qty": 1,
+                                                                                     "note": "x"})]
+    rows_b = [row_in(dest(db, b), good(1)), row_in(dest(db, b), {"id": 2, "name": "n", "qty": -1})]
+    rows_c = [row_in(dest(db, c), {"id": 1, "name": "n"})]  # qty is NOT NULL: the server names the column
+    outcomes = apply_unit(conn, [plan(ta, rows_a, {}), plan(tb, rows_b, {}), plan(tc, rows_c, {})])
+    assert len(outcomes) == 3
+    assert outcomes[0].failure is None and outcomes[0].affected == [3, 1]  # id 1 was there: a no-op
+    assert outcomes[1].affected == [] and outcomes[1].failure is not None
+    assert (outcomes[1].failure.code, outcomes[1].failure.scope) == (ErrorCode.CONSTRAINT_VIOLATION, Scope.ROW)
+    assert "check constraint" in outcomes[1].failure.message and outcomes[1].column is None
+    assert outcomes[2].failure is not None and outcomes[2].failure.code is ErrorCode.MISSING_COLUMN
+    assert outcomes[2].column == "qty"
+    assert kit.scalar(db, f"SELECT count(*) FROM {a}") == 5
+    assert kit.scalar(db, f"SELECT name FROM {a} WHERE id = 1") == "old"  # insert: a replay changes nothing
+    assert kit.scalar(db, f"SELECT count(*) FROM {b}") == 0, "the good row of a failed table landed alone"
+    assert apply_unit(conn, []) == []
+    with psycopg.connect(kit.dsn(db)) as locker:
+        locker.execute(f"LOCK TABLE {c} IN ACCESS EXCLUSIVE MODE".encode())
+        (locked,) = apply_unit(conn, [plan(tc, [row_in(dest(db, c), good(5))], {})])
+        locker.rollback()
+    assert locked.failure is not None and (locked.failure.code, locked.failure.scope) == (ErrorCode.TIMEOUT,
+                                                                                          Scope.TABLE)
+
+
+def test_apply_unit_is_one_transaction(db: str, conn: psycopg.Connection[Any]) -> None:
+    """Two tables in one unit commit together: another session never sees one without the other."""
+    a, b = new_table(db), new_table(db)
+    kit.sql(db, f"CREATE FUNCTION {b}_seen() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"PERFORM pg_sleep(0.3); RETURN NEW; END $$; CREATE TRIGGER slow BEFORE INSERT ON {b} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {b}_seen()")
+    ta, tb = table_of(conn, a), table_of(conn, b)
+    seen: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append((kit.scalar(db, f"SELECT count(*) FROM {a}"), kit.scalar(db, f"SELECT count(*) FROM {b}")))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        apply_unit(conn, [plan(ta, [row_in(dest(db, a), good(1))], {}), plan(tb, [row_in(dest(db, b), good(1))], {})])
+    finally:
+        done.set()
+        watcher.join()
+    assert (1, 0) not in seen, "table a was visible before table b's statement ended"
+    assert kit.scalar(db, f"SELECT count(*) FROM {b}") == 1
+
+
+# ---------------------------------------------------------------------------------------------------- isolate.py
+
+
+@pytest.mark.parametrize(("n", "bad"), [(1, {0}), (2, {1}), (7, {0, 6}), (1000, {17, 500, 998})])
+def test_isolate_bisects_to_the_bad_rows_and_spends_the_probes_a_bisection_does(
+        db: str, conn: psycopg.Connection[Any], n: int, bad: set[int]) -> None:
+    name = new_table(db)
+    table = table_of(conn, name)
+    rows = []
+    for i in range(n):
+        data = good(i)
+        if i in bad:
+            data["qty"] = "many" if i % 2 == 0 else -i  # a value the column refuses, or a CHECK violation
+        rows.append(row_in(dest(db, name), data))
+    statements = plan(table, rows, {})
+    result = isolate(conn, table, statements, rows)
+    assert sorted(i for i, _f in result.failures) == sorted(bad)
+    for i, f in result.failures:
+        if i % 2 == 0:
+            assert f.code is ErrorCode.BAD_VALUE
+            assert f.message.startswith("column qty (integer): invalid input syntax"), f.message
+        else:
+            assert f.code is ErrorCode.CONSTRAINT_VIOLATION
+            assert f.message.startswith(f'new row for relation "{name}" violates check constraint'), f.message
+    assert result.affected == n - len(bad) and result.landed_sources == n - len(bad)
+    assert result.probes == expected_probes(n, bad)
+    assert result.probes <= 1 + 2 * len(bad) * math.ceil(math.log2(max(n, 2))), "not a bisection"
+    assert kit.scalar(db, f"SELECT count(*) FROM {name}") == n - len(bad)
+
+
+def test_isolate_counts_replays_as_landed_sources_not_affected_rows(db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db)
+    kit.sql(db, f"INSERT INTO {name} VALUES (0, 'there', 1)")
+    table = table_of(conn, name)
+    rows = [row_in(dest(db, name), good(0)), row_in(dest(db, name), {"id": 1, "name": "n", "qty": "x"}),
+            row_in(dest(db, name), good(2))]
+    result = isolate(conn, table, plan(table, rows, {}), rows)
+    assert (result.affected, result.landed_sources, [i for i, _ in result.failures]) == (1, 2, [1])
+
+
+def test_a_folded_upsert_is_unfolded_so_only_the_bad_packet_fails(db: str, conn: psycopg.Connection[Any]) -> None:
+    # every column nullable: a partial upsert is valid (NOT NULL is checked before ON CONFLICT looks for the row)
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, name text, qty int CHECK (qty >= 0), note text)")
+    table = table_of(conn, name)
+    up = dest(db, name, "upsert")
+    rows = [row_in(up, {"id": 1, "name": "first", "qty": 1}), row_in(up, {"id": 1, "qty": -5}),
+            row_in(up, {"id": 1, "note": "later"}), row_in(up, {"id": 2, "name": "two", "qty": 2})]
+    statements = plan(table, rows, dict.fromkeys(range(4), ("id",)))
+    assert [e.sources for s in statements for e in s.elements] == [[0, 1, 2], [3]]  # folded: the test's premise
+    result = isolate(conn, table, statements, rows)
+    assert [(i, f.code) for i, f in result.failures] == [(1, ErrorCode.CONSTRAINT_VIOLATION)]
+    assert kit.sql(db, f"SELECT id, name, qty, note FROM {name} ORDER BY id") == [(1, "first", 1, "later"),
+                                                                                  (2, "two", 2, None)]
+
+
+def test_a_folded_pair_beside_a_good_row_in_one_statement_is_unfolded_and_the_rest_still_lands(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, name text, qty int CHECK (qty >= 0))")
+    table = table_of(conn, name)
+    up = dest(db, name, "upsert")
+    rows = [row_in(up, {"id": 1, "name": "a", "qty": 1}), row_in(up, {"id": 1, "name": "b", "qty": -1}),
+            row_in(up, {"id": 2, "name": "c", "qty": 2})]
+    statements = plan(table, rows, dict.fromkeys(range(3), ("id",)))
+    assert [[e.sources for e in s.elements] for s in statements] == [[[0, 1], [2]]]  # the premise
+    result = isolate(conn, table, statements, rows)
+    assert [(i, f.code) for i, f in result.failures] == [(1, ErrorCode.CONSTRAINT_VIOLATION)]
+    assert kit.sql(db, f"SELECT id, name, qty FROM {name} ORDER BY id") == [(1, "a", 1), (2, "c", 2)]
+
+
+def test_a_not_null_failure_names_its_column_from_the_server(db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db)
+    table = table_of(conn, name)
+    rows = [row_in(dest(db, name), good(1)), row_in(dest(db, name), {"id": 2, "name": "n", "qty": None})]
+    result = isolate(conn, table, plan(table, rows, {}), rows)
+    ((index, failure),) = result.failures
+    assert index == 1 and failure.code is ErrorCode.MISSING_COLUMN
+    assert failure.message.startswith("column qty: "), failure.message
+
+
+def test_a_bad_value_in_a_column_that_comes_late_is_named(db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, a int, b date, c int)")
+    table = table_of(conn, name)
+    rows = [row_in(dest(db, name), {"id": 1, "a": 1, "b": "2020-01-01", "c": "x"})]
+    ((_i, failure),) = isolate(conn, table, plan(table, rows, {}), rows).failures
+    assert failure.message.startswith("column c (integer): "), failure.message
+
+
+def test_isolation_stops_at_a_locked_table_and_says_why(db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db)
+    table = table_of(conn, name)
+    rows = [row_in(dest(db, name), good(1)), row_in(dest(db, name), {"id": 2, "name": "n", "qty": "x"})]
+    with psycopg.connect(kit.dsn(db)) as locker:
+        locker.execute(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE".encode())
+        with pytest.raises(IsolationAborted) as aborted:
+            isolate(conn, table, plan(table, rows, {}), rows)
+        locker.rollback()
+    assert (aborted.value.failure.code, aborted.value.failure.scope) == (ErrorCode.TIMEOUT, Scope.TABLE)
+    assert str(aborted.value) == aborted.value.failure.message and "lock" in str(aborted.value)
+    assert kit.scalar(db, f"SELECT count(*) FROM {name}") == 0
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_isolation_on_a_closed_connection_is_the_database_failing(db: str) -> None:
+    c = psycopg.connect(kit.dsn(db))
+    configure_connection(c, statement_timeout_ms=10_000, lock_timeout_ms=300)
+    name = new_table(db)
+    table = table_of(c, name)
+    rows = [row_in(dest(db, name), good(1))]
+    c.close()
+    with pytest.raises(IsolationAborted) as aborted:
+        isolate(c, table, plan(table, rows, {}), rows)
+    assert aborted.value.failure.scope is Scope.DATABASE
+    assert aborted.value.failure.code is ErrorCode.DATABASE_UNAVAILABLE
+    assert aborted.value.failure.message == "the connection is closed", aborted.value.failure.message
+
+
+def test_a_connection_lost_while_isolating_is_the_database_s_failure(db: str, conn: psycopg.Connection[Any]) -> None:
+    """The first probe's statement ends its own session: the isolation stops, charged to the database."""
+    name = new_table(db)
+    kit.sql(db, f"CREATE SEQUENCE {name}_calls; CREATE FUNCTION {name}_f() RETURNS trigger LANGUAGE plpgsql AS $$"
+                f" BEGIN IF nextval('{name}_calls') = 1 THEN RAISE EXCEPTION 'bad row' USING ERRCODE = '23514';"
+                f" END IF; PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$;"
+                f"CREATE TRIGGER f BEFORE INSERT ON {name} FOR EACH STATEMENT EXECUTE FUNCTION {name}_f()")
+    table = table_of(conn, name)
+    rows = [row_in(dest(db, name), good(1)), row_in(dest(db, name), good(2))]
+    (outcome,) = apply_unit(conn, [plan(table, rows, {})])
+    assert outcome.failure is not None and outcome.failure.scope is Scope.ROW  # the premise: a row's error
+    with pytest.raises(IsolationAborted) as aborted:
+        isolate(conn, table, plan(table, rows, {}), rows)
+    assert aborted.value.failure.scope is Scope.DATABASE, aborted.value.failure
+
+
+# ---------------------------------------------------------------------------------------------------- unit.py
+
+CONFIG = parse_config('[kafka]\nbootstrap_servers = "x:1"\ntopics = ["in"]\n'
+                      '[[destinations]]\nvanity = "wh"\ndatabases = ["db"]\nmodes = ["insert", "upsert", "delete"]\n'
+                      '[pipeline]\nhold_s = 60\nretry_initial_backoff_s = 0.01\nretry_max_backoff_s = 0.05\n'
+                      'circuit_failures_to_open = 2\ncircuit_open_s = 0.1\n')
+WH = CONFIG.destinations[0]
+_offsets = iter(range(10_000_000))
+
+
+def msg(value: bytes = b"{}", key: bytes | None = None, *, partition: int = 0) -> Message:
+    return Message(topic="in", partition=partition, offset=next(_offsets), key=key, value=value,
+                   timestamp=(1, 1_700_000_000_123))
+
+
+def packet_row(d: Destination, data: dict[str, Any]) -> Row:
+    doc = msgspec.json.encode(data)
+    return Row(msg(doc), doc, tuple(data), d)
+
+
+def job(db: str, table: str, *works: list[Row], attempts: int = 0) -> TableJob:
+    key = TableKey("wh", db, "public", table)
+    made = []
+    for n, rows in enumerate(works):
+        w = TableWork(key, WH, rows, n + 1, 10 * len(rows), enqueued_at=time.monotonic(), attempts=attempts)
+        made.append(w)
+    return TableJob(key, WH, made)
+
+
+def results(outcome: JobOutcome) -> list[tuple[int, int, list[str]]]:
+    assert outcome.failure is None, outcome.failure
+    assert outcome.results is not None
+    return [(r.landed, r.duplicates, [rec.failure.code.value for rec in r.failed]) for r in outcome.results]
+
+
+def test_a_unit_writes_many_tables_and_answers_each_work(db: str, conn: psycopg.Connection[Any]) -> None:
+    a, b = new_table(db), new_table(db)
+    kit.sql(db, f"INSERT INTO {a} VALUES (0, 'there', 1)")
+    catalog = Catalog()
+    ja = job(db, a, [packet_row(dest(db, a), good(0)), packet_row(dest(db, a), good(1))],
+             [packet_row(dest(db, a), {"id": 3, "name": "n", "qty": 1, "nope": 1}), packet_row(dest(db, a), good(2))])
+    jb = job(db, b, [packet_row(dest(db, b), good(1)), packet_row(dest(db, b), {"id": 2, "name": "n", "qty": -1})])
+    missing = job(db, "no_such_table", [packet_row(dest(db, "no_such_table"), good(1))])
+    for w in ja.works:
+        w.enqueued_at -= 5  # queued five seconds ago
+    out = write_unit(conn, catalog, [missing, ja, jb])
+    assert [o.job for o in out] == [missing, ja, jb]
+    out = [out[1], out[2], out[0]]
+    assert results(out[0]) == [(1, 1, []), (1, 0, ["unknown_column"])]
+    assert out[0].results is not None and out[0].results[1].failed[0].destination == dest(db, a)
+    assert all(5 <= r.seconds < 60 for r in out[0].results)
+    assert results(out[1]) == [(1, 0, ["constraint_violation"])]
+    assert results(out[2]) == [(0, 0, ["unknown_table"])]
+    assert out[1].results is not None and out[1].results[0].probes == expected_probes(2, {1})
+    assert out[1].results[0].failed[0].destination == dest(db, b), "a failed record names its destination"
+    assert out[0].results is not None and out[0].results[0].probes == 0
+    assert all(r.attempts == 1 and r.seconds >= 0 for o in out for r in o.results or [])
+    assert kit.scalar(db, f"SELECT count(*) FROM {a}") == 3 and kit.scalar(db, f"SELECT count(*) FROM {b}") == 1
+    assert catalog.get(TableKey("wh", db, "public", "no_such_table")) == (True, None)
+
+
+def test_a_table_locked_past_its_timeout_fails_its_job_and_not_the_unit(db: str,
+                                                                       conn: psycopg.Connection[Any]) -> None:
+    a, b = new_table(db), new_table(db)
+    catalog = Catalog()
+    ja = job(db, a, [packet_row(dest(db, a), good(1))])
+    jb = job(db, b, [packet_row(dest(db, b), good(1))])
+    write_unit(conn, catalog, [job(db, a, [packet_row(dest(db, a), good(0))])])  # the catalog knows a
+    with psycopg.connect(kit.dsn(db)) as locker:
+        locker.execute(f"LOCK TABLE {a} IN ACCESS EXCLUSIVE MODE".encode())
+        out = write_unit(conn, catalog, [ja, jb])
+        locker.rollback()
+    assert out[0].results is None and out[0].failure is not None
+    assert (out[0].failure.code, out[0].failure.scope) == (ErrorCode.TIMEOUT, Scope.TABLE)
+    assert results(out[1]) == [(1, 0, [])]
+
+
+def test_a_column_added_is_believed_once_the_catalog_entry_is_a_second_old(db: str,
+                                                                         conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db)
+    key = TableKey("wh", db, "public", name)
+    catalog = Catalog()
+    write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), good(0))])])
+    kit.sql(db, f"ALTER TABLE {name} ADD COLUMN colour text")
+    fresh = write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), {**good(1), "colour": "red"})])])
+    assert results(fresh[0]) == [(0, 0, ["unknown_column"])], "an entry younger than a second is believed"
+    table, at, size = catalog._entries[key]
+    catalog._entries[key] = (table, at - 1.5, size)  # the entry is now a second and a half old
+    out = write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), {**good(2), "colour": "red"})])])
+    assert results(out[0]) == [(1, 0, [])]
+    assert kit.scalar(db, f"SELECT colour FROM {name} WHERE id = 2") == "red"
+    at_once = write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), {**good(3), "colour": "b"})])])
+    assert results(at_once[0]) == [(1, 0, [])], "the fresh shape read for the recheck was not kept"
+    table, at, size = catalog._entries[key]
+    catalog._entries[key] = (table, at - 1.5, size)
+    write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), good(4))])])
+    assert catalog.age(key) >= 1.5, "a shape that answered was read again: only a schema failure rereads it"
+
+
+def test_a_catalog_whose_entries_expire_at_once_reads_the_table_every_time(db: str,
+                                                                           conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db)
+    catalog = Catalog(ttl=0.0)
+    for i in range(2):
+        out = write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), good(i))])])
+        assert results(out[0]) == [(1, 0, [])]
+
+
+def test_a_table_created_after_a_miss_is_seen_a_second_later(db: str, conn: psycopg.Connection[Any]) -> None:
+    name = f"late_{kit.uid('t')[2:]}"
+    key = TableKey("wh", db, "public", name)
+    catalog = Catalog()
+    assert results(write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), good(0))])])[0]) == [
+        (0, 0, ["unknown_table"])]
+    kit.sql(db, ITEMS.format(name=name))
+    again = write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), good(1))])])
+    assert results(again[0]) == [(0, 0, ["unknown_table"])], "a miss younger than a second is believed"
+    _table, at, size = catalog._entries[key]
+    catalog._entries[key] = (None, at - 1.5, size)
+    out = write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), good(2))])])
+    assert results(out[0]) == [(1, 0, [])]
+
+
+def test_a_column_dropped_under_the_writer_holds_the_table_once_then_fails_only_its_rows(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db)
+    catalog = Catalog()
+    write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), {**good(0), "extra": "e"})])])
+    kit.sql(db, f"ALTER TABLE {name} DROP COLUMN extra")
+    rows = [packet_row(dest(db, name), good(1)), packet_row(dest(db, name), {**good(2), "extra": "gone"})]
+    first = write_unit(conn, catalog, [job(db, name, rows)])
+    assert first[0].failure is not None, "validation passed on a stale catalog: the table must be retried"
+    assert (first[0].failure.code, first[0].failure.scope) == (ErrorCode.TIMEOUT, Scope.TABLE)
+    assert "table changed while writing" in first[0].failure.message
+    retried = write_unit(conn, catalog, [job(db, name, rows, attempts=1)])
+    assert results(retried[0]) == [(1, 0, ["unknown_column"])]
+    assert retried[0].results is not None and retried[0].results[0].attempts == 2
+    assert kit.scalar(db, f"SELECT count(*) FROM {name}") == 2
+
+
+def test_a_table_wide_refusal_on_a_retry_fails_every_row(db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db)
+    kit.sql(db, f"CREATE FUNCTION {name}_no() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'gone' USING ERRCODE = '42P01'; END $$; "
+                f"CREATE TRIGGER no BEFORE INSERT ON {name} FOR EACH ROW EXECUTE FUNCTION {name}_no()")
+    catalog = Catalog()
+    rows = [packet_row(dest(db, name), good(1)), packet_row(dest(db, name), good(2))]
+    first = write_unit(conn, catalog, [job(db, name, rows)])
+    assert first[0].failure is not None and first[0].failure.code is ErrorCode.TIMEOUT
+    again = write_unit(conn, catalog, [job(db, name, rows[:1], rows[1:], attempts=1)])
+    assert results(again[0]) == [(0, 0, ["unknown_table"]), (0, 0, ["unknown_table"])]
+    assert again[0].results is not None and again[0].results[1].failed[0].destination == dest(db, name)
+
+
+def test_a_failure_while_isolating_holds_the_table_instead_of_failing_rows(db: str,
+                                                                         conn: psycopg.Connection[Any]) -> None:
+    """The whole statement fails on a row; its first probe then meets a lock timeout: the table waits, no row fails."""
+    name = new_table(db)
+    kit.sql(db, f"CREATE SEQUENCE {name}_calls; CREATE FUNCTION {name}_f() RETURNS trigger LANGUAGE plpgsql AS $$"
+                f" BEGIN IF nextval('{name}_calls') = 1 THEN RAISE EXCEPTION 'bad row' USING ERRCODE = '23514';"
+                f" END IF; RAISE EXCEPTION 'locked' USING ERRCODE = '55P03'; END $$;"
+                f"CREATE TRIGGER f BEFORE INSERT ON {name} FOR EACH STATEMENT EXECUTE FUNCTION {name}_f()")
+    out = write_unit(conn, Catalog(), [job(db, name, [packet_row(dest(db, name), good(1))])])
+    assert out[0].results is None and out[0].failure is not None
+    assert (out[0].failure.code, out[0].failure.scope, out[0].failure.message) == (ErrorCode.TIMEOUT, Scope.TABLE,
+                                                                                  "locked")
+
+
+def test_duplicates_are_counted_from_the_first_work_on(db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db)
+    kit.sql(db, f"INSERT INTO {name} SELECT g, 'x', 1 FROM generate_series(0, 2) g")
+    out = write_unit(conn, Catalog(), [job(db, name, [packet_row(dest(db, name), good(i)) for i in (0, 1)],
+                                           [packet_row(dest(db, name), good(i)) for i in (2, 3, 4)])])
+    assert results(out[0]) == [(0, 2, []), (2, 1, [])]
+
+
+def test_metadata_columns_are_filled_from_the_record(db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, src_offset bigint, src_partition int,"
+                         " src_topic text, src_ts timestamptz, src_key text)")
+    meta = Metadata(offset="src_offset", partition="src_partition", topic="src_topic", timestamp="src_ts",
+                    key="src_key")
+    d = dest(db, name, metadata=meta)
+    m = Message(topic="in", partition=4, offset=77, key=b"k-\xff", value=b"{}", timestamp=(1, 1_700_000_000_045))
+    row = Row(m, b'{"id": 1 }', ("id",), d)
+    tight = Row(Message(topic="in", partition=4, offset=78, key=None, value=b"{}", timestamp=(1, 1)), b'{"id":2}',
+                ("id",), d)
+    out = write_unit(conn, Catalog(), [job(db, name, [row, tight])])
+    assert results(out[0]) == [(2, 0, [])]
+    got = kit.sql(db, f"SELECT src_offset, src_partition, src_topic, src_ts = '2023-11-14T22:13:20.045Z', src_key"
+                      f" FROM {name} WHERE id = 1")
+    assert got == [(77, 4, "in", True, "k-\ufffd")]
+
+
+def test_upserts_and_deletes_of_one_key_in_one_unit_end_in_offset_order(db: str,
+                                                                         conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db)
+    up, down = dest(db, name, "upsert"), dest(db, name, "delete")
+    rows = [packet_row(up, {"id": 1, "name": "a", "qty": 1}), packet_row(down, {"id": 1}),
+            packet_row(up, {"id": 1, "name": "b", "qty": 2}), packet_row(up, {"id": 2, "name": "c", "qty": 3}),
+            packet_row(dest(db, name), {"id": 2, "name": "ignored", "qty": 9})]
+    out = write_unit(conn, Catalog(), [job(db, name, rows)])
+    assert out[0].failure is None
+    assert kit.sql(db, f"SELECT id, name, qty FROM {name} ORDER BY id") == [(1, "b", 2), (2, "c", 3)]
+
+
+def route_config(db: str, table: str) -> Any:
+    return parse_config(f'[kafka]\nbootstrap_servers = "x:1"\ntopics = ["in"]\n'
+                        f'[[destinations]]\nvanity = "wh"\ndatabases = ["{db}"]\n'
+                        f'modes = ["insert", "upsert", "delete"]\n'
+                        f'[[routes]]\ntopic = "cdc"\nvanity = "wh"\ndatabase = "{db}"\ntable = "{table}"\n'
+                        f'format = "debezium"\nmetadata = {{ lsn = "lsn", ts_ms = "ts" }}\n')
+
+
+def test_change_events_are_decoded_with_the_table_types_and_applied(db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, v text, lsn bigint, ts bigint)")
+    kit.sql(db, f"INSERT INTO {name} VALUES (3, 'doomed', 0, 0)")
+    spec = route_specs(route_config(db, name))["cdc"]
+
+    def event(op: str, before: Any, after: Any) -> Row:
+        value = msgspec.json.encode({"before": before, "after": after, "op": op,
+                                     "source": {"lsn": 900 + len(op), "ts_ms": 5}})
+        return Row(msg(value, b'{"id": 3}'), b"", (), spec.dests["upsert"], spec)
+
+    rows = [Row(msg(b'{"op": 5}'), b"", (), spec.dests["upsert"], spec),
+            event("c", None, {"id": 1, "v": "one"}), event("u", {"id": 1}, {"id": 1, "v": "uno"}),
+            event("d", {"id": 3}, None), event("t", None, None), event("c", None, {"id": 9, "nope": 1})]
+    key = TableKey("wh", db, "public", name)
+    out = write_unit(conn, Catalog(), [TableJob(key, spec.destination, [TableWork(key, spec.destination, rows, 1, 1)])])
+    assert results(out[0]) == [(3, 1, ["bad_change_event", "unknown_column"])]
+    assert out[0].results is not None and {r.destination for r in out[0].results[0].failed} == {spec.dests["upsert"]}
+    assert kit.sql(db, f"SELECT id, v, lsn, ts FROM {name} ORDER BY id") == [(1, "uno", 901, 5)]
+
+
+# ---------------------------------------------------------------------------------------------------- lanes
+
+PIPELINE = CONFIG.pipeline
+
+
+def lane(db: str, deliver: Callable[[WorkResult], None], *, max_connections: int = 2, lock_ms: int = 200,
+         hold_s: float = 60.0) -> DatabaseLane:
+    cfg = parse_config(f'[kafka]\nbootstrap_servers = "x:1"\ntopics = ["in"]\n'
+                       f'[[destinations]]\nvanity = "wh"\nhost = "{kit.PG_HOST}"\nport = {kit.PG_PORT}\n'
+                       f'databases = ["{db}"]\nmax_connections = {max_connections}\nlock_timeout_ms = {lock_ms}\n'
+                       f'[pipeline]\nhold_s = {hold_s}\nretry_initial_backoff_s = 0.02\nretry_max_backoff_s = 0.1\n'
+                       'circuit_failures_to_open = 2\ncircuit_open_s = 0.2\n')
+    return DatabaseLane(vanity="wh", database=db, config=cfg.destinations[0], pipeline=cfg.pipeline,
+                        catalog=Catalog(), deliver=deliver)
+
+
+class Answers:
+    def __init__(self) -> None:
+        self.got: list[WorkResult] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, result: WorkResult) -> None:
+        with self.cond:
+            self.got.append(result)
+            self.cond.notify_all()
+
+    def wait(self, n: int, timeout: float = 30.0) -> list[WorkResult]:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.got) < n:
+                left = deadline - time.monotonic()
+                assert left > 0, f"{len(self.got)} of {n} answers"
+                self.cond.wait(left)
+            return list(self.got)
+
+
+def sessions(db: str) -> int:
+    """The lane's sessions on ``db`` as the server counts them (its pool connects as application 'kapow')."""
+    return int(kit.scalar("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                                      " AND application_name = 'kapow'", (db,)))
+
+
+def test_a_lane_opens_at_most_max_connections_under_a_burst(db: str) -> None:
+    """Slow tables arriving faster than they are written: two connections, never more, and both used.
+
+    Each table's statement takes 0.3 s and a new table arrives every 0.03 s, so a third connection, if the lane
+    allowed one, would always find work waiting.
+    """
+    kit.sql(db, "CREATE OR REPLACE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "PERFORM pg_sleep(0.3); RETURN NULL; END $$")
+    tables = [new_table(db) for _ in range(12)]
+    for name in tables:
+        kit.sql(db, f"CREATE TRIGGER slow BEFORE INSERT ON {name} FOR EACH STATEMENT EXECUTE FUNCTION slow_down()")
+    answers = Answers()
+    la = lane(db, answers, max_connections=2)
+    peak = 0
+    try:
+        for n, name in enumerate(tables):
+            key = TableKey("wh", db, "public", name)
+            la.submit(TableWork(key, la.config, [packet_row(dest(db, name), good(n))], n, 10))
+            pause = time.monotonic() + 0.03
+            while time.monotonic() < pause:
+                peak = max(peak, sessions(db))
+        while len(answers.got) < len(tables):
+            peak = max(peak, sessions(db))
+            answers.wait(min(len(answers.got) + 1, len(tables)))
+    finally:
+        la.close(5)
+    assert all(r.landed == 1 for r in answers.got)
+    assert peak == 2, f"{peak} sessions for max_connections = 2"
+
+
+def test_a_locked_table_is_held_alone_then_probed_free_without_a_write(db: str) -> None:
+    locked, free = new_table(db), new_table(db)
+    answers = Answers()
+    la = lane(db, answers, hold_s=0.5)
+    kl, kf = TableKey("wh", db, "public", locked), TableKey("wh", db, "public", free)
+    try:
+        with psycopg.connect(kit.dsn(db)) as locker:
+            locker.execute(f"LOCK TABLE {locked} IN ACCESS EXCLUSIVE MODE".encode())
+            la.submit(TableWork(kl, la.config, [packet_row(dest(db, locked), good(1))], 1, 10))
+            la.submit(TableWork(kf, la.config, [packet_row(dest(db, free), good(1))], 1, 10))
+            got = answers.wait(2)
+            parked = [r for r in got if r.failed]
+            assert [r.work.key for r in parked] == [kl] and parked[0].failed[0].failure.code is ErrorCode.TIMEOUT
+            assert [r.landed for r in got if r.work.key == kf] == [1]
+            assert la.circuit.closed and not la.healthy(kl) and la.healthy(kf)
+            kit.wait_for(lambda: not la.busy(), 10, "the lane to settle")
+            time.sleep(0.15)  # past the table's back-off (at most 0.1 s): the probe may run now
+            assert la.probe_table(kl) is False, "a table still locked was reported writable"
+            locker.rollback()
+        kit.wait_for(lambda: la.probe_table(kl), 10, "the probe to see the lock gone")
+        assert la.healthy(kl)
+        assert kit.scalar(db, f"SELECT count(*) FROM {locked}") == 0, "the probe wrote to the table"
+    finally:
+        la.close(5)
+
+
+def test_a_database_that_is_gone_opens_the_circuit_and_parks_after_hold(db: str) -> None:
+    answers = Answers()
+    gone = kit.uid("kgone")  # never created: every connection is refused by the server (3D000)
+    la = lane(gone, answers, hold_s=0.5)
+    key = TableKey("wh", gone, "public", "t")
+    try:
+        la.submit(TableWork(key, la.config, [packet_row(dest(gone, "t"), good(1))], 1, 10))
+        (result,) = answers.wait(1)
+        assert not la.circuit.closed
+        assert [r.failure.code for r in result.failed] == [ErrorCode.DATABASE_UNAVAILABLE]
+        assert "held" in result.failed[0].failure.message
+        assert la.probe() is False
+        assert not la.healthy()
+    finally:
+        la.close(2)
