@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import msgspec
@@ -189,12 +190,18 @@ def test_every_command_says_in_one_line_that_the_broker_is_down(tmp_path: object
                   tmp=tmp_path)  # type: ignore[arg-type]
     config = env.write_config()
     config.write_text(config.read_text().replace(kit.BOOTSTRAP, dead))
-    for args in (["dlq", "list", "-b", dead], ["dlq", "show", "0:1", "-b", dead], ["dlq", "stats", "-b", dead],
-                 ["dlq", "reschedule", "--all", "-b", dead], ["dlq", "purge", "0:1", "-b", dead],
-                 ["errors", "list", "-b", dead], ["audit", "-c", str(config)]):
+    commands = (["dlq", "list", "-b", dead], ["dlq", "show", "0:1", "-b", dead], ["dlq", "stats", "-b", dead],
+                ["dlq", "reschedule", "--all", "-b", dead], ["dlq", "purge", "0:1", "-b", dead],
+                ["errors", "list", "-b", dead], ["audit", "-c", str(config)])
+
+    def timed(args: list[str]) -> tuple[subprocess.CompletedProcess[str], float]:
         started = time.monotonic()
         done = kapow(*args, timeout=60)
-        took = time.monotonic() - started
+        return done, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:  # each waits on a dead port: wait for them together
+        outcomes = list(pool.map(timed, commands))
+    for args, (done, took) in zip(commands, outcomes, strict=True):
         assert done.returncode != 0, args
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, (args, done.stderr)
         assert dead in done.stderr, (args, done.stderr)
