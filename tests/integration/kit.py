@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,31 @@ def topics() -> set[str]:
 
 def remove_topics(names: Iterable[str]) -> None:
     delete_topics(BOOTSTRAP, list(names))
+
+
+@dataclass
+class Queue:
+    """A source topic and its system-errors topic (the redrive's ``.done`` markers go beside the latter)."""
+
+    source: str
+    system: str
+
+    @property
+    def done(self) -> str:
+        return f"{self.system}.done"
+
+
+@contextmanager
+def queue_topics(prefix: str, partitions: int) -> Iterator[Queue]:
+    """A fresh source and system-errors topic pair, removed afterwards with the markers topic."""
+    base = uid(prefix)
+    q = Queue(f"{base}.in", f"{base}.system")
+    create_topic(q.source, partitions)
+    create_topic(q.system, partitions)
+    try:
+        yield q
+    finally:
+        remove_topics([q.source, q.system, q.done])
 
 
 def publish(topic: str, values: Iterable[bytes], *, pipeline: bool = True,

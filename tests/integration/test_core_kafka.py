@@ -13,7 +13,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -36,30 +35,17 @@ from kapow.kafka.clients import make_producer
 from kapow.kafka.topics import HEADER_MARGIN, prepare_error_topics, topic_limits
 from kapow.pipeline.work import ErrorRecord
 from tests.integration import kit
+from tests.integration.kit import Queue
 
 pytestmark = pytest.mark.integration
 
 T0 = (int(time.time()) - 3600) * 1000  # failure times an hour ago: due for a redrive, in a fixed order
 
 
-@dataclass
-class Queue:
-    source: str
-    system: str
-
-    @property
-    def done(self) -> str:
-        return f"{self.system}.done"
-
-
 @pytest.fixture
 def q() -> Iterator[Queue]:
-    base = kit.uid("kc")
-    queue = Queue(f"{base}.in", f"{base}.system")
-    kit.create_topic(queue.source, 2)
-    kit.create_topic(queue.system, 2)
-    yield queue
-    kit.remove_topics([queue.source, queue.system, queue.done])
+    with kit.queue_topics("kc", 2) as queue:
+        yield queue
 
 
 def headers_for(q: Queue, i: int, *, code: str, vanity: str, failed_at: int, attempt: int = 1,

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import msgspec
 import pytest
@@ -26,28 +25,15 @@ from kapow.deadletter.reader import open_reader
 from kapow.kafka.clients import make_producer
 from tests.browser import harness
 from tests.integration import kit
+from tests.integration.kit import Queue
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class Queue:
-    source: str
-    system: str
-
-    @property
-    def done(self) -> str:
-        return f"{self.system}.done"
-
-
 @pytest.fixture
 def queue() -> Iterator[Queue]:
-    base = kit.uid("kq")
-    q = Queue(f"{base}.in", f"{base}.system")
-    kit.create_topic(q.source, 3)
-    kit.create_topic(q.system, 3)
-    yield q
-    kit.remove_topics([q.source, q.system, q.done])
+    with kit.queue_topics("kq", 3) as q:
+        yield q
 
 
 def park(q: Queue, n: int, *, code: str = "database_unavailable", vanity: str = "vault", table: str = "events",

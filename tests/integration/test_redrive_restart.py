@@ -20,19 +20,16 @@ from kapow.deadletter.done import ensure_done_topic
 from kapow.deadletter.queue import DeadLetterQueue
 from kapow.deadletter.redrive import Redriver
 from tests.integration import kit
-from tests.integration.test_core_kafka import Queue, ns, park, redrive_config, values
+from tests.integration.kit import Queue
+from tests.integration.test_core_kafka import ns, park, redrive_config, values
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def q() -> Iterator[Queue]:
-    base = kit.uid("kr")
-    queue = Queue(f"{base}.in", f"{base}.system")
-    kit.create_topic(queue.source, 2)
-    kit.create_topic(queue.system, 2)
-    yield queue
-    kit.remove_topics([queue.source, queue.system, queue.done])
+    with kit.queue_topics("kr", 2) as queue:
+        yield queue
 
 
 def test_a_restarted_redrive_leaves_what_an_operator_purged_or_rescheduled(q: Queue) -> None:
