@@ -84,7 +84,7 @@ export MUTATION_SCORE
 .PHONY: mutation
 mutation: install services
 	rm -rf mutants
-	PATH="$(CURDIR)/$(BIN):$$PATH" nice -n 19 $(BIN)/mutmut run --max-children 2
+	PATH="$(CURDIR)/$(BIN):$$PATH" nice -n 19 $(BIN)/mutmut run --max-children 6
 	$(BIN)/python -c "$$MUTATION_SCORE"
 
 demo: install services
