@@ -221,6 +221,11 @@ start_kafka() {
     return 0
   fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process; set KAPOW_KAFKA_PORT or stop it"
+  port_open "$KAFKA_CONTROLLER_PORT" &&
+    die "port $KAFKA_CONTROLLER_PORT (Kafka's KRaft controller) is taken by another process; set KAPOW_KAFKA_CONTROLLER_PORT or stop it"
+  if [ "$TLS" = 1 ] && port_open "$KAFKA_SASL_PORT"; then
+    die "port $KAFKA_SASL_PORT is taken by another process; set KAPOW_KAFKA_SASL_PORT or stop it"
+  fi
   sed -e "s:@DATA@:$KAFKA_DIR/data:" -e "s:@PORT@:$KAFKA_PORT:g" -e "s:@CONTROLLER_PORT@:$KAFKA_CONTROLLER_PORT:g" \
     "$ROOT/services/kafka/server.properties.in" > "$KAFKA_DIR/server.properties"
   local cp="$KAFKA_DIR/libs/*" scram=()
