@@ -34,8 +34,9 @@ from kapow.contract import CONTEXT_HEADER, CONTEXT_VALUE, make_packet
 from kapow.deadletter.reader import open_reader
 from kapow.kafka.clients import delete_topics, ensure_topics, make_producer
 
-BOOTSTRAP = os.environ.get("KAPOW_BOOTSTRAP", "127.0.0.1:9092")
-PG = os.environ.get("KAPOW_PG", "host=127.0.0.1 port=5432 user=postgres")
+BOOTSTRAP = os.environ.get("KAPOW_BOOTSTRAP") or f"127.0.0.1:{os.environ.get('KAPOW_KAFKA_PORT') or 9092}"
+PG = os.environ.get("KAPOW_PG") or (f"host={os.environ.get('KAPOW_PG_HOST') or '127.0.0.1'} "
+                                   f"port={os.environ.get('KAPOW_PG_PORT') or 5432} user=postgres")
 DDL = """CREATE TABLE bench_events (event_id bigint PRIMARY KEY, account text NOT NULL, kind text NOT NULL,
          amount numeric(12,2) NOT NULL, currency text NOT NULL, created_at timestamptz NOT NULL, note text)"""
 PARTITIONS = 6

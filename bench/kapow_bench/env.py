@@ -17,8 +17,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from kapow.errors import KapowError
 
-BOOTSTRAP = os.environ.get("KAPOW_BOOTSTRAP", "127.0.0.1:9092")
-ADMIN_DSN = os.environ.get("KAPOW_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+BOOTSTRAP = os.environ.get("KAPOW_BOOTSTRAP") or f"127.0.0.1:{os.environ.get('KAPOW_KAFKA_PORT') or 9092}"
+ADMIN_DSN = os.environ.get("KAPOW_ADMIN_DSN") or (f"host={os.environ.get('KAPOW_PG_HOST') or '127.0.0.1'} "
+                                                  f"port={os.environ.get('KAPOW_PG_PORT') or 5432} "
+                                                  "user=postgres dbname=postgres")
 HARNESS_APP = "kapow-bench"
 
 

@@ -43,7 +43,7 @@ from tests.chaos.feed import is_poison
 from tests.integration.kit import WriterProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-BOOTSTRAP = os.environ.get("KAPOW_BOOTSTRAP", "127.0.0.1:9092")
+BOOTSTRAP = os.environ.get("KAPOW_BOOTSTRAP") or f"127.0.0.1:{os.environ.get('KAPOW_KAFKA_PORT') or 9092}"
 PG_HOST = os.environ.get("KAPOW_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("KAPOW_PG_PORT", "5432"))
 LONG = os.environ.get("KAPOW_CHAOS", "short") == "long"

@@ -24,7 +24,7 @@ from kapow.client import Publisher
 from kapow.contract import CONTEXT_VALUE, make_packet
 from kapow.kafka.clients import delete_topics, ensure_topics
 
-BOOTSTRAP = os.environ.get("KAPOW_BOOTSTRAP", "127.0.0.1:9092")
+BOOTSTRAP = os.environ.get("KAPOW_BOOTSTRAP") or f"127.0.0.1:{os.environ.get('KAPOW_KAFKA_PORT') or 9092}"
 PG_HOST = os.environ.get("KAPOW_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("KAPOW_PG_PORT", "5432"))
 ADMIN_DSN = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"

@@ -20,9 +20,18 @@ from tests.tools.tcp_proxy import TcpProxy
 pytestmark = pytest.mark.integration
 
 
-def kapow(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def kapow(*args: str, stdin: str | None = None, env: dict[str, str] | None = None
+          ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "kapow", *args], input=stdin, capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, env=env)
+
+
+def demo_environ() -> dict[str, str]:
+    """This environment without the address overrides `kapow demo` honours (KAPOW_KAFKA_PORT and friends, set
+    when the suite runs on other ports): the demo tests are about the config they give, which already names
+    the suite's broker and database, so the demo must run that file and not a copy re-pointed elsewhere."""
+    overrides = {"KAPOW_BOOTSTRAP", "KAPOW_KAFKA_PORT", "KAPOW_PG_HOST", "KAPOW_PG_PORT"}
+    return {k: v for k, v in os.environ.items() if k not in overrides}
 
 
 def test_send_wrapped_and_whole_packets_from_stdin_and_file(make_env: Callable[..., kit.Env],
@@ -241,7 +250,8 @@ def test_demo_bad_packets_are_bad_value_and_sigterm_stops_its_writer(make_env: C
     out_path = tmp_path / "demo.out"
     with out_path.open("wb") as out:
         demo = subprocess.Popen([sys.executable, "-m", "kapow", "demo", "-c", str(config), "-n", "1600"],
-                                stdout=out, stderr=out, cwd=tmp_path)  # not the checkout: the config is given
+                                stdout=out, stderr=out, cwd=tmp_path,  # not the checkout: the config is given
+                                env=demo_environ())
     try:
         kit.wait_for(lambda: "Press Ctrl+C" in out_path.read_text() or demo.poll() is not None, 90, "the demo's rows")
         shown = out_path.read_text()
@@ -273,7 +283,7 @@ def test_demo_with_the_broker_down_is_one_line_and_creates_nothing(tmp_path: Pat
     config = dead_broker_config(tmp_path)
     config.write_text(config.read_text().replace('databases = ["db"]', f'databases = ["{kit.uid("kdemo")}"]'))
     database = config.read_text().split('databases = ["')[1].split('"')[0]
-    line = one_line_error(kapow("demo", "-c", str(config), "--no-wait"))
+    line = one_line_error(kapow("demo", "-c", str(config), "--no-wait", env=demo_environ()))
     assert line.startswith(f"kapow: demo: Kafka at {DEAD_BROKER} cannot be reached: Connection refused"), line
     assert kit.scalar("postgres", "SELECT count(*) FROM pg_database WHERE datname = %s", (database,)) == 0
 
