@@ -18,7 +18,7 @@
 #   --slot S             replication slot [kapow_<database>];  --publication P  [kapow_<database>]
 #   --no-schemas         JsonConverter without the schema envelope (bare payloads)
 #   --set KEY=VALUE      any further connector property (repeatable), e.g. --set interval.handling.mode=string
-#   --bootstrap B        Kafka [$KAPOW_BOOTSTRAP or 127.0.0.1:9092]
+#   --bootstrap B        Kafka [$KAPOW_BOOTSTRAP, or 127.0.0.1:$KAPOW_KAFKA_PORT, or 127.0.0.1:9092]
 #   --pg-host H --pg-port P --pg-user U [127.0.0.1, $KAPOW_PG_PORT or 5432, postgres]
 #   --password-env VAR   the database password is read from $VAR by the worker at run time; it is never
 #                        written to a file nor passed on a command line
@@ -38,7 +38,7 @@ die() { printf '[connect] error: %s\n' "$*" >&2; exit 1; }
 cmd="${1:-}"; [ $# -gt 0 ] && shift
 STATE="${KAPOW_CONNECT_DIR:-${KAPOW_SERVICES_DIR:-$ROOT/.services}/connect/default}"
 DATABASE="" PREFIX="" TABLES="" NAME="" SLOT="" PUBLICATION="" SCHEMAS=true CONNECTOR_FILE="" PASSWORD_ENV=""
-BOOTSTRAP="${KAPOW_BOOTSTRAP:-127.0.0.1:9092}" PG_HOST="${KAPOW_PG_HOST:-127.0.0.1}"
+BOOTSTRAP="${KAPOW_BOOTSTRAP:-127.0.0.1:${KAPOW_KAFKA_PORT:-9092}}" PG_HOST="${KAPOW_PG_HOST:-127.0.0.1}"
 PG_PORT="${KAPOW_PG_PORT:-5432}" PG_USER=postgres TIMEOUT=120
 EXTRA=()
 while [ $# -gt 0 ]; do

@@ -175,13 +175,15 @@ ENVIRONMENT: dict[str, str] = {
     "KAPOW_BROKER_WAIT_S": "`kapow run`: how long to wait for an unreachable broker at start before giving up "
                            "(default 60).",
     "KAPOW_KAFKA_PORT": "`scripts/services.sh` (`make services`): the port Kafka listens on (default 9092); "
-                        "`kapow demo` then uses `127.0.0.1:PORT` unless `KAPOW_BOOTSTRAP` is set.",
+                        "`kapow demo`, the tests, the benchmark and `scripts/connect.sh` then use `127.0.0.1:PORT` "
+                        "unless `KAPOW_BOOTSTRAP` is set.",
     "KAPOW_KAFKA_CONTROLLER_PORT": "`scripts/services.sh`: the port of Kafka's KRaft controller (default 9093).",
     "KAPOW_PG_PORT": "`scripts/services.sh`: the port PostgreSQL listens on (default 5432); `kapow demo` and the "
                      "tests connect there.",
     "KAPOW_PG_HOST": "`kapow demo` and the tests: PostgreSQL host (default `127.0.0.1`).",
     "KAPOW_ADMIN_DSN": "The benchmark (`kapow bench`): libpq string of an admin connection that may create "
-                       "databases (default `host=127.0.0.1 port=5432 user=postgres dbname=postgres`).",
+                       "databases (default `host=127.0.0.1 port=5432 user=postgres dbname=postgres`, with "
+                       "`KAPOW_PG_HOST` and `KAPOW_PG_PORT` when set).",
     "KAPOW_SERVICES_DIR": "`scripts/services.sh` and the chaos suite: where the Kafka jars, PostgreSQL data and "
                           "logs live (default `.services/`).",
     "KAPOW_CHAOS": "`long` runs the long fault-injection scenarios (`make chaos`); `make test` runs the short ones.",
