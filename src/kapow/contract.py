@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
+from kapow.bytecache import ByteCache
 from kapow.errors import ErrorCode, PacketError
 
 CONTEXT_HEADER = "context"
@@ -120,19 +121,21 @@ class PacketDecoder:
 
     Header values and ``pipeline_context`` objects repeat from packet to packet, so their decoded forms are
     cached by their bytes. The caches belong to this object (one per loop, used by one thread) and are bounded in
-    bytes: only small values are cached and the number of entries is capped, so a hostile stream of ever-new,
-    megabyte-sized contexts costs CPU, never memory.
+    bytes (:class:`kapow.bytecache.ByteCache`): only small values are cached and the oldest entries make room, so
+    a hostile stream of ever-new, megabyte-sized contexts costs CPU, never memory, while the contexts of ten
+    thousand tables all stay cached.
     """
 
     MAX_CACHED_VALUE = 2048  # bytes: a real pipeline_context is ~150 bytes
-    MAX_ENTRIES = 2048
+    CACHE_BYTES = 16 * 1024 * 1024  # per cache: ~25,000 contexts of 150 bytes
 
     def __init__(self, *, max_bytes: int, max_depth: int, max_destinations: int) -> None:
         self.max_bytes = max_bytes
         self.max_depth = max_depth
         self.max_destinations = max_destinations
-        self._contexts: dict[bytes, bool] = {}
-        self._destinations: dict[bytes, tuple[Destination, ...] | PacketError] = {}
+        self._contexts: ByteCache[bool] = ByteCache(max_bytes=self.CACHE_BYTES, max_key_bytes=self.MAX_CACHED_VALUE)
+        self._destinations: ByteCache[tuple[Destination, ...] | PacketError] = ByteCache(
+            max_bytes=self.CACHE_BYTES, max_key_bytes=self.MAX_CACHED_VALUE)
 
     def is_pipeline_packet(self, headers: list[tuple[str, bytes | None]] | None) -> bool:
         """True when the record carries the ``context`` header naming the data pipeline.
@@ -151,8 +154,7 @@ class PacketDecoder:
                     verdict = _context_decoder.decode(value).consumer.type == PIPELINE_CONSUMER_TYPE
                 except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                     verdict = False
-                if len(value) <= self.MAX_CACHED_VALUE and len(self._contexts) < self.MAX_ENTRIES:
-                    self._contexts[value] = verdict
+                self._contexts.put(value, verdict)
             if verdict:
                 return True
         return False
@@ -183,8 +185,7 @@ class PacketDecoder:
                 cached = self._parse_destinations(context)
             except PacketError as exc:
                 cached = exc
-            if len(context) <= self.MAX_CACHED_VALUE and len(self._destinations) < self.MAX_ENTRIES:
-                self._destinations[context] = cached
+            self._destinations.put(context, cached)
         if isinstance(cached, PacketError):
             raise cached
         return cached

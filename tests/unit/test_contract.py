@@ -48,8 +48,8 @@ def test_header_cache_is_bounded_in_entries_and_bytes() -> None:
         d.is_pipeline_packet([("context", b'{"consumer":{"type":"x%d"}}' % i)])
     big = b'{"consumer":{"type":"data_pipeline"},"pad":"' + b"x" * 1_000_000 + b'"}'
     assert d.is_pipeline_packet([("context", big)])
-    assert len(d._contexts) <= PacketDecoder.MAX_ENTRIES
-    assert big not in d._contexts
+    assert len(d._contexts) == 5000 and d._contexts.bytes <= PacketDecoder.CACHE_BYTES
+    assert d._contexts.get(big) is None  # a big value is decoded each time, never held
 
 
 def test_envelope_keeps_data_bytes_exact() -> None:
@@ -128,7 +128,21 @@ def test_destination_cache_is_bounded_in_bytes() -> None:
     for i in range(50):
         value = make_packet([{**DEST, "vanity": "v" * 1_000_000, "table": f"t{i}"}], {"a": 1})
         d.decode(value)
-    assert all(len(k) <= PacketDecoder.MAX_CACHED_VALUE for k in d._destinations)
+    assert len(d._destinations) == 0  # each context is a megabyte: decoded each time, never held
+
+
+def test_the_contexts_of_ten_thousand_tables_stay_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the first cache held 2,048 contexts: at 10,000 tables four packets in five decoded theirs again
+    d = decoder()
+    contexts = [msgspec.json.encode({"destinations": [{**DEST, "table": f"t{i:05d}"}]}) for i in range(10_000)]
+    for context in contexts:
+        d.destinations(context)
+    parsed: list[bytes] = []
+    real = d._parse_destinations
+    monkeypatch.setattr(d, "_parse_destinations", lambda c: parsed.append(c) or real(c))
+    for context in contexts:
+        assert d.destinations(context)[0].table == msgspec.json.decode(context)["destinations"][0]["table"]
+    assert parsed == []
 
 
 @pytest.mark.parametrize("name", ['x"; DROP TABLE t; --', "a b", "", "1abc", "a" * 64, "tab\tle", "é"])

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from kapow.bytecache import ByteCache
 from kapow.config import Config
 from kapow.contract import Destination, PacketDecoder, TableKey, decode_keys
 from kapow.errors import ErrorCode, Failure, PacketError, Scope
@@ -42,7 +43,8 @@ class Sorter:
         self.router = Router(config)
         # What repeats from packet to packet, resolved once: a context's routes, and one shared tuple per set of
         # column names (so that the lanes group rows by identity and validate a shape once, not each row)
-        self._routes: dict[bytes, tuple[tuple[Destination, Route | Failure], ...]] = {}
+        self._routes: ByteCache[tuple[tuple[Destination, Route | Failure], ...]] = ByteCache(
+            max_bytes=PacketDecoder.CACHE_BYTES, max_key_bytes=PacketDecoder.MAX_CACHED_VALUE)
         self._keysets: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def sort(self, seq: int, msgs: list[Message]) -> tuple[Batch, list[TableWork]]:
@@ -138,8 +140,7 @@ class Sorter:
         """Each destination of a context with its route (or the failure that refuses it): what packets carrying
         these bytes resolve to, cached by them (small contexts only; the router bounds its own cache too)."""
         routes = tuple((dest, self.router.route(dest)) for dest in self.decoder.destinations(context))
-        if len(context) <= PacketDecoder.MAX_CACHED_VALUE and len(self._routes) < PacketDecoder.MAX_ENTRIES:
-            self._routes[context] = routes
+        self._routes.put(context, routes)
         return routes
 
 

@@ -1,0 +1,53 @@
+"""A small cache keyed by bytes, bounded in bytes, that keeps working when full.
+
+The consumer loop caches what repeats from packet to packet by its raw bytes: a ``pipeline_context`` and the
+destinations it resolves to. Each table a client writes to has its own context, so a company-wide pipeline has
+thousands of them. The first caches were capped at 2,048 entries and filled once. At 10,000 tables, four in five
+packets missed and decoded and resolved their context again. This cache is bounded by the bytes it holds
+instead, which is what a hostile stream of ever-new contexts could grow. When a new entry does not fit, the
+oldest entries are evicted (first in, first out: O(1), and a hit costs one dict lookup, no reordering). So a
+working set that fits is always served, and one that does not fit still fills the cache with its most recent part.
+
+Not thread-safe by design: each instance is owned by one object used by one thread (the loop's decoder and
+sorter).
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+ENTRY_OVERHEAD = 512  # bytes counted per entry on top of its key: the dict slot, the key object, a small value
+
+
+class ByteCache(Generic[V]):
+    """``bytes`` → V, holding at most ``max_bytes`` (keys plus ``ENTRY_OVERHEAD`` each); keys over
+    ``max_key_bytes`` are never cached (they are resolved every time, which costs CPU, never memory)."""
+
+    def __init__(self, *, max_bytes: int = 16 * 1024 * 1024, max_key_bytes: int = 2048) -> None:
+        self.max_bytes = max_bytes
+        self.max_key_bytes = max_key_bytes
+        self._entries: dict[bytes, V] = {}
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> V | None:
+        return self._entries.get(key)
+
+    def put(self, key: bytes, value: V) -> None:
+        size = len(key) + ENTRY_OVERHEAD
+        if len(key) > self.max_key_bytes or size > self.max_bytes:
+            return
+        entries = self._entries
+        if key in entries:
+            del entries[key]
+            self.bytes -= size
+        while entries and self.bytes + size > self.max_bytes:
+            oldest = next(iter(entries))
+            del entries[oldest]
+            self.bytes -= len(oldest) + ENTRY_OVERHEAD
+        entries[key] = value
+        self.bytes += size
