@@ -302,8 +302,9 @@ class WriterProcess:
         try:
             return self.proc.wait(timeout)
         finally:
-            if self.alive():
+            if self.alive():  # the wait above failed the test; reap the writer so that it fails only this one
                 self.proc.kill()
+                self.proc.wait(10)
             self._log.close()
 
     def wait_assigned(self, timeout: float = 30.0) -> None:

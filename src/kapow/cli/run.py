@@ -38,7 +38,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     setup_logging(config.log.level, config.log.format)
-    waited = _wait_for_broker(config.kafka.bootstrap_servers, config.kafka.settings)
+    early = StartSignals()  # from here until the writer's own handlers take over, no signal is lost
+    waited = _wait_for_broker(config.kafka.bootstrap_servers, config.kafka.settings, early)
     if waited is not None:
         return waited
     from confluent_kafka import KafkaException
@@ -59,6 +60,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     threading.Thread(target=log_destination_problems, args=(config, log), name="kapow-preflight",
                      daemon=True).start()
     writer.install_signals()
+    if early.received:  # SIGTERM while starting (a pod stopped at once): start, then stop as at any other time
+        log.info("signal %s during start: stopping", signal.Signals(early.received[0]).name)
+        writer.stop()
     try:
         drained = writer.run()
     except KafkaException as exc:
@@ -72,30 +76,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_for_broker(bootstrap: str, settings: dict[str, str | int | float | bool]) -> int | None:
+class StartSignals:
+    """SIGTERM and SIGINT received while the writer starts, kept until its own handlers take over.
+
+    Installed before the wait for the broker and left in place until :meth:`Writer.install_signals` replaces
+    it: a signal that arrives after the broker answered, while the writer is being built, is remembered, and
+    the writer stops at once instead of running on until it is killed.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.received.append(signum)
+        self.stop.set()
+
+
+def _wait_for_broker(bootstrap: str, settings: dict[str, str | int | float | bool],
+                     early: StartSignals) -> int | None:
     """None once the broker answers; otherwise the exit code (0 SIGTERM, 130 SIGINT, 1 gave up)."""
     from kapow.kafka.connectivity import BrokerUnreachable, wait_for_broker
 
-    stop = threading.Event()
-    received: list[int] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        ready = wait_for_broker(bootstrap, settings, give_up_s=_broker_wait_s(), stop=stop,
+        ready = wait_for_broker(bootstrap, settings, give_up_s=_broker_wait_s(), stop=early.stop,
                                 report=lambda w: log.warning("%s", w.line(), extra={"fields": {
                                     "bootstrap": w.bootstrap, "reason": w.reason, "waited_s": round(w.waited_s)}}))
     except BrokerUnreachable as exc:
         log.error("%s", exc, extra={"fields": {"bootstrap": bootstrap}})
         return 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if ready:
+    if ready and not early.received:
         return None
+    received = early.received
     name = signal.Signals(received[0]).name if received else "stop"
     log.info("%s while waiting for Kafka at %s: not started", name, bootstrap)
     return EXIT_SIGINT if received and received[0] == signal.SIGINT else 0
