@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+import pytest
 from confluent_kafka import Message
 from hypothesis import given
 from hypothesis import strategies as st
@@ -144,3 +145,15 @@ def test_every_record_is_filtered_filed_or_failed_exactly_once(spec: list[tuple[
     filed = sum(len(w.rows) for w in works)
     assert batch.filtered + filed + len(batch.errors) == len(msgs)
     assert all(e.failure.error_class is ErrorClass.USER for e in batch.errors)
+
+
+def test_ten_thousand_tables_resolve_their_context_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the route cache held the first 2,048 contexts: at 10,000 tables most packets resolved theirs again
+    sorter = Sorter(CONFIG)
+    msgs = [msg(packet({"id": i}, table=f"t{i:05d}"), i) for i in range(10_000)]
+    sorter.sort(1, msgs)
+    resolved: list[bytes] = []
+    real = sorter._resolve
+    monkeypatch.setattr(sorter, "_resolve", lambda context: resolved.append(context) or real(context))
+    _, works = sorter.sort(2, msgs)
+    assert resolved == [] and len(works) == 10_000
