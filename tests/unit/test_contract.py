@@ -229,3 +229,29 @@ def test_hostile_data_in_a_valid_envelope_is_a_user_error_or_kept_exactly(data: 
     else:
         assert packet.doc == data.strip() or packet.doc == data  # byte for byte, as the client sent it
         assert packet.keys == tuple(msgspec.json.decode(packet.doc, type=dict[str, msgspec.Raw]))
+
+
+@pytest.mark.parametrize("destinations", [1, 4, 14])
+def test_a_cached_context_costs_no_more_memory_than_the_cache_counts(destinations: int) -> None:
+    # the cache's bound is on what it counts (entry_cost), so the count must cover the Python objects really held:
+    # a decoded context is ~7x its JSON bytes; a hostile stream of ever-new 2 KB contexts must not hold more
+    import gc
+    import tracemalloc
+
+    from kapow.bytecache import entry_cost
+
+    contexts = [msgspec.json.encode({"destinations": [{**DEST, "table": f"t{i}_{k}"} for k in range(destinations)]})
+                for i in range(500)]
+    d = decoder()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for context in contexts:
+            d.destinations(context)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(d._destinations) == 500
+    assert held <= sum(entry_cost(c) for c in contexts), (held, sum(entry_cost(c) for c in contexts))
