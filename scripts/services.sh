@@ -25,6 +25,16 @@ KAFKA_SASL_PORT="${KAPOW_KAFKA_SASL_PORT:-9094}"
 TLS="${KAPOW_SERVICES_TLS:-0}"
 KAFKA_DIR="$STATE/kafka"
 PG_DIR="$STATE/postgres"
+# As root, PostgreSQL runs as the postgres user, who must be able to reach its data directory. A checkout inside a
+# private directory (`mktemp -d` makes mode 700) cannot host it, so the cluster then lives under /var/tmp, named
+# after the state directory (the same name on every call, so stop and status find it).
+choose_pg_dir() {
+  if [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 && [ ! -f "$STATE/postgres/data/PG_VERSION" ] \
+     && ! runuser -u postgres -- test -x "$(dirname "$STATE")" 2>/dev/null; then
+    PG_DIR="/var/tmp/kapow-postgres-$(printf '%s' "$STATE" | sha1sum | cut -c1-12)"
+  fi
+}
+choose_pg_dir
 TLS_DIR="$STATE/tls"
 
 say() { printf '[services] %s\n' "$*"; }
@@ -43,7 +53,9 @@ wait_port() {  # wait_port PORT NAME SECONDS LOGFILE
 }
 
 as_postgres() {  # PostgreSQL refuses to run as root: drop to the postgres user when we are root.
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" != 0 ]; then "$@"
+  elif [ "$PG_DIR" != "$STATE/postgres" ]; then (cd / && runuser -u postgres -- "$@")  # its paths are absolute
+  else runuser -u postgres -- "$@"; fi
 }
 
 apt_install() {
@@ -99,6 +111,8 @@ start_postgres() {
   local bin
   bin=$(pg_bin) || true
   if [ -z "$bin" ]; then apt_install postgresql; bin=$(pg_bin) || die "postgresql installed but no server binary found"; fi
+  choose_pg_dir  # the postgres user may only exist now
+  [ "$PG_DIR" = "$STATE/postgres" ] || say "the postgres user cannot reach $STATE: the cluster lives in $PG_DIR"
   mkdir -p "$PG_DIR"
   if [ "$(id -u)" = 0 ]; then chown postgres: "$PG_DIR"; chmod 700 "$PG_DIR"; fi
   if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
