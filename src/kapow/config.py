@@ -110,6 +110,9 @@ def psycopg_conninfo(**params: object) -> str:
 
 class PipelineConfig(_Strict):
     batch_max_messages: int = 10_000  # more rows per table per batch when traffic spreads over many tables
+    # While a backlog spreads over many tables (few rows per table), batches may grow up to this many records
+    # (kapow.pipeline.batch.BatchSizer); set it to batch_max_messages to keep batches at that size.
+    batch_spread_max_messages: int = 40_000
     batch_max_wait_ms: int = 20  # at low rates, the longest a packet waits for company
     max_packet_bytes: int = 1024 * 1024
     max_json_depth: int = 32
@@ -242,6 +245,7 @@ def load_config(path: str | Path) -> Config:
 # (key, lowest, highest): numbers outside these ranges are typos or misunderstandings, refused at start.
 _PIPELINE_RANGES: tuple[tuple[str, float, float], ...] = (
     ("batch_max_messages", 1, 100_000),
+    ("batch_spread_max_messages", 1, 1_000_000),
     ("batch_max_wait_ms", 1, 60_000),
     ("max_packet_bytes", 1, 100 * 1024 * 1024),
     ("max_json_depth", 1, 256),

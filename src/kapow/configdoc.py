@@ -115,6 +115,12 @@ KEYS: dict[str, str] = {
                          "`version` guard can use).",
     "pipeline": "Batching, limits, holding and retries, the circuit breaker and the automatic redrive.",
     "pipeline.batch_max_messages": "Most records consumed into one batch.",
+    "pipeline.batch_spread_max_messages": "While a backlog spreads thin (a full batch has fewer than 8 rows per "
+                                          "table, over 64 tables or more), batches double up to this many "
+                                          "records (and a quarter of `max_buffer_bytes`), so that each table's "
+                                          "statement carries more rows; a short batch returns to "
+                                          "`batch_max_messages` at once. Set it to `batch_max_messages` to turn "
+                                          "growth off.",
     "pipeline.batch_max_wait_ms": "At low rates, the longest a packet waits for company before its batch goes.",
     "pipeline.max_packet_bytes": "Largest record value accepted; larger is the user error `too_large`.",
     "pipeline.max_json_depth": "Deepest nesting accepted in `data`; deeper is the user error `bad_packet`.",

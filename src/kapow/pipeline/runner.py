@@ -30,7 +30,7 @@ from kapow.config import Config
 from kapow.deadletter.publisher import ErrorPublisher
 from kapow.errors import ConfigError
 from kapow.kafka.factory import KafkaClients, LibrdkafkaClients
-from kapow.pipeline.batch import Batch
+from kapow.pipeline.batch import Batch, BatchSizer
 from kapow.pipeline.commit import CommitWindow
 from kapow.pipeline.gauges import DestinationsView, refresh_gauges
 from kapow.pipeline.observe import Observer
@@ -54,6 +54,8 @@ class Writer:
         self.clients = clients or LibrdkafkaClients(config)
         self.persister = persister or Persister(config)
         self.sorter = Sorter(config)
+        p = config.pipeline
+        self.sizer = BatchSizer(p.batch_max_messages, p.batch_spread_max_messages, p.max_buffer_bytes)
         self.observer = Observer(config)
         self.window: CommitWindow[Batch] = CommitWindow()
         self._batches: dict[int, Batch] = {}
@@ -144,7 +146,7 @@ class Writer:
         p = self.config.pipeline
         self._pressure()
         wait = p.batch_max_wait_ms / 1000 if not len(self.window) else 0.005
-        msgs = self._consumer.consume(p.batch_max_messages, wait)
+        msgs = self._consumer.consume(self.sizer.target, wait)
         if msgs:
             self._handle(msgs)
         self._collect(0.0)
@@ -193,10 +195,13 @@ class Writer:
         for record in batch.errors:
             self._publish(batch, record, at_sort=True)
         batch.errors = []
+        rows = 0
         for work in works:
             batch.pending += 1
             batch.nbytes += work.nbytes
             self.held_bytes += work.nbytes
+            rows += len(work.rows)
+        self.sizer.observe(len(msgs), rows, len(works), batch.nbytes)
         self.persister.submit_all(works)
         metrics.IN_FLIGHT.set(len(self.window))
 
