@@ -128,8 +128,10 @@ KEYS: dict[str, str] = {
     "pipeline.hold_s": "How long packets wait, in memory, while their table or database fails (locked, slow, "
                        "down) before they are parked on the system-errors topic; everything else keeps landing "
                        "meanwhile. An outage shorter than this parks nothing.",
-    "pipeline.max_buffer_bytes": "Bytes of packets consumed and not yet landed or parked, at most: past it the "
-                                 "consumer pauses, and what is held longest is parked early.",
+    "pipeline.max_buffer_bytes": "Memory for packets consumed and not yet landed or parked, at most (each "
+                                 "counts its value plus 1.5 kB for what its record holds besides): past it "
+                                 "the consumer pauses, and what is held longest is parked early. Past half of "
+                                 "it the writer waits for the database instead of reading ahead.",
     "pipeline.unit_max_rows": "Most rows written in one database transaction (many tables of one database share "
                               "one transaction and one round trip).",
     "pipeline.catalog_max_bytes": "Memory for the cached shapes of destination tables; the least recently used "

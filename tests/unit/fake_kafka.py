@@ -145,6 +145,7 @@ class FakePersister:
 
     def __init__(self) -> None:
         self.held: set[str] = set()
+        self.stuck: set[str] = set()  # held tables whose works wait behind a failure (not merely slow)
         self.waiting: list[TableWork] = []
         self.ready: list[WorkResult] = []
         self.cancels: list[bool] = []
@@ -180,6 +181,9 @@ class FakePersister:
     @property
     def queued_bytes(self) -> int:
         return sum(w.nbytes for w in self.waiting)
+
+    def stuck_bytes(self) -> int:
+        return sum(w.nbytes for w in self.waiting if w.key.table in self.stuck)
 
     def shed(self) -> int:
         self.sheds += 1

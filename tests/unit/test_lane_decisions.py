@@ -449,6 +449,19 @@ def test_a_database_failure_backs_the_whole_lane_off_and_opens_the_circuit() -> 
     assert len(s.delivered) == 2
 
 
+def test_stuck_bytes_are_those_of_held_tables_or_of_the_whole_lane_while_its_circuit_is_open() -> None:
+    s = Stepped({"a": LOCKED})
+    s.lane.submit(work("a", nbytes=30))
+    s.lane.submit(work("b", nbytes=5))
+    assert s.lane.stuck_bytes() == 0, "queued, not held: the lanes are merely busy"
+    s.step()  # a is held; b lands
+    s.lane.submit(work("a", nbytes=7))
+    s.lane.submit(work("b", nbytes=9))
+    assert s.lane.queued_bytes == 46 and s.lane.stuck_bytes() == 37, "only the held table's works are stuck"
+    s.lane.circuit._state = s.lane.circuit._state.OPEN
+    assert s.lane.stuck_bytes() == 46, "a lane whose circuit is open: everything it holds waits"
+
+
 def test_a_lane_down_without_a_known_failure_parks_as_unavailable() -> None:
     s = Stepped()
     s.lane.submit(work("a"))

@@ -28,6 +28,7 @@ class Lane:
         self.kw = kw
         self.submitted: list[TableWork] = []
         self.queued_bytes = 0
+        self.stuck = 0
         self.freed = 0
         self.cancelled: list[bool] = []
         self.closed: list[float] = []
@@ -43,6 +44,9 @@ class Lane:
 
     def shed(self) -> int:
         return self.freed
+
+    def stuck_bytes(self) -> int:
+        return self.stuck
 
     def cancel(self, *, running: bool = False) -> int:
         self.cancelled.append(running)
@@ -149,7 +153,8 @@ def test_bytes_sheds_cancels_and_closes_sum_over_every_lane() -> None:
     p.lane("wh", "b")
     made[0].queued_bytes, made[1].queued_bytes = 3, 4
     made[0].freed, made[1].freed = 10, 20
-    assert (p.queued_bytes, p.shed()) == (7, 30)
+    made[0].stuck, made[1].stuck = 1, 2
+    assert (p.queued_bytes, p.shed(), p.stuck_bytes()) == (7, 30, 3)
     assert p.cancel(running=True) == 4 and [lane.cancelled for lane in made] == [[True], [True]]
     assert p.cancel() == 4 and made[0].cancelled[-1] is False
     p.close(timeout=2.5)

@@ -12,6 +12,7 @@ from kapow.contract import CONTEXT_VALUE, Destination, Metadata, TableKey
 from kapow.errors import ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.route import Router, route_specs
 from kapow.pipeline.sort import Sorter, tombstone_row
+from kapow.pipeline.work import PACKET_OVERHEAD
 
 BASE = """
 [kafka]
@@ -182,7 +183,7 @@ def test_routed_records_need_no_header_and_land_on_their_table() -> None:
     acc = by_table["accounts"]
     assert [r.keys for r in acc.rows] == [("id", "v"), ("id", "v")]
     assert [r.dest.mode for r in acc.rows] == ["upsert", "upsert"] and acc.rows[0].route is None
-    assert acc.nbytes == len(b'{"id": 1, "v": 2}') * 2 and acc.batch == 1
+    assert acc.nbytes == (len(b'{"id": 1, "v": 2}') + PACKET_OVERHEAD) * 2 and acc.batch == 1
     assert by_table["ins"].rows[0].dest.mode == "insert"
     assert batch.topics["accounts.json"].passed == 2 and batch.topics["ins"].passed == 1
     assert batch.filtered == 0 and batch.packets == 3 and not batch.errors
@@ -195,7 +196,7 @@ def test_a_tombstone_deletes_on_a_deleting_route_and_is_skipped_elsewhere() -> N
     (work,) = works
     (row,) = work.rows
     assert row.dest.mode == "delete" and row.doc == b'{"id":7}' and row.keys == ("id",)
-    assert work.nbytes == 0
+    assert work.nbytes == PACKET_OVERHEAD, "a tombstone has no value, but its record is held"
     assert (batch.topics["plain"].filtered, batch.topics["ins"].filtered, batch.topics["cdc"].filtered) == (1, 1, 1)
     assert batch.filtered == 3 and batch.packets == 1
 
@@ -206,7 +207,7 @@ def test_change_events_are_left_whole_for_the_lane_to_decode() -> None:
     (row,) = work.rows
     assert row.route is not None and row.route.key == TableKey("wh", "db", "sales", "cdc_t")
     assert (row.doc, row.keys, row.dest.mode) == (b"", (), "upsert")
-    assert work.nbytes == len(b'{"op": "c", "after": {"id": 1}}')
+    assert work.nbytes == len(b'{"op": "c", "after": {"id": 1}}') + PACKET_OVERHEAD
 
 
 def test_a_routed_record_that_cannot_be_a_row_fails_alone() -> None:
@@ -274,7 +275,7 @@ def test_a_batch_remembers_the_last_offset_of_each_partition_and_its_timestamps(
     assert batch.seq == 3 and batch.offsets == {("in", 0): 3, ("in", 1): 9}  # the last one seen, in order
     assert (batch.first_ts_ms, batch.last_ts_ms) == (100, 400)
     assert (batch.received, batch.filtered, batch.packets) == (4, 0, 4)
-    assert works[0].batch == 3 and works[0].nbytes == 4 * len(packet("t"))
+    assert works[0].batch == 3 and works[0].nbytes == 4 * (len(packet("t")) + PACKET_OVERHEAD)
     empty, none = Sorter(CONFIG).sort(4, [])
     assert (empty.first_ts_ms, empty.last_ts_ms, empty.received, none) == (0, 0, 0, [])
 
@@ -298,5 +299,6 @@ def test_a_packet_for_two_tables_counts_its_bytes_in_each() -> None:
         "data": {"id": 1}})
     _batch, works = Sorter(CONFIG).sort(1, [Message(topic="in", partition=0, offset=0, value=value, headers=HEADERS,
                                                      timestamp=(1, 1))])
-    assert sorted((w.key.table, w.nbytes) for w in works) == [("orders", len(value)), ("t", len(value))]
+    assert sorted((w.key.table, w.nbytes) for w in works) == [("orders", len(value) + PACKET_OVERHEAD),
+                                                                  ("t", len(value) + PACKET_OVERHEAD)]
     assert works[0].rows[0].doc == b'{"id":1}' and works[0].rows[0].keys == ("id",)

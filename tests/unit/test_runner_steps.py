@@ -26,8 +26,9 @@ from kapow.pipeline import runner as runner_module
 from kapow.pipeline.gauges import DestinationsView
 from kapow.pipeline.process import bounded as _bounded
 from kapow.pipeline.process import tune_gc
+from kapow.pipeline.readahead import PAUSE_S, READ_AHEAD
 from kapow.pipeline.runner import CLOSE_TIMEOUT_S, MAX_WINDOW, Writer
-from kapow.pipeline.work import ErrorRecord, WorkResult
+from kapow.pipeline.work import PACKET_OVERHEAD, ErrorRecord, WorkResult
 from tests.unit.fake_kafka import FakeClients, FakeConsumer, FakePersister, FakeProducer
 from tests.unit.test_runner import CONFIG, packet, records, steps, writer
 
@@ -135,9 +136,9 @@ def test_a_batch_holds_its_bytes_until_its_rows_land_and_its_error_records_are_a
     producer.failing.add("kapow.errors.user")
     w.step()
     (batch,) = list(w.window)
-    value_size = len(packet("held", 0))
+    value_size = len(packet("held", 0)) + PACKET_OVERHEAD  # the value and what its record holds besides
     assert (batch.pending, batch.unacked) == (1, 1)
-    assert w.held_bytes == batch.nbytes == value_size + len(bad)
+    assert w.held_bytes == batch.nbytes == value_size + len(bad) + PACKET_OVERHEAD
     assert sample("kapow_batches_in_flight") == 1
     producer.failing.clear()
     w.step()  # the error record is produced again and acknowledged
@@ -164,7 +165,7 @@ def test_an_ack_for_a_batch_dropped_by_a_revoke_does_not_free_bytes_twice(retry_
     producer.failing.clear()
     w.step()  # both error records are acknowledged: the dropped batch's frees nothing of the new one's
     assert dropped.unacked == 0
-    assert w.held_bytes == sum(b.nbytes for b in w.window) == len(packet("held", 1))
+    assert w.held_bytes == sum(b.nbytes for b in w.window) == len(packet("held", 1)) + PACKET_OVERHEAD
 
 
 def test_an_answer_for_a_batch_dropped_by_a_revoke_is_ignored() -> None:
@@ -630,7 +631,8 @@ def test_each_error_record_of_a_batch_is_waited_for_and_its_bytes_held(retry_at_
     producer.failing.add("kapow.errors.user")
     w.step()
     (batch,) = list(w.window)
-    assert (batch.unacked, batch.nbytes, w.held_bytes) == (2, len(bad1) + len(bad2), len(bad1) + len(bad2))
+    assert (batch.unacked, batch.nbytes, w.held_bytes) == (2, len(bad1) + len(bad2) + 2 * PACKET_OVERHEAD,
+                                                         len(bad1) + len(bad2) + 2 * PACKET_OVERHEAD)
 
 
 def test_drain_looks_for_answers_briefly_and_never_waits_on_the_producer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -657,3 +659,39 @@ def test_nothing_is_committed_once_the_consumer_is_gone() -> None:
     w._consumer = None
     w._commit({("in", 0): 9}, asynchronous=False)
     assert consumer.committed_offsets == {("in", 0): 1}
+
+
+def big_packet(table: str, i: int) -> bytes:
+    """A packet of about 300 kB: two of them fill half of a 1 MiB buffer."""
+    return packet(table, i)[:-2] + b', "pad": "' + b"x" * 300_000 + b'"}}'
+
+
+def test_a_full_read_ahead_waits_for_the_lanes_instead_of_reading_more() -> None:
+    w, consumer, _producer, persister = writer_with({0: [big_packet("slow", i) for i in range(4)]},
+                                                    max_buffer_bytes="1048576", batch_max_messages="1")
+    persister.held.add("slow")  # slow but healthy: its works are being written, nothing failed
+    steps(w, 2)
+    assert w.held_bytes >= READ_AHEAD * 1048576 and len(consumer.consumed) == 2
+    w.step()
+    w.step()
+    assert len(consumer.consumed) == 2, "read on past the read-ahead line while the lanes were busy"
+    assert not w._paused and len(w.window) == 2
+    w.read_ahead.since -= PAUSE_S  # the lanes took longer than that: read on
+    w.step()
+    assert len(consumer.consumed) == 3 and len(w.window) == 3
+    persister.release("slow")
+    w.step()  # answers arrive: under the line, reading goes on at once
+    assert w.held_bytes < READ_AHEAD * 1048576 and len(consumer.consumed) == 4
+
+
+def test_packets_stuck_behind_a_failure_never_stop_the_reading_of_others() -> None:
+    w, consumer, _producer, persister = writer_with({0: [big_packet("locked", i) for i in range(2)]
+                                                     + [packet("ok", i) for i in range(3)]},
+                                                    max_buffer_bytes="1048576", batch_max_messages="1")
+    persister.held.add("locked")
+    persister.stuck.add("locked")  # held by a failure (a lock, a dead database): its bytes are not read-ahead
+    steps(w, 2)
+    assert w.held_bytes >= READ_AHEAD * 1048576
+    steps(w, 3)
+    landed = sum(b.landed for b in w.window)
+    assert len(consumer.consumed) == 5 and landed == 3, "a stuck table slowed everyone's reading"

@@ -13,6 +13,7 @@ from kapow.contract import CONTEXT_VALUE, Destination, TableKey
 from kapow.errors import ErrorClass, ErrorCode, Failure
 from kapow.pipeline.route import Router
 from kapow.pipeline.sort import Sorter
+from kapow.pipeline.work import PACKET_OVERHEAD
 
 CONFIG = parse_config("""
 [kafka]
@@ -66,7 +67,7 @@ def test_rows_keep_order_and_group_per_table() -> None:
     for work in works:
         offsets = [row.msg.offset() for row in work.rows]
         assert offsets == sorted(offsets)
-        assert work.nbytes == sum(len(row.msg.value() or b"") for row in work.rows)
+        assert work.nbytes == sum(len(row.msg.value() or b"") + PACKET_OVERHEAD for row in work.rows)
 
 
 def test_two_destinations_two_works_and_a_bad_one_fails_alone() -> None:

@@ -119,7 +119,7 @@ def consumer_config(bootstrap: str, group_id: str, settings: Settings | None = N
         "partition.assignment.strategy": "range,roundrobin",
         "fetch.min.bytes": 1,
         "fetch.wait.max.ms": 20,
-        "queued.max.messages.kbytes": 65536,
+        "queued.max.messages.kbytes": 16384,
         "max.partition.fetch.bytes": 4 * 1024 * 1024,
         "session.timeout.ms": 10000,
         "heartbeat.interval.ms": 1000,

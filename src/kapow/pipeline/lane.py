@@ -197,6 +197,18 @@ class DatabaseLane:
             self._cond.notify_all()
         return True
 
+    def stuck_bytes(self) -> int:
+        """Bytes queued behind a failure: every queued work while the circuit is open, else those of held tables.
+
+        The loop's read-ahead leaves these out (:meth:`kapow.pipeline.runner.Writer._read_ahead_full`): what waits
+        on one table or database must not slow the reading of everyone else's packets. O(tables with queued
+        works); the loop asks only when its read-ahead is full.
+        """
+        with self._cond:
+            if not self.circuit.closed:
+                return self.queued_bytes
+            return sum(w.nbytes for q in self._pending.values() if q.failure is not None for w in q.works)
+
     def held_tables(self) -> int:
         """How many tables are held by a failure now (a gauge)."""
         with self._cond:

@@ -93,6 +93,10 @@ class Persister:
     def queued_bytes(self) -> int:
         return sum(lane.queued_bytes for lane in self.lanes().values())
 
+    def stuck_bytes(self) -> int:
+        """Bytes queued behind a held table or an open circuit, in every lane (see :meth:`DatabaseLane.stuck_bytes`)."""
+        return sum(lane.stuck_bytes() for lane in self.lanes().values())
+
     def shed(self) -> int:
         """Park what is held (see :meth:`DatabaseLane.shed`); the bytes freed."""
         return sum(lane.shed() for lane in self.lanes().values())

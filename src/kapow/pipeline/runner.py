@@ -36,8 +36,9 @@ from kapow.pipeline.gauges import DestinationsView, refresh_gauges
 from kapow.pipeline.observe import Observer
 from kapow.pipeline.persist import Persister
 from kapow.pipeline.process import bounded, tune_gc
+from kapow.pipeline.readahead import ReadAhead
 from kapow.pipeline.sort import Sorter
-from kapow.pipeline.work import ErrorRecord, WorkResult
+from kapow.pipeline.work import PACKET_OVERHEAD, ErrorRecord, WorkResult
 
 log = logging.getLogger("kapow.writer")
 
@@ -71,6 +72,7 @@ class Writer:
         self.held_bytes = 0  # bytes of packets consumed and not yet answered or acknowledged
         self._paused = False
         self._pressure_since = 0.0
+        self.read_ahead = ReadAhead(config.pipeline.max_buffer_bytes, self.persister.stuck_bytes)
         self._committed: dict[tuple[str, int], int] = {}
         self.last_commit = time.monotonic()
         self.redriver: Any = None
@@ -145,11 +147,14 @@ class Writer:
         assert self.errors is not None
         p = self.config.pipeline
         self._pressure()
-        wait = p.batch_max_wait_ms / 1000 if not len(self.window) else 0.005
-        msgs = self._consumer.consume(self.sizer.target, wait)
-        if msgs:
-            self._handle(msgs)
-        self._collect(0.0)
+        if self.read_ahead.full(self.held_bytes, paused=self._paused):
+            self._collect(0.005)  # enough held for the lanes: wait for answers instead of reading more
+        else:
+            wait = p.batch_max_wait_ms / 1000 if not len(self.window) else 0.005
+            msgs = self._consumer.consume(self.sizer.target, wait)
+            if msgs:
+                self._handle(msgs)
+            self._collect(0.0)
         self.errors.poll(0)
         self._advance(asynchronous=True)
         self.observer.tick(self._refresh_gauges, self.errors.published)
@@ -208,7 +213,7 @@ class Writer:
     def _publish(self, batch: Batch, record: ErrorRecord, *, at_sort: bool) -> None:
         assert self.errors is not None
         self.observer.failed(batch, record, at_sort=at_sort)
-        size = len(record.msg.value() or b"")
+        size = len(record.msg.value() or b"") + PACKET_OVERHEAD
         batch.unacked += 1
         batch.nbytes += size
         self.held_bytes += size

@@ -23,7 +23,7 @@ from kapow.errors import ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.batch import Batch, TopicCounts
 from kapow.pipeline.filter import is_pipeline_record
 from kapow.pipeline.route import Route, Router, RouteSpec
-from kapow.pipeline.work import ErrorRecord, Row, TableWork
+from kapow.pipeline.work import PACKET_OVERHEAD, ErrorRecord, Row, TableWork
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -109,7 +109,7 @@ class Sorter:
         if work is None:
             work = works[route.key] = TableWork(route.key, route.destination, [], batch.seq, 0)
         work.rows.append(row)
-        work.nbytes += len(value or b"")
+        work.nbytes += len(value or b"") + PACKET_OVERHEAD
         return True
 
     def _file(self, batch: Batch, works: dict[TableKey, TableWork], msg: Message) -> None:
@@ -124,7 +124,7 @@ class Sorter:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))
             return
         keys = self._keysets.setdefault(keys, keys) if len(self._keysets) < MAX_KEYSETS else keys
-        size = len(value) if value else 0
+        size = (len(value) if value else 0) + PACKET_OVERHEAD
         for dest, route in routes:
             if isinstance(route, Failure):
                 batch.errors.append(ErrorRecord(msg, route, dest))

@@ -35,6 +35,13 @@ class Row(msgspec.Struct, gc=False):
     route: RouteSpec | None = None  # a Debezium change event still to decode (the lane knows the column types)
 
 
+# What a consumed packet holds in memory beyond its value: the client's Message object and its headers, the
+# decoded document, its Row, a share of its statement's payload. The writer's memory bound counts it, so that
+# ``max_buffer_bytes`` bounds the process, not only the values: an RSS of ~2.2 kB per 250 B packet in flight
+# was measured (docs/BENCHMARKS.md, "Memory"), and small packets are where the values alone undercount most.
+PACKET_OVERHEAD = 1536
+
+
 class TableWork(msgspec.Struct, gc=False, eq=False):
     """One batch's rows for one table, as queued in its database's lane (a msgspec Struct: one is made per table
     per batch, and a batch may touch a thousand tables)."""
@@ -43,7 +50,7 @@ class TableWork(msgspec.Struct, gc=False, eq=False):
     config: DestinationConfig
     rows: list[Row]
     batch: int  # the sequence number of the batch it belongs to
-    nbytes: int  # bytes of the packets it holds, for the writer's memory bound
+    nbytes: int  # memory its packets hold (values + PACKET_OVERHEAD each), for the writer's memory bound
     enqueued_at: float = 0.0  # monotonic; set by the lane
     epoch: int = 0  # the lane's cancel epoch when queued: work from before a revoke is never retried
     attempts: int = 0
@@ -61,4 +68,4 @@ class WorkResult(msgspec.Struct, gc=False, eq=False):
     probes: int = 0  # statements spent isolating bad rows
 
 
-__all__ = ["ErrorRecord", "Row", "TableWork", "WorkResult"]
+__all__ = ["PACKET_OVERHEAD", "ErrorRecord", "Row", "TableWork", "WorkResult"]

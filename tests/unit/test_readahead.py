@@ -1,0 +1,56 @@
+"""The read-ahead rule at exact values: the line, what is left out, how long the loop may wait, the recount."""
+
+from __future__ import annotations
+
+from kapow.pipeline.readahead import PAUSE_S, RECOUNT_S, ReadAhead
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_under_the_line_or_paused_the_loop_reads_and_counts_nothing() -> None:
+    asked: list[int] = []
+    r = ReadAhead(1000, lambda: asked.append(1) or 0, Clock())
+    assert r.line == 500
+    assert not r.full(499, paused=False)
+    assert not r.full(10_000, paused=True), "paused: the memory bound's own logic is in charge"
+    assert asked == [] and r.since == 0.0
+
+
+def test_at_the_line_the_loop_waits_for_a_quarter_second_then_reads_on_until_it_falls_under() -> None:
+    clock = Clock()
+    r = ReadAhead(1000, lambda: 0, clock)
+    assert r.full(500, paused=False) and r.since == 100.0
+    clock.now += PAUSE_S - 0.01
+    assert r.full(800, paused=False)
+    clock.now += 0.01
+    assert not r.full(800, paused=False), "waited PAUSE_S: read on"
+    assert not r.full(900, paused=False) and r.since == 100.0, "still reading on while above the line"
+    assert not r.full(499, paused=False) and r.since == 0.0
+    assert r.full(500, paused=False) and r.since == clock.now, "a new wait starts afresh"
+
+
+def test_bytes_stuck_behind_failures_are_left_out_and_recounted_at_most_every_tenth_of_a_second() -> None:
+    clock = Clock()
+    stuck = [400]
+    counted: list[float] = []
+
+    def count() -> int:
+        counted.append(clock.now)
+        return stuck[0]
+
+    clock.now = 1.0
+    r = ReadAhead(1000, count, clock)
+    assert not r.full(899, paused=False), "899 held, 400 of them stuck: 499 is under the line"
+    assert r.full(900, paused=False)
+    stuck[0] = 900
+    clock.now = 1.0 + RECOUNT_S / 2
+    assert r.full(900, paused=False), "not recounted yet"
+    clock.now = 1.0 + RECOUNT_S
+    assert not r.full(900, paused=False) and r.since == 0.0
+    assert counted == [1.0, 1.0 + RECOUNT_S]
