@@ -125,7 +125,7 @@ class PipelineConfig(_Strict):
     # writer's memory; past half of it the loop stops reading ahead (kapow.pipeline.readahead).
     max_buffer_bytes: int = 256 * 1024 * 1024
     # Rows written in one database transaction (many tables of one database share it; see kapow.postgres.writer)
-    unit_max_rows: int = 20_000
+    unit_max_rows: int = 10_000
     retry_initial_backoff_s: float = 0.2
     retry_max_backoff_s: float = 5.0
     # A destination that keeps failing opens its circuit; it is probed every circuit_open_s, with or without
