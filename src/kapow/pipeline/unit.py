@@ -196,9 +196,16 @@ def order_keys(table: Table, inputs: list[RowLike]) -> dict[int, tuple[str, ...]
     if all(r.dest.mode == "insert" and r.keys == first.keys and r.dest == first.dest for r in inputs):
         return {}
     out: dict[int, tuple[str, ...]] = {}
+    found: dict[tuple[int, int], tuple[str, ...] | None] = {}  # by shape identity (sort interns keys and dests)
     for i, row in enumerate(inputs):
-        key = key_columns(table, row.dest)
-        if isinstance(key, tuple) and all(c in row.keys for c in key):
+        shape = (id(row.dest), id(row.keys))
+        if shape in found:
+            key = found[shape]
+        else:
+            resolved = key_columns(table, row.dest)
+            key = found[shape] = resolved if isinstance(resolved, tuple) and all(c in row.keys for c in resolved) \
+                else None
+        if key is not None:
             out[i] = key
     return out
 

@@ -123,7 +123,7 @@ def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple
         if key_cols is None:  # an insert with no resolvable key in a mixed table: its own key, never folded
             per_key[("row", i)] = [_Op(INSERT, row.doc, row.keys, row.dest, [i])]
             continue
-        values = _key_values(row.doc, key_cols)
+        values = _key_values(_key_decoder(table, key_cols), row.doc)
         op = _Op(row.dest.mode, row.doc, row.keys, row.dest, [i])
         ops = per_key.setdefault((key_cols, values), [])
         if not ops or not _fold(ops, op):
@@ -143,9 +143,23 @@ def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple
     return [stmt for shapes in rounds for stmt in shapes.values()]
 
 
-def _key_values(doc: bytes, key_cols: tuple[str, ...]) -> tuple[bytes, ...]:
-    fields = _raw_decoder.decode(doc)
-    return tuple(bytes(fields[c]).strip() if c in fields else b"" for c in key_cols)
+def _key_decoder(table: Table, key_cols: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
+    """A decoder of the key columns alone, cached on the table: the other values are skipped, not built (a
+    quarter of the time of decoding the whole row, on every upsert and delete)."""
+    cache_key = ("key-decoder", key_cols)
+    decoder: msgspec.json.Decoder[Any] | None = table.statements.get(cache_key)
+    if decoder is None:
+        fields = [(f"k{i}", msgspec.Raw, msgspec.Raw(b"")) for i in range(len(key_cols))]
+        struct = msgspec.defstruct("Key", fields, rename={f"k{i}": c for i, c in enumerate(key_cols)}, gc=False)
+        decoder = msgspec.json.Decoder(struct)
+        if len(table.statements) < table.MAX_DERIVED:
+            table.statements[cache_key] = decoder
+    return decoder
+
+
+def _key_values(decoder: msgspec.json.Decoder[Any], doc: bytes) -> tuple[bytes, ...]:
+    """The raw JSON of each key column (b"" when absent), a key for folding: equal text, equal key."""
+    return tuple(bytes(raw).strip() for raw in msgspec.structs.astuple(decoder.decode(doc)))
 
 
 def _fold(ops: list[_Op], op: _Op) -> bool:
