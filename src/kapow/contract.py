@@ -57,8 +57,9 @@ class Metadata(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                      if (c := getattr(self, f)) is not None)
 
 
-class Destination(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    """Where a packet goes, and how (``mode``); hashable so that it can key caches and groups directly."""
+class Destination(msgspec.Struct, frozen=True, forbid_unknown_fields=False, cache_hash=True):
+    """Where a packet goes, and how (``mode``); hashable so that it can key caches and groups directly (the hash
+    is computed once per object: statements are grouped by it row after row)."""
 
     vanity: str
     database: str

@@ -118,27 +118,40 @@ class _Op:
 
 def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ...]]) -> list[Statement]:
     per_key: dict[Any, list[_Op]] = {}
+    decoders: dict[tuple[str, ...], msgspec.json.Decoder[Any]] = {}
     for i, row in enumerate(rows):
         key_cols = keys_of.get(i)
         if key_cols is None:  # an insert with no resolvable key in a mixed table: its own key, never folded
             per_key[("row", i)] = [_Op(INSERT, row.doc, row.keys, row.dest, [i])]
             continue
-        values = _key_values(_key_decoder(table, key_cols), row.doc)
+        decoder = decoders.get(key_cols)
+        if decoder is None:
+            decoder = decoders[key_cols] = _key_decoder(table, key_cols)
+        values = _key_values(decoder, row.doc)
         op = _Op(row.dest.mode, row.doc, row.keys, row.dest, [i])
         ops = per_key.setdefault((key_cols, values), [])
         if not ops or not _fold(ops, op):
             ops.append(op)
+    # Statements per round and shape; looked up by identity first (rows of one shape share their keys and
+    # destination objects), so a shape is hashed once per object, not once per row.
     rounds: list[dict[tuple[str, tuple[str, ...], Destination], Statement]] = []
+    by_id: list[dict[tuple[str, int, int], Statement]] = []
     for ops in per_key.values():
         for r, op in enumerate(ops):
             if r == len(rounds):
                 rounds.append({})
-            shape = (op.kind, op.keys if op.kind != DELETE else (), op.dest)
-            stmt = rounds[r].get(shape)
+                by_id.append({})
+            columns = op.keys if op.kind != DELETE else ()
+            ident = (op.kind, id(columns), id(op.dest))
+            stmt = by_id[r].get(ident)
             if stmt is None:
-                key = keys_of.get(op.sources[0], ())
-                stmt = rounds[r][shape] = Statement(op.kind, shape[1], op.dest,
-                                                    statement_text(table, op.kind, shape[1], op.dest, key))
+                shape = (op.kind, columns, op.dest)
+                stmt = rounds[r].get(shape)
+                if stmt is None:
+                    key = keys_of.get(op.sources[0], ())
+                    stmt = rounds[r][shape] = Statement(op.kind, columns, op.dest,
+                                                        statement_text(table, op.kind, columns, op.dest, key))
+                by_id[r][ident] = stmt
             stmt.elements.append(Element(op.doc, op.sources))
     return [stmt for shapes in rounds for stmt in shapes.values()]
 
