@@ -200,7 +200,7 @@ class DatabaseLane:
     def stuck_bytes(self) -> int:
         """Bytes queued behind a failure: every queued work while the circuit is open, else those of held tables.
 
-        The loop's read-ahead leaves these out (:meth:`kapow.pipeline.runner.Writer._read_ahead_full`): what waits
+        The loop's read-ahead leaves these out (:class:`kapow.pipeline.readahead.ReadAhead`): what waits
         on one table or database must not slow the reading of everyone else's packets. O(tables with queued
         works); the loop asks only when its read-ahead is full.
         """

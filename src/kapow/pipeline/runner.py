@@ -72,7 +72,7 @@ class Writer:
         self.held_bytes = 0  # bytes of packets consumed and not yet answered or acknowledged
         self._paused = False
         self._pressure_since = 0.0
-        self.read_ahead = ReadAhead(config.pipeline.max_buffer_bytes, self.persister.stuck_bytes)
+        self.read_ahead = ReadAhead(p.max_buffer_bytes, self.persister.stuck_bytes)
         self._committed: dict[tuple[str, int], int] = {}
         self.last_commit = time.monotonic()
         self.redriver: Any = None
