@@ -25,7 +25,7 @@ from kapow.contract import Destination, Metadata, TableKey
 from kapow.errors import ErrorCode, Scope
 from kapow.pipeline.lane import DatabaseLane
 from kapow.pipeline.route import route_specs
-from kapow.pipeline.unit import JobOutcome, TableJob, write_unit
+from kapow.pipeline.unit import PLAIN_PAUSE_S, JobOutcome, TableJob, write_unit
 from kapow.pipeline.work import Row, TableWork, WorkResult
 from kapow.postgres.catalog import Catalog, Table, load_tables
 from kapow.postgres.isolate import IsolationAborted, isolate
@@ -141,6 +141,37 @@ def test_apply_unit_fences_each_table_and_counts_each_statement(db: str, conn: p
         locker.rollback()
     assert locked.failure is not None and (locked.failure.code, locked.failure.scope) == (ErrorCode.TIMEOUT,
                                                                                           Scope.TABLE)
+
+
+def test_inserts_are_tried_plain_and_a_duplicate_applies_the_table_again_on_conflict(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    """Plain INSERTs first (no speculative insertion); a duplicate rolls the table back to its fence and applies it
+    again with ON CONFLICT DO NOTHING: the same rows land as if ON CONFLICT had been used from the start."""
+    there, inside, fresh, checked = new_table(db), new_table(db), new_table(db), new_table(db)
+    kit.sql(db, f"INSERT INTO {there} VALUES (1, 'old', 1)")
+    kit.sql(db, f"INSERT INTO {checked} VALUES (1, 'old', 1)")
+    t_there, t_inside, t_fresh, t_checked = (table_of(conn, n) for n in (there, inside, fresh, checked))
+    rows_there = [row_in(dest(db, there), good(i)) for i in range(4)]
+    rows_inside = [row_in(dest(db, inside), good(i)) for i in range(3)] + [
+        row_in(dest(db, inside), {"id": 1, "name": "second", "qty": 2})]
+    rows_fresh = [row_in(dest(db, fresh), good(i)) for i in range(5)]
+    rows_checked = [row_in(dest(db, checked), good(1)), row_in(dest(db, checked), {"id": 2, "name": "n", "qty": -1})]
+    plans = [plan(t_there, rows_there, {}), plan(t_inside, rows_inside, {}), plan(t_fresh, rows_fresh, {}),
+             plan(t_checked, rows_checked, {})]
+    out = apply_unit(conn, plans, [True, True, True, True])
+    assert [(o.affected, o.conflicted, o.failure) for o in out[:3]] == [([3], True, None), ([3], True, None),
+                                                                        ([5], False, None)]
+    assert kit.scalar(db, f"SELECT name FROM {there} WHERE id = 1") == "old"
+    assert kit.scalar(db, f"SELECT name FROM {inside} WHERE id = 1") == "item 1", "the first of two duplicates wins"
+    assert [kit.scalar(db, f"SELECT count(*) FROM {n}") for n in (there, inside, fresh)] == [4, 3, 5]
+    # a duplicate, then a bad row: applied again, and the bad row's failure is what the table reports
+    assert out[3].conflicted and out[3].failure is not None and out[3].failure.code is ErrorCode.CONSTRAINT_VIOLATION
+    assert kit.scalar(db, f"SELECT count(*) FROM {checked}") == 1
+    # not tried plain: nothing to apply again
+    (again,) = apply_unit(conn, [plan(t_there, [row_in(dest(db, there), good(i)) for i in range(6)], {})], [False])
+    assert (again.affected, again.conflicted) == ([2], False)
+    (default,) = apply_unit(conn, [plan(t_there, [row_in(dest(db, there), good(6))], {})])
+    assert (default.affected, default.conflicted) == ([1], False), "plain inserts are asked for, never assumed"
 
 
 def test_apply_unit_is_one_transaction(db: str, conn: psycopg.Connection[Any]) -> None:
@@ -359,6 +390,28 @@ def test_a_unit_writes_many_tables_and_answers_each_work(db: str, conn: psycopg.
     assert all(r.attempts == 1 and r.seconds >= 0 for o in out for r in o.results or [])
     assert kit.scalar(db, f"SELECT count(*) FROM {a}") == 3 and kit.scalar(db, f"SELECT count(*) FROM {b}") == 1
     assert catalog.get(TableKey("wh", db, "public", "no_such_table")) == (True, None)
+
+
+def test_a_table_whose_plain_inserts_met_a_duplicate_writes_on_conflict_for_a_while(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db)
+    key = TableKey("wh", db, "public", name)
+    catalog = Catalog()
+    write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), good(0))])])
+    _, table = catalog.get(key)
+    assert table is not None and table.plain_from == 0.0, "a new table's inserts are tried plain"
+    before = time.monotonic()
+    out = write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), good(0)),
+                                                    packet_row(dest(db, name), good(1))])])
+    assert results(out[0]) == [(1, 1, [])]
+    assert before + PLAIN_PAUSE_S <= table.plain_from <= time.monotonic() + PLAIN_PAUSE_S
+    paused = table.plain_from = time.monotonic() + 30  # still paused: the next duplicate is not met plain
+    out = write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), good(1)),
+                                                    packet_row(dest(db, name), good(2))])])
+    assert results(out[0]) == [(1, 1, [])] and table.plain_from == paused
+    table.plain_from = time.monotonic()  # the pause is over: plain again, and the next duplicate pauses it again
+    out = write_unit(conn, catalog, [job(db, name, [packet_row(dest(db, name), good(2))])])
+    assert results(out[0]) == [(0, 1, [])] and table.plain_from > time.monotonic() + PLAIN_PAUSE_S - 5
 
 
 def test_a_table_locked_past_its_timeout_fails_its_job_and_not_the_unit(db: str,

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # A catalog entry older than this is reread before a schema failure is believed: a client who adds a column and
 # starts sending it is refused for about a second, not for the catalog's whole TTL.
 RECHECK_AFTER_S = 1.0
+# After a table's plain inserts met a duplicate (kapow.postgres.writer), its inserts go straight to ON CONFLICT
+# DO NOTHING for this long: a client that keeps resending rows costs one wasted attempt a minute, not one a unit.
+PLAIN_PAUSE_S = 60.0
 SCHEMA_CODES = frozenset({ErrorCode.UNKNOWN_COLUMN, ErrorCode.MISSING_COLUMN, ErrorCode.UNKNOWN_TABLE,
                           ErrorCode.NO_UNIQUE_KEY, ErrorCode.MISSING_KEY})
 
@@ -74,7 +77,14 @@ def write_unit(conn: psycopg.Connection[Any], catalog: Catalog, jobs: list[Table
     tables = _tables(conn, catalog, [job.key for job in jobs])
     prepared = [_prepare(conn, catalog, job, tables[job.key]) for job in jobs]
     to_apply = [p for p in prepared if p.statements]
-    outcomes = apply_unit(conn, [p.statements for p in to_apply]) if to_apply else []
+    now = time.monotonic()
+    plain_first = [p.table is not None and now >= p.table.plain_from for p in to_apply]
+    outcomes = apply_unit(conn, [p.statements for p in to_apply], plain_first) if to_apply else []
+    for p, applied in zip(to_apply, outcomes, strict=True):
+        if applied.conflicted and p.table is not None:
+            p.table.plain_from = now + PLAIN_PAUSE_S
+            log.debug("%s: a duplicate met by plain inserts; ON CONFLICT DO NOTHING for %.0f s", p.job.key.label,
+                      PLAIN_PAUSE_S)
     by_job = dict(zip([id(p) for p in to_apply], outcomes, strict=True))
     out: list[JobOutcome] = []
     for p in prepared:

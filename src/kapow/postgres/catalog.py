@@ -74,6 +74,7 @@ class Table:
     verdicts: dict[Any, Any] = field(default_factory=dict)  # kapow.postgres.validate's cache
     statements: dict[Any, Any] = field(default_factory=dict)  # kapow.postgres.statements' cache
     change_decoder: Any = None  # kapow.formats.debezium.ChangeDecoder for this table's columns, made on first use
+    plain_from: float = 0.0  # monotonic time from which its inserts are tried without ON CONFLICT again
 
     MAX_DERIVED = 64  # entries per cache: a table sees a few keysets, not thousands
 

@@ -74,7 +74,7 @@ def _try(conn: psycopg.Connection[Any], statement: Statement, elements: list[Ele
         if failure.scope is Scope.ROW:  # a whole-call error that is a row's would be our own bug: hold the table
             failure = Failure(ErrorCode.INTERNAL, failure.message, Scope.TABLE)
         raise IsolationAborted(failure) from None
-    (_t, _k, affected, state, message, column), = rows
+    (_t, _k, affected, state, message, column, _conflicted), = rows
     if state is None:
         return int(affected), None, None
     code, scope = classify_sqlstate(state)

@@ -68,6 +68,7 @@ class Statement:
     dest: Destination  # its options (key, version) shape the SQL
     text: str
     elements: list[Element] = field(default_factory=list)
+    plain: str | None = None  # inserts: the same without ON CONFLICT, tried first (kapow.postgres.writer)
 
     def payload(self, lo: int = 0, hi: int | None = None) -> str:
         docs = [e.doc for e in self.elements[lo:hi]]
@@ -101,7 +102,8 @@ def _plan_inserts(table: Table, rows: Sequence[RowLike]) -> list[Statement]:
             stmt = by_shape.get(shape)
             if stmt is None:
                 stmt = by_shape[shape] = Statement(INSERT, row.keys, row.dest,
-                                                   statement_text(table, INSERT, row.keys, row.dest, ()))
+                                                   statement_text(table, INSERT, row.keys, row.dest, ()),
+                                                   plain=plain_text(table, row.keys))
             by_id[(id(row.keys), id(row.dest))] = stmt
         stmt.elements.append(Element(row.doc, [i]))
     return list(by_shape.values())
@@ -151,6 +153,8 @@ def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple
                     key = keys_of.get(op.sources[0], ())
                     stmt = rounds[r][shape] = Statement(op.kind, columns, op.dest,
                                                         statement_text(table, op.kind, columns, op.dest, key))
+                    if op.kind == INSERT:
+                        stmt.plain = plain_text(table, columns)
                 by_id[r][ident] = stmt
             stmt.elements.append(Element(op.doc, op.sources))
     return [stmt for shapes in rounds for stmt in shapes.values()]
@@ -215,6 +219,26 @@ def statement_text(table: Table, kind: str, columns: tuple[str, ...], dest: Dest
     return text
 
 
+def plain_text(table: Table, columns: tuple[str, ...]) -> str:
+    """An insert of ``columns`` without ``ON CONFLICT``: cheaper per row, and refused at the first duplicate."""
+    cache_key = ("plain", columns)
+    cached = table.statements.get(cache_key)
+    if cached is not None:
+        text: str = cached
+        return text
+    text = _insert_head(table, columns).as_string(None)
+    if len(table.statements) < table.MAX_DERIVED:
+        table.statements[cache_key] = text
+    return text
+
+
+def _insert_head(table: Table, columns: tuple[str, ...]) -> sql.Composed:
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    source = sql.SQL("json_populate_recordset(NULL::{tbl}, $1::json)").format(tbl=table.qualified)
+    return sql.SQL("INSERT INTO {tbl} AS t ({cols}) SELECT {cols} FROM {source}").format(
+        tbl=table.qualified, cols=cols, source=source)
+
+
 def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ...],
            version: str | None) -> sql.Composed:
     tbl = table.qualified
@@ -224,9 +248,7 @@ def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ..
         guard = sql.SQL(" AND t.{v} <= r.{v}").format(v=sql.Identifier(version)) if version else sql.SQL("")
         return sql.SQL("DELETE FROM {tbl} AS t USING {source} AS r WHERE {match}{guard}").format(
             tbl=tbl, source=source, match=match, guard=guard)
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    head = sql.SQL("INSERT INTO {tbl} AS t ({cols}) SELECT {cols} FROM {source}").format(tbl=tbl, cols=cols,
-                                                                                         source=source)
+    head = _insert_head(table, columns)
     if kind == INSERT:
         return sql.SQL("{head} ON CONFLICT DO NOTHING").format(head=head)
     updates = [c for c in columns if c not in key]
