@@ -10,6 +10,7 @@ with the same code end to end is in the other integration tests.
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -544,6 +545,35 @@ def test_metadata_columns_are_filled_from_the_record(db: str, conn: psycopg.Conn
     got = kit.sql(db, f"SELECT src_offset, src_partition, src_topic, src_ts = '2023-11-14T22:13:20.045Z', src_key"
                       f" FROM {name} WHERE id = 1")
     assert got == [(77, 4, "in", True, "k-\ufffd")]
+
+
+def test_upserts_of_one_shape_are_folded_by_postgresql_in_one_statement_and_the_last_wins(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db)
+    kit.sql(db, f"INSERT INTO {name} VALUES (3, 'there', 1); CREATE TABLE {name}_stmts (n int);"
+                f"CREATE FUNCTION {name}_count() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                f" INSERT INTO {name}_stmts VALUES (1); RETURN NULL; END $$;"
+                f"CREATE TRIGGER counted AFTER INSERT ON {name} FOR EACH STATEMENT EXECUTE FUNCTION {name}_count()")
+    up = dest(db, name, "upsert")
+    rng = random.Random(7)
+    sent = [{"id": rng.randrange(20), "name": f"v{i}", "qty": rng.randrange(5)} for i in range(200)]
+    sent[150] = {"id": 5, "name": "bad", "qty": "x"}  # a bad packet whose key comes again later: it fails alone
+    sent.append({"id": 5, "name": "after the bad one", "qty": 4})
+    out = write_unit(conn, Catalog(), [job(db, name, [packet_row(up, d) for d in sent[:100]],
+                                           [packet_row(up, d) for d in sent[100:]])])
+    assert results(out[0]) == [(100, 0, []), (100, 0, ["bad_value"])], "every other packet lands, none a duplicate"
+    last = {3: ("there", 1)}
+    for d in sent[:150] + sent[151:]:
+        last[d["id"]] = (d["name"], d["qty"])
+    assert kit.sql(db, f"SELECT id, name, qty FROM {name} ORDER BY id") == [(k, *v) for k, v in sorted(last.items())]
+    assert kit.scalar(db, f"SELECT count(*) FROM {name}_stmts") > 1, "the bad row was isolated statement by statement"
+    kit.sql(db, f"TRUNCATE {name}_stmts")
+    again = [{"id": i % 7, "name": f"w{i}", "qty": i % 5} for i in range(50)]
+    out = write_unit(conn, Catalog(), [job(db, name, [packet_row(up, d) for d in again])])
+    assert results(out[0]) == [(50, 0, [])]
+    assert kit.scalar(db, f"SELECT count(*) FROM {name}_stmts") == 1, "one statement for every upsert of the unit"
+    assert kit.sql(db, f"SELECT id, name FROM {name} WHERE id < 7 ORDER BY id") == sorted({d["id"]: d["name"]
+                                                                                         for d in again}.items())
 
 
 def test_upserts_and_deletes_of_one_key_in_one_unit_end_in_offset_order(db: str,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from kapow.contract import Destination
 from kapow.pipeline.unit import order_keys
 from kapow.postgres.catalog import Column, Table
-from kapow.postgres.statements import DELETE, INSERT, UPSERT, RowIn, Statement, plan
+from kapow.postgres.statements import DELETE, INSERT, UPSERT, RowIn, Statement, plan, plan_last_wins
 
 
 def table() -> Table:
@@ -189,3 +189,27 @@ def test_an_insert_without_its_key_in_a_mixed_table_is_planned_alone_and_the_res
     statements = plan(table(), rows, order_keys(table(), rows))
     assert sorted(i for s in statements for e in s.elements for i in e.sources) == [0, 1, 2]
     assert [s.kind for s in statements] == [UPSERT, INSERT]
+
+
+def test_upserts_of_one_shape_are_one_statement_that_postgresql_folds_and_others_are_not() -> None:
+    t = table()
+    rows = [row(UPSERT, {"id": i % 3, "a": i}) for i in range(9)]
+    (stmt,) = plan_last_wins(t, rows, ("id",)) or []
+    assert stmt.lands_all and stmt.kind == UPSERT and [e.sources for e in stmt.elements] == [[i] for i in range(9)]
+    assert stmt.text == ('INSERT INTO "public"."t" AS t ("id", "a") SELECT DISTINCT ON (r."id") "id", "a" FROM'
+                         ' json_populate_recordset(NULL::"public"."t", $1::json) WITH ORDINALITY AS r'
+                         ' ORDER BY r."id", r.ordinality DESC ON CONFLICT ("id") DO UPDATE SET "a" = EXCLUDED."a"')
+    guarded = Destination("wh", "db", "t", mode=UPSERT, version="b")
+    refused = {
+        "two shapes": [*rows, row(UPSERT, {"id": 1, "b": 2})],
+        "an insert among them": [*rows, row(INSERT, {"id": 1, "a": 2})],
+        "the key alone: nothing to update": [row(UPSERT, {"id": 1})],
+        "no key given": [row(UPSERT, {"a": 1})],
+        "a version guard": [RowIn(b'{"id": 1, "a": 1, "b": 2}', ("id", "a", "b"), guarded)],
+        "inserts": [row(INSERT, {"id": 1, "a": 2})],
+    }
+    assert {why: plan_last_wins(t, rs, ("id",)) for why, rs in refused.items()} == dict.fromkeys(refused)
+    with_ordinality = Table("public", "t", {**t.columns, "ordinality": Column("ordinality", "int", False, False,
+                                                                              False)},
+                            ("id",), (("id",),), False, True, True, True)
+    assert plan_last_wins(with_ordinality, rows, ("id",)) is None

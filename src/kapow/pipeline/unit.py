@@ -26,7 +26,7 @@ from kapow.errors import TABLE_WIDE_USER_CODES, ErrorCode, Failure, PacketError,
 from kapow.pipeline.work import ErrorRecord, Row, TableWork, WorkResult
 from kapow.postgres.catalog import Catalog, Table, load_tables
 from kapow.postgres.isolate import IsolationAborted, isolate
-from kapow.postgres.statements import RowIn, RowLike, Statement, plan
+from kapow.postgres.statements import RowIn, RowLike, Statement, plan, plan_last_wins
 from kapow.postgres.validate import key_columns, validate
 from kapow.postgres.writer import apply_unit
 
@@ -128,8 +128,7 @@ def _prepare(conn: psycopg.Connection[Any], catalog: Catalog, job: TableJob, tab
         p = _Prepared(job, fresh)
         _validate(p)
     if p.rows and p.table is not None:
-        keys_of = order_keys(p.table, p.inputs)
-        p.statements = plan(p.table, p.inputs, keys_of)
+        p.statements = _last_wins(p.table, p.inputs) or plan(p.table, p.inputs, order_keys(p.table, p.inputs))
     if p.table is not None and p.table is table and _derived(table) != derived:  # its caches grew: re-measure
         catalog.refresh_size(job.key)
     return p
@@ -194,6 +193,15 @@ def _row_in(row: Row) -> RowLike:
             keys.append(column)
     doc = row.doc[:-1].rstrip() + b"," + b",".join(extra) + b"}"  # data is a non-empty object: '{...}'
     return RowIn(doc, tuple(keys), row.dest)
+
+
+def _last_wins(table: Table, inputs: list[RowLike]) -> list[Statement] | None:
+    """Upserts of one shape to one unguarded destination: one statement that folds them in PostgreSQL."""
+    dest = inputs[0].dest
+    if dest.mode != "upsert" or dest.version is not None:
+        return None
+    key = key_columns(table, dest)
+    return plan_last_wins(table, inputs, key) if isinstance(key, tuple) else None
 
 
 def order_keys(table: Table, inputs: list[RowLike]) -> dict[int, tuple[str, ...]]:
@@ -283,7 +291,8 @@ def _settle(conn: psycopg.Connection[Any], catalog: Catalog, p: _Prepared, failu
 
 def _landed(p: _Prepared, affected: list[int]) -> list[WorkResult]:
     elements = sum(len(s.elements) for s in p.statements)
-    return _results(p, max(0, elements - sum(affected)), [])
+    changed = sum(len(s.elements) if s.lands_all else n for s, n in zip(p.statements, affected, strict=True))
+    return _results(p, max(0, elements - changed), [])
 
 
 def _results(p: _Prepared, duplicates: int, failed: list[tuple[int, ErrorRecord]]) -> list[WorkResult]:

@@ -92,7 +92,7 @@ def _bisect(conn: psycopg.Connection[Any], table: Table, statement: Statement, r
         elements = statement.elements[lo:hi]
         affected, failure, column = _try(conn, statement, elements, result)
         if failure is None:
-            result.affected += affected
+            result.affected += len(elements) if statement.lands_all else affected
             result.landed_sources += sum(len(e.sources) for e in elements)
             continue
         if hi - lo > 1:

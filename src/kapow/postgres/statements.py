@@ -29,6 +29,8 @@ from kapow.contract import Destination
 from kapow.postgres.catalog import Table
 
 INSERT, UPSERT, DELETE = "insert", "upsert", "delete"
+LAST_WINS = "upsert-last"  # the SQL of plan_last_wins
+ORDINALITY = "ordinality"  # plan_last_wins' array position (a table with such a column folds in Python)
 _raw_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
@@ -69,6 +71,7 @@ class Statement:
     text: str
     elements: list[Element] = field(default_factory=list)
     plain: str | None = None  # inserts: the same without ON CONFLICT, tried first (kapow.postgres.writer)
+    lands_all: bool = False  # each key's last row is kept by PostgreSQL: every element lands (plan_last_wins)
 
     def payload(self, lo: int = 0, hi: int | None = None) -> str:
         docs = [e.doc for e in self.elements[lo:hi]]
@@ -88,6 +91,26 @@ def plan(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ..
     if not keys_of:
         return _plan_inserts(table, rows)
     return _plan_rounds(table, rows, keys_of)
+
+
+def plan_last_wins(table: Table, rows: Sequence[RowLike], key: tuple[str, ...]) -> list[Statement] | None:
+    """Upserts of one shape to one unguarded destination as ONE statement, or None when they are not that.
+
+    Folding two upserts of one key and one shape keeps the second (:func:`_fold`), so PostgreSQL can do it, in C:
+    ``DISTINCT ON`` the key, the last by array position. Python then never decodes a key, and every element
+    lands, the ones folded away included, as when the writer folds them. ``key`` is the destination's unique key.
+    """
+    first = rows[0]
+    dest, keys = first.dest, first.keys
+    if dest.mode != UPSERT or dest.version is not None or ORDINALITY in table.columns:
+        return None
+    if not all(c in keys for c in key) or all(c in key for c in keys):  # no key, or nothing to update
+        return None
+    if not all((r.dest is dest or r.dest == dest) and (r.keys is keys or r.keys == keys) for r in rows):
+        return None
+    stmt = Statement(UPSERT, keys, dest, statement_text(table, LAST_WINS, keys, dest, key), lands_all=True)
+    stmt.elements = [Element(row.doc, [i]) for i, row in enumerate(rows)]
+    return [stmt]
 
 
 def _plan_inserts(table: Table, rows: Sequence[RowLike]) -> list[Statement]:
@@ -249,6 +272,11 @@ def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ..
         return sql.SQL("DELETE FROM {tbl} AS t USING {source} AS r WHERE {match}{guard}").format(
             tbl=tbl, source=source, match=match, guard=guard)
     head = _insert_head(table, columns)
+    if kind == LAST_WINS:
+        by = sql.SQL(", ").join(sql.SQL("r.{c}").format(c=sql.Identifier(c)) for c in key)
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        head = sql.SQL("INSERT INTO {tbl} AS t ({cols}) SELECT DISTINCT ON ({by}) {cols} FROM {source} WITH ORDINALITY"
+                       " AS r ORDER BY {by}, r.ordinality DESC").format(tbl=tbl, cols=cols, by=by, source=source)
     if kind == INSERT:
         return sql.SQL("{head} ON CONFLICT DO NOTHING").format(head=head)
     updates = [c for c in columns if c not in key]
