@@ -15,7 +15,7 @@ class Clock:
 
 def test_under_the_line_or_paused_the_loop_reads_and_counts_nothing() -> None:
     asked: list[int] = []
-    r = ReadAhead(1000, lambda: asked.append(1) or 0, Clock())
+    r = ReadAhead(2000, lambda: asked.append(1) or 0, Clock())
     assert r.line == 500
     assert not r.full(499, paused=False)
     assert not r.full(10_000, paused=True), "paused: the memory bound's own logic is in charge"
@@ -24,7 +24,7 @@ def test_under_the_line_or_paused_the_loop_reads_and_counts_nothing() -> None:
 
 def test_at_the_line_the_loop_waits_for_a_quarter_second_then_reads_on_until_it_falls_under() -> None:
     clock = Clock()
-    r = ReadAhead(1000, lambda: 0, clock)
+    r = ReadAhead(2000, lambda: 0, clock)
     assert r.full(500, paused=False) and r.since == 100.0
     clock.now += PAUSE_S - 0.01
     assert r.full(800, paused=False)
@@ -45,7 +45,7 @@ def test_bytes_stuck_behind_failures_are_left_out_and_recounted_at_most_every_te
         return stuck[0]
 
     clock.now = 1.0
-    r = ReadAhead(1000, count, clock)
+    r = ReadAhead(2000, count, clock)
     assert not r.full(899, paused=False), "899 held, 400 of them stuck: 499 is under the line"
     assert r.full(900, paused=False)
     stuck[0] = 900

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-READ_AHEAD = 0.5  # share of max_buffer_bytes held before the loop waits for answers
+READ_AHEAD = 0.25  # share of max_buffer_bytes held before the loop waits for answers
 PAUSE_S = 0.25  # the longest the loop waits so, at a time
 RECOUNT_S = 0.1  # stuck bytes cost a walk over the lanes' queues: counted at most this often
 
