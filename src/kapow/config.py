@@ -122,7 +122,7 @@ class PipelineConfig(_Strict):
     hold_s: float = 60.0
     # Memory of packets consumed but not yet landed or parked (values + PACKET_OVERHEAD each); past it the
     # consumer pauses and the oldest held packets are parked early, so a dead destination can never exhaust the
-    # writer's memory; past a quarter of it the loop stops reading ahead (kapow.pipeline.readahead).
+    # writer's memory; past a quarter to a half of it the loop stops reading ahead (kapow.pipeline.readahead).
     max_buffer_bytes: int = 256 * 1024 * 1024
     # Rows written in one database transaction (many tables of one database share it; see kapow.postgres.writer)
     unit_max_rows: int = 10_000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kapow.pipeline.readahead import PAUSE_S, RECOUNT_S, ReadAhead
+from kapow.pipeline.readahead import CAP, FLOOR, PAUSE_S, RECOUNT_S, ReadAhead
 
 
 class Clock:
@@ -16,7 +16,7 @@ class Clock:
 def test_under_the_line_or_paused_the_loop_reads_and_counts_nothing() -> None:
     asked: list[int] = []
     r = ReadAhead(2000, lambda: asked.append(1) or 0, Clock())
-    assert r.line == 500
+    assert r.line == 500 == FLOOR * 2000, "until a batch is seen: the floor"
     assert not r.full(499, paused=False)
     assert not r.full(10_000, paused=True), "paused: the memory bound's own logic is in charge"
     assert asked == [] and r.since == 0.0
@@ -54,3 +54,15 @@ def test_bytes_stuck_behind_failures_are_left_out_and_recounted_at_most_every_te
     clock.now = 1.0 + RECOUNT_S
     assert not r.full(900, paused=False) and r.since == 0.0
     assert counted == [1.0, 1.0 + RECOUNT_S]
+
+
+def test_the_line_holds_two_units_and_a_batch_of_the_rows_being_read_between_a_quarter_and_a_half() -> None:
+    r = ReadAhead(2000, lambda: 0, Clock())
+    assert (r.floor, r.cap) == (FLOOR * 2000, CAP * 2000) == (500, 1000)
+    r.fit(10.0, 80)
+    assert r.line == 800
+    assert not r.full(799, paused=False) and r.full(800, paused=False)
+    r.fit(10.0, 30)
+    assert r.line == 500, "small rows: never under the floor"
+    r.fit(100.0, 30)
+    assert r.line == 1000, "large rows: never over the cap"

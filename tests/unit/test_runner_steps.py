@@ -26,7 +26,7 @@ from kapow.pipeline import runner as runner_module
 from kapow.pipeline.gauges import DestinationsView
 from kapow.pipeline.process import bounded as _bounded
 from kapow.pipeline.process import tune_gc
-from kapow.pipeline.readahead import PAUSE_S, READ_AHEAD
+from kapow.pipeline.readahead import PAUSE_S
 from kapow.pipeline.runner import CLOSE_TIMEOUT_S, MAX_WINDOW, Writer
 from kapow.pipeline.work import PACKET_OVERHEAD, ErrorRecord, WorkResult
 from tests.unit.fake_kafka import FakeClients, FakeConsumer, FakePersister, FakeProducer
@@ -668,10 +668,11 @@ def big_packet(table: str, i: int) -> bytes:
 
 def test_a_full_read_ahead_waits_for_the_lanes_instead_of_reading_more() -> None:
     w, consumer, _producer, persister = writer_with({0: [big_packet("slow", i) for i in range(4)]},
-                                                    max_buffer_bytes="2097152", batch_max_messages="1")
+                                                    max_buffer_bytes="1200000", batch_max_messages="1")
     persister.held.add("slow")  # slow but healthy: its works are being written, nothing failed
     steps(w, 2)
-    assert w.held_bytes >= READ_AHEAD * 2097152 and len(consumer.consumed) == 2
+    assert w.read_ahead.line == w.read_ahead.cap == 600_000, "rows of 0.3 MB: two units and a batch pass the cap"
+    assert w.held_bytes >= w.read_ahead.line and len(consumer.consumed) == 2
     w.step()
     w.step()
     assert len(consumer.consumed) == 2, "read on past the read-ahead line while the lanes were busy"
@@ -681,17 +682,17 @@ def test_a_full_read_ahead_waits_for_the_lanes_instead_of_reading_more() -> None
     assert len(consumer.consumed) == 3 and len(w.window) == 3
     persister.release("slow")
     w.step()  # answers arrive: under the line, reading goes on at once
-    assert w.held_bytes < READ_AHEAD * 2097152 and len(consumer.consumed) == 4
+    assert w.held_bytes < w.read_ahead.line and len(consumer.consumed) == 4
 
 
 def test_packets_stuck_behind_a_failure_never_stop_the_reading_of_others() -> None:
     w, consumer, _producer, persister = writer_with({0: [big_packet("locked", i) for i in range(2)]
                                                      + [packet("ok", i) for i in range(3)]},
-                                                    max_buffer_bytes="2097152", batch_max_messages="1")
+                                                    max_buffer_bytes="1200000", batch_max_messages="1")
     persister.held.add("locked")
     persister.stuck.add("locked")  # held by a failure (a lock, a dead database): its bytes are not read-ahead
     steps(w, 2)
-    assert w.held_bytes >= READ_AHEAD * 2097152
+    assert w.held_bytes >= w.read_ahead.line
     steps(w, 3)
     landed = sum(b.landed for b in w.window)
     assert len(consumer.consumed) == 5 and landed == 3, "a stuck table slowed everyone's reading"

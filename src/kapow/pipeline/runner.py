@@ -207,6 +207,8 @@ class Writer:
             self.held_bytes += work.nbytes
             rows += len(work.rows)
         self.sizer.observe(len(msgs), rows, len(works), batch.nbytes)
+        if rows:  # read ahead by two units for the lanes and the next batch, of rows like these
+            self.read_ahead.fit(batch.nbytes / rows, 2 * self.config.pipeline.unit_max_rows + self.sizer.target)
         self.persister.submit_all(works)
         metrics.IN_FLIGHT.set(len(self.window))
 
