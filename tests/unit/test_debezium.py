@@ -302,3 +302,44 @@ def test_fuzz_nothing_but_packet_error_escapes(value: bytes, key: bytes | None, 
         return
     if change.row is not None:
         assert isinstance(msgspec.json.decode(change.row), dict)
+
+
+def test_events_of_the_last_schema_skip_its_parse_and_decode_as_a_fresh_decoder_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JSON converter writes ``{"schema":S,"payload":P}`` byte for byte: once S is known, its 3.5 kB are
+    compared, not parsed; the result is the same as a full parse's, and anything else takes the full parse."""
+    import kapow.formats.debezium as dbz
+
+    def fresh(value: bytes | None, key: bytes | None) -> Change:
+        return ChangeDecoder(column_types=COLUMN_TYPES, max_bytes=MAX, max_depth=32).decode(value, key)
+
+    events = [kv for kv in WITH.values() if kv[1] is not None]
+    key, value = events[-1]
+    assert value is not None and value.endswith(b"}}")
+    odd = {
+        "another key after the payload": value[:-1] + b',"extra":1}',
+        "a space before the end": value[:-1] + b" }",
+        "a null payload": value[: value.index(b'"payload":') + 10] + b"null}",
+    }
+    expected = [fresh(v, k) for k, v in events]
+    expected_odd = {why: fresh(bent, key) for why, bent in odd.items()}
+    full_parses: list[int] = []
+    real = dbz._TOP
+
+    class Counting:
+        def decode(self, raw: bytes) -> Any:
+            full_parses.append(len(raw))
+            return real.decode(raw)
+
+    monkeypatch.setattr(dbz, "_TOP", Counting())
+    decoder = ChangeDecoder(column_types=COLUMN_TYPES, max_bytes=MAX, max_depth=32)
+    for _ in range(2):
+        assert [decoder.decode(v, k) for k, v in events] == expected
+    assert 0 < len(full_parses) < len(events), "every event parsed whole: the schema was never recognised"
+    full_parses.clear()
+    for _ in range(5):
+        assert decoder.decode(value, key) == expected[-1]
+    assert full_parses == []
+    for why, bent in odd.items():
+        assert decoder.decode(bent, key) == expected_odd[why], why
+    assert len(full_parses) == len(odd), "each bent event took the full parse"
