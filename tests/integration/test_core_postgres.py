@@ -576,6 +576,35 @@ def test_upserts_of_one_shape_are_folded_by_postgresql_in_one_statement_and_the_
                                                                                          for d in again}.items())
 
 
+def test_keys_whose_index_compares_otherwise_than_the_column_are_folded_in_python_not_by_postgresql(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    """DISTINCT ON compares as the column's type and collation do; an index with its own collation or operator
+    class may keep apart what they call equal: such a key is never folded by PostgreSQL (a review found the
+    upsert of 'a' silently dropping 'A')."""
+    kit.sql(db, "DO $$ BEGIN CREATE COLLATION IF NOT EXISTS kapow_ci (provider = icu, locale = 'und-u-ks-level2',"
+                " deterministic = false); END $$")
+    name = new_table(db, "CREATE TABLE {name} (name text COLLATE kapow_ci NOT NULL, v int)")
+    kit.sql(db, f'CREATE UNIQUE INDEX ON {name} (name COLLATE "C")')
+    assert table_of(conn, name).folding_keys == frozenset()
+    assert table_of(conn, new_table(db)).folding_keys == frozenset({("id",)})
+    up = dest(db, name, "upsert")
+    out = write_unit(conn, Catalog(), [job(db, name, [packet_row(up, {"name": "A", "v": 1}),
+                                                      packet_row(up, {"name": "a", "v": 2})])])
+    assert results(out[0]) == [(2, 0, [])]
+    assert kit.sql(db, f'SELECT name, v FROM {name} ORDER BY name COLLATE "C"') == [("A", 1), ("a", 2)]
+
+
+def test_a_table_on_conflict_refuses_never_takes_plain_inserts(db: str, conn: psycopg.Connection[Any]) -> None:
+    """A deferrable unique constraint (or a rule) makes ON CONFLICT fail: plain inserts would land until the first
+    duplicate and then fail every replay. Such a table fails at once, as it always did."""
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, name text, qty int, e int UNIQUE DEFERRABLE)")
+    assert not table_of(conn, name).plain_inserts
+    assert table_of(conn, new_table(db)).plain_inserts
+    out = write_unit(conn, Catalog(), [job(db, name, [packet_row(dest(db, name), good(1))])])
+    assert out[0].failure is not None, "an insert landed where a replay of it would fail"
+    assert kit.scalar(db, f"SELECT count(*) FROM {name}") == 0
+
+
 def test_upserts_and_deletes_of_one_key_in_one_unit_end_in_offset_order(db: str,
                                                                          conn: psycopg.Connection[Any]) -> None:
     name = new_table(db)

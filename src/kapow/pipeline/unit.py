@@ -78,7 +78,7 @@ def write_unit(conn: psycopg.Connection[Any], catalog: Catalog, jobs: list[Table
     prepared = [_prepare(conn, catalog, job, tables[job.key]) for job in jobs]
     to_apply = [p for p in prepared if p.statements]
     now = time.monotonic()
-    plain_first = [p.table is not None and now >= p.table.plain_from for p in to_apply]
+    plain_first = [p.table is not None and p.table.plain_inserts and now >= p.table.plain_from for p in to_apply]
     outcomes = apply_unit(conn, [p.statements for p in to_apply], plain_first) if to_apply else []
     for p, applied in zip(to_apply, outcomes, strict=True):
         if applied.conflicted and p.table is not None:
@@ -201,7 +201,9 @@ def _last_wins(table: Table, inputs: list[RowLike]) -> list[Statement] | None:
     if dest.mode != "upsert" or dest.version is not None:
         return None
     key = key_columns(table, dest)
-    return plan_last_wins(table, inputs, key) if isinstance(key, tuple) else None
+    if not isinstance(key, tuple) or key not in table.folding_keys:
+        return None  # an index with its own collation or operator class: equal keys are the index's to say
+    return plan_last_wins(table, inputs, key)
 
 
 def order_keys(table: Table, inputs: list[RowLike]) -> dict[int, tuple[str, ...]]:

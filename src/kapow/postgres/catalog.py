@@ -30,9 +30,21 @@ SELECT w.nspname, w.relname, c.oid IS NOT NULL, coalesce(c.relkind::text, ''),
        coalesce(has_table_privilege(c.oid, 'DELETE'), false),
        coalesce((SELECT json_agg(json_build_array(i.indisprimary, i.indimmediate,
                    (SELECT json_agg(a.attname ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
-                    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum)))
+                    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum),
+                   -- equal as the column's type and collation say (what DISTINCT ON and = compare): every key
+                   -- column indexed with its own collation and its type's default operator class
+                   (SELECT bool_and(k.coll = a.attcollation AND o.opcdefault AND (o.opcintype = a.atttypid OR
+                           NOT EXISTS (SELECT 1 FROM pg_opclass d WHERE d.opcmethod = o.opcmethod AND d.opcdefault
+                                       AND d.opcintype = a.atttypid)))
+                    FROM unnest(i.indkey, i.indclass, i.indcollation) AS k(attnum, cls, coll)
+                    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                    JOIN pg_opclass o ON o.oid = k.cls)))
                  FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
                    AND i.indexprs IS NULL), '[]'),
+       -- ON CONFLICT refuses tables with a deferrable unique or exclusion constraint, or with rules: such a table
+       -- must not take plain inserts that land until the first duplicate (kapow.postgres.writer)
+       coalesce(NOT c.relhasrules AND NOT EXISTS (SELECT 1 FROM pg_constraint x WHERE x.conrelid = c.oid
+                                                  AND x.contype IN ('p', 'u', 'x') AND x.condeferrable), false),
        coalesce((SELECT json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                                                   a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
                                                   a.attgenerated <> '' OR a.attidentity = 'a')
@@ -75,6 +87,8 @@ class Table:
     statements: dict[Any, Any] = field(default_factory=dict)  # kapow.postgres.statements' cache
     change_decoder: Any = None  # kapow.formats.debezium.ChangeDecoder for this table's columns, made on first use
     plain_from: float = 0.0  # monotonic time from which its inserts are tried without ON CONFLICT again
+    plain_inserts: bool = True  # ON CONFLICT works on it: plain inserts may be tried first (no deferrable key)
+    folding_keys: frozenset[tuple[str, ...]] = frozenset()  # keys PostgreSQL may fold on (DISTINCT ON = the index)
 
     MAX_DERIVED = 64  # entries per cache: a table sees a few keysets, not thousands
 
@@ -107,15 +121,18 @@ def load_tables(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> 
         rows = cur.fetchall()
     if not conn.autocommit:
         conn.rollback()  # leave the connection idle: the catalog read needs no transaction of its own
-    for schema, name, exists, relkind, can_insert, can_update, can_delete, keys, cols in rows:
+    for schema, name, exists, relkind, can_insert, can_update, can_delete, keys, plain_ok, cols in rows:
         if not exists or relkind not in ("r", "p"):
             out[(schema, name)] = None
             continue
         columns = {c[0]: Column(c[0], c[1], c[2], c[3], c[4]) for c in cols}
         primary = next((tuple(k[2]) for k in keys if k[0] and k[1]), None)
         unique = tuple(tuple(k[2]) for k in keys if k[1])
+        # a column set PostgreSQL may fold on: every immediate unique index over it compares as the columns do
+        folding = frozenset(key for key in unique if all(k[3] for k in keys if k[1] and tuple(k[2]) == key))
         out[(schema, name)] = Table(schema, name, columns, primary, unique, bool(keys) and not unique,
-                                    can_insert, can_update, can_delete)
+                                    can_insert, can_update, can_delete, plain_inserts=bool(plain_ok),
+                                    folding_keys=folding)
     return out
 
 
