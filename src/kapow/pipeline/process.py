@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import threading
@@ -21,6 +22,28 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()  # resolved once at import, never changed
+
+
+def trim_memory() -> bool:
+    """Give the memory freed in every thread's malloc arena back to the system (glibc's ``malloc_trim``).
+
+    Large records leave large free blocks behind: glibc raises its mmap threshold to the size of each mapped block
+    freed, so the next payloads of a few MB come from the lane threads' arenas, which keep them. After 400 records
+    of 0.9 MB the writer's RSS had grown by 7 to 219 MB, depending on how many lane threads had written some;
+    trimmed after each unit of such records, by 0-1 MB. Costs a few milliseconds; called only for units of
+    large rows (:mod:`kapow.pipeline.unit`). True when glibc did it.
+    """
+    return bool(_MALLOC_TRIM is not None and _MALLOC_TRIM(0) >= 0)
 
 
 def bounded(call: Any, timeout: float, what: str) -> None:
