@@ -34,6 +34,7 @@ class FakeConsumer:
         self.commit_error: BaseException | None = None  # raised by commit while set
         self.pause_error: BaseException | None = None  # raised by pause and resume while set
         self.extra: list[Message] = []  # handed out (once) by the next consume, after the partitions' records
+        self.assigns: list[dict[tuple[str, int], int]] = []  # the start offsets of every explicit assign()
 
     def subscribe(self, _topics: list[str], *, on_assign: Callback, on_revoke: Callback, on_lost: Callback) -> None:
         self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
@@ -82,6 +83,11 @@ class FakeConsumer:
 
     def get_watermark_offsets(self, tp: TopicPartition, **_kw: Any) -> tuple[int, int]:
         return 0, len(self.records.get((tp.topic, tp.partition), []))
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        start = {(tp.topic, tp.partition): tp.offset for tp in partitions}
+        self.assigns.append(start)
+        self.position.update(start)
 
     def pause(self, tps: list[TopicPartition]) -> None:
         if self.pause_error is not None:

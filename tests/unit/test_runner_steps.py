@@ -696,3 +696,28 @@ def test_packets_stuck_behind_a_failure_never_stop_the_reading_of_others() -> No
     steps(w, 3)
     landed = sum(b.landed for b in w.window)
     assert len(consumer.consumed) == 5 and landed == 3, "a stuck table slowed everyone's reading"
+
+
+def test_an_assignment_starts_each_partition_at_its_committed_offset_or_its_first_record() -> None:
+    """Left to itself, librdkafka resets a partition without a committed offset through a timer, about 0.1 s
+    after each assignment of a new group: the loop assigns the offsets it has just read instead."""
+    w, consumer, _producer, _persister = writer({0: [packet("t", i) for i in range(3)],
+                                                 1: [packet("t", i) for i in range(2)]})
+    steps(w, 3)
+    assert consumer.assigns == [{("in", 0): 0, ("in", 1): 0}], "a new group: each partition's first record"
+    assert consumer.committed_offsets == {("in", 0): 3, ("in", 1): 2}
+    consumer.schedule("revoke")
+    w.step()
+    assert consumer.assigns[-1] == {("in", 0): 3, ("in", 1): 2}, "a known group: where it committed"
+    steps(w, 2)
+    assert consumer.committed_offsets == {("in", 0): 3, ("in", 1): 2} and len(consumer.commits) == 1, "none read twice"
+
+
+def test_an_offset_reset_other_than_earliest_is_left_to_librdkafka() -> None:
+    consumer, producer, persister = FakeConsumer(records({0: [packet("t", 0)]})), FakeProducer(), FakePersister()
+    text = CONFIG.format(extra="").replace("[[destinations]]", '[kafka.settings]\n"auto.offset.reset" = "latest"\n'
+                                                                "[[destinations]]")
+    w = Writer(parse_config(text), clients=FakeClients(consumer, producer), persister=persister)  # type: ignore[arg-type]
+    w.open()
+    steps(w, 2)
+    assert consumer.assigns == []
