@@ -415,26 +415,6 @@ def test_a_table_whose_plain_inserts_met_a_duplicate_writes_on_conflict_for_a_wh
     assert results(out[0]) == [(0, 1, [])] and table.plain_from > time.monotonic() + PLAIN_PAUSE_S - 5
 
 
-def test_a_unit_of_large_rows_gives_their_memory_back_and_a_unit_of_small_ones_does_not(
-        db: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    import kapow.pipeline.unit as unit_module
-    from kapow.pipeline.process import trim_memory
-
-    assert trim_memory(), "glibc's malloc_trim is there on this machine"
-    trims: list[int] = []
-    monkeypatch.setattr(unit_module, "trim_memory", lambda: trims.append(1) or True)
-    name = new_table(db)
-    small = job(db, name, [packet_row(dest(db, name), good(i)) for i in range(10)])
-    small.works[0].nbytes = 10 * 2_000  # 250 B packets: never trimmed, however many
-    write_unit(conn, Catalog(), [small])
-    assert trims == []
-    large = job(db, name, [packet_row(dest(db, name), good(i)) for i in range(10, 20)])
-    large.works[0].nbytes = 10 * 900_000  # 0.9 MB records, 9 MB in all
-    write_unit(conn, Catalog(), [large])
-    assert trims == [1]
-    assert kit.scalar(db, f"SELECT count(*) FROM {name}") == 20
-
-
 def test_a_table_locked_past_its_timeout_fails_its_job_and_not_the_unit(db: str,
                                                                        conn: psycopg.Connection[Any]) -> None:
     a, b = new_table(db), new_table(db)

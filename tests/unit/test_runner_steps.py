@@ -721,3 +721,27 @@ def test_an_offset_reset_other_than_earliest_is_left_to_librdkafka() -> None:
     w.open()
     steps(w, 2)
     assert consumer.assigns == []
+
+
+def test_large_packets_are_trimmed_every_8_mib_while_busy_and_at_once_when_nothing_is_in_flight() -> None:
+    """What a unit of four 0.9 MB packets freed never reached the old per-unit line; the loop counts across
+    batches and units, and gives the end of a burst back as soon as nothing is left in flight."""
+    pad = "p" * 900_000
+    big = [packet("t", i).replace(b'"data"', b'"pad":"' + pad.encode() + b'","data"') for i in range(40)]
+    w, _consumer, _producer, persister = writer_with({0: [packet("held", 0), *big]})
+    persister.held.add("held")  # the first batch waits: the window is never empty, nothing is released
+    calls: list[int] = []
+    w.trimmer._trim = lambda: calls.append(len(w.window)) or True  # type: ignore[method-assign]
+    steps(w, 40)
+    assert w.observer.totals["landed"] == 0 and len(w.window) > 1, "answered, not released"
+    # batches of ten: the held packet and 9 large ones (8.1 MB), then 10, 10, 10 (9 MB each), then the last one
+    assert len(calls) == 3 and all(calls), "large packets answered while busy: a trim each time 8 MiB are free"
+    assert w.trimmer.pending < 8 * 1024 * 1024
+    persister.release("held")
+    steps(w, 2)
+    assert w.observer.totals["landed"] == 41 and calls[3:] == [], "under 1 MiB left: nothing more to give back"
+    w.trimmer.freed(2 * 900_000, 2)
+    steps(w, 1)
+    assert calls[3:] == [0], "idle: the last of a burst goes back at once"
+    w.trimmer.freed(10 * 2_000, 10)  # small packets never add up to one
+    assert w.trimmer.pending == 0

@@ -30,12 +30,14 @@ from kapow.config import Config
 from kapow.deadletter.publisher import ErrorPublisher
 from kapow.errors import ConfigError
 from kapow.kafka.factory import KafkaClients, LibrdkafkaClients
+from kapow.kafka.offsets import assign_from, start_offsets
 from kapow.pipeline.batch import Batch, BatchSizer
 from kapow.pipeline.commit import CommitWindow
+from kapow.pipeline.consume import consume_bounded
 from kapow.pipeline.gauges import DestinationsView, refresh_gauges
 from kapow.pipeline.observe import Observer
 from kapow.pipeline.persist import Persister
-from kapow.pipeline.process import bounded, tune_gc
+from kapow.pipeline.process import Trimmer, bounded, tune_gc
 from kapow.pipeline.readahead import ReadAhead
 from kapow.pipeline.sort import Sorter
 from kapow.pipeline.work import PACKET_OVERHEAD, ErrorRecord, WorkResult
@@ -73,6 +75,7 @@ class Writer:
         self._paused = False
         self._pressure_since = 0.0
         self.read_ahead = ReadAhead(p.max_buffer_bytes, self.persister.stuck_bytes)
+        self.trimmer = Trimmer()  # gives large packets' memory back to the system once they are let go
         self._committed: dict[tuple[str, int], int] = {}
         self._earliest = config.kafka.settings.get("auto.offset.reset", "earliest") in ("earliest", "smallest")
         self.last_commit = time.monotonic()
@@ -152,12 +155,14 @@ class Writer:
             self._collect(0.005)  # enough held for the lanes: wait for answers instead of reading more
         else:
             wait = p.batch_max_wait_ms / 1000 if not len(self.window) else 0.005
-            msgs = self._consumer.consume(self.sizer.target, wait)
+            budget = max(0, int(self.read_ahead.line) - self.held_bytes)  # bytes up to the read-ahead line
+            msgs = consume_bounded(self._consumer, self.sizer.target, wait, budget)
             if msgs:
                 self._handle(msgs)
             self._collect(0.0)
         self.errors.poll(0)
         self._advance(asynchronous=True)
+        self.trimmer.settle(idle=not len(self.window))  # large packets answered or released are free now
         self.observer.tick(self._refresh_gauges, self.errors.published)
 
     def _shutdown(self, consumer: Any) -> bool:
@@ -224,6 +229,7 @@ class Writer:
         def acked() -> None:
             batch.ack()
             batch.nbytes -= size
+            self.trimmer.freed(size, 1)
             if self._batches.get(batch.seq) is batch:  # not a batch dropped by a revoke meanwhile
                 self.held_bytes -= size
 
@@ -241,6 +247,7 @@ class Writer:
         batch.pending -= 1
         batch.nbytes -= work.nbytes
         self.held_bytes -= work.nbytes
+        self.trimmer.freed(work.nbytes, len(work.rows))
         batch.landed += result.landed
         batch.duplicates += result.duplicates
         batch.probes += result.probes
@@ -261,6 +268,7 @@ class Writer:
         for batch in released:
             self._batches.pop(batch.seq, None)
             self.observer.account(batch, now_ms)
+            batch.results = []  # the packets it kept for accounting go now, before the trim
         metrics.IN_FLIGHT.set(len(self.window))
 
     def _drain(self, deadline: float) -> bool:
@@ -344,25 +352,10 @@ class Writer:
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self.assigned.update((tp.topic, tp.partition) for tp in partitions)
         self._paused = False
-        starts: list[TopicPartition] = []
-        try:  # the committed offsets, once: the lag gauge counts from there until we commit ourselves
-            for tp in consumer.committed(partitions, timeout=5.0):
-                offset = tp.offset
-                if offset < 0:
-                    low, _high = consumer.get_watermark_offsets(tp, timeout=5.0)
-                    offset = max(low, 0)
-                self._committed[(tp.topic, tp.partition)] = offset
-                starts.append(TopicPartition(tp.topic, tp.partition, offset))
-        except KafkaException as exc:
-            log.debug("committed offsets unknown at assignment: %s", exc)
-            starts = []
+        starts = start_offsets(consumer, partitions)  # the lag gauge counts from there until we commit ourselves
+        self._committed.update(((tp.topic, tp.partition), tp.offset) for tp in starts)
         if starts and self._earliest:
-            # Start where we now know to: left to itself, librdkafka resets a partition without a committed offset
-            # through a timer, about 0.1 s after every assignment of a new group (measured: 110 ms vs 7-21 ms).
-            try:
-                consumer.assign(starts)
-            except (KafkaException, RuntimeError) as exc:  # e.g. a cooperative strategy set in [kafka] settings
-                log.debug("assigning the known start offsets failed (%s): librdkafka finds them", exc)
+            assign_from(consumer, starts)  # at once, not by librdkafka's reset timer (kapow.kafka.offsets)
         metrics.ASSIGNED.set(len(self.assigned))
         self.ready = True
         names = sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)

@@ -23,7 +23,6 @@ import psycopg
 from kapow.config import DestinationConfig
 from kapow.contract import TableKey, decode_keys
 from kapow.errors import TABLE_WIDE_USER_CODES, ErrorCode, Failure, PacketError, Scope
-from kapow.pipeline.process import trim_memory
 from kapow.pipeline.work import ErrorRecord, Row, TableWork, WorkResult
 from kapow.postgres.catalog import Catalog, Table, load_tables
 from kapow.postgres.isolate import IsolationAborted, isolate
@@ -39,10 +38,6 @@ RECHECK_AFTER_S = 1.0
 # After a table's plain inserts met a duplicate (kapow.postgres.writer), its inserts go straight to ON CONFLICT
 # DO NOTHING for this long: a client that keeps resending rows costs one wasted attempt a minute, not one a unit.
 PLAIN_PAUSE_S = 60.0
-# A unit of rows this large on average (value + PACKET_OVERHEAD each), and this large in all, is followed by a
-# malloc_trim: its payloads' copies would otherwise stay in the lane thread's arena (kapow.pipeline.process).
-TRIM_ROW_BYTES = 64 * 1024
-TRIM_UNIT_BYTES = 8 * 1024 * 1024
 SCHEMA_CODES = frozenset({ErrorCode.UNKNOWN_COLUMN, ErrorCode.MISSING_COLUMN, ErrorCode.UNKNOWN_TABLE,
                           ErrorCode.NO_UNIQUE_KEY, ErrorCode.MISSING_KEY})
 
@@ -90,10 +85,6 @@ def write_unit(conn: psycopg.Connection[Any], catalog: Catalog, jobs: list[Table
             p.table.plain_from = now + PLAIN_PAUSE_S
             log.debug("%s: a duplicate met by plain inserts; ON CONFLICT DO NOTHING for %.0f s", p.job.key.label,
                       PLAIN_PAUSE_S)
-    unit_bytes = sum(w.nbytes for p in to_apply for w in p.job.works)
-    unit_rows = sum(len(p.rows) for p in to_apply)
-    if unit_bytes > TRIM_UNIT_BYTES and unit_bytes > TRIM_ROW_BYTES * unit_rows:
-        trim_memory()  # large records: give their payloads' memory back now, not to the arena
     by_job = dict(zip([id(p) for p in to_apply], outcomes, strict=True))
     out: list[JobOutcome] = []
     for p in prepared:
