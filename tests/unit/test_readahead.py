@@ -66,3 +66,16 @@ def test_the_line_holds_two_units_and_a_batch_of_the_rows_being_read_between_a_q
     assert r.line == 500, "small rows: never under the floor"
     r.fit(100.0, 30)
     assert r.line == 1000, "large rows: never over the cap"
+
+
+def test_a_consume_may_bring_the_rest_of_the_line_past_what_is_stuck_and_a_quarter_of_it_at_least() -> None:
+    clock = Clock()
+    stuck = [0]
+    r = ReadAhead(2000, lambda: stuck[0], clock)
+    assert r.line == 500
+    assert r.budget(0) == 500 and r.budget(300) == 200
+    assert r.budget(480) == 125 and r.budget(5_000) == 125, "past the line (read on after PAUSE_S): a quarter"
+    stuck[0] = 4_000
+    assert r.full(4_100, paused=False) is False, "counted: 4,000 stuck behind a held table"
+    assert r.budget(4_100) == 400, "what waits behind a held table does not shrink the others' batches"
+    assert r.budget(0) == 500, "never more than the line"

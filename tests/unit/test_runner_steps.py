@@ -745,3 +745,22 @@ def test_large_packets_are_trimmed_every_8_mib_while_busy_and_at_once_when_nothi
     assert calls[3:] == [0], "idle: the last of a burst goes back at once"
     w.trimmer.freed(10 * 2_000, 10)  # small packets never add up to one
     assert w.trimmer.pending == 0
+
+
+def test_bytes_stuck_behind_a_failure_never_shrink_the_others_batches() -> None:
+    """A consume brings up to the read-ahead line's worth of bytes; what waits behind a failure is not counted."""
+    w, consumer, _producer, persister = writer_with({0: [big_packet("locked", i) for i in range(8)]
+                                                     + [packet("ok", i) for i in range(30_000)]},
+                                                    max_buffer_bytes="4000000", batch_max_messages="10000")
+    persister.held.add("locked")
+    persister.stuck.add("locked")
+    while consumer.position.get(("in", 0), 0) < 8:
+        w.step()
+    line = w.read_ahead.line
+    assert w.held_bytes > 2_400_000 > line == 2_000_000, "2.4 MB stuck, past a line of 2 MB"
+    w.read_ahead.full(w.held_bytes, paused=False)  # the loop's own check counts the stuck bytes
+    assert w.read_ahead.budget(w.held_bytes) > line / 2
+    before = len(consumer.consumed)
+    w.step()
+    asked = sum(num for num, _timeout in consumer.consumed[before:])
+    assert asked == 10_000, "a full batch: counted with the stuck bytes, the budget was a quarter of the line"

@@ -155,7 +155,7 @@ class Writer:
             self._collect(0.005)  # enough held for the lanes: wait for answers instead of reading more
         else:
             wait = p.batch_max_wait_ms / 1000 if not len(self.window) else 0.005
-            budget = max(0, int(self.read_ahead.line) - self.held_bytes)  # bytes up to the read-ahead line
+            budget = self.read_ahead.budget(self.held_bytes)
             msgs = consume_bounded(self._consumer, self.sizer.target, wait, budget)
             if msgs:
                 self._handle(msgs)
