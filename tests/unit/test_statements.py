@@ -119,6 +119,23 @@ def test_statement_text_is_cached_on_the_table_and_bounded() -> None:
     assert len(t.statements) <= Table.MAX_DERIVED
 
 
+def test_what_is_derived_from_a_table_is_built_once_and_kept_while_there_is_room() -> None:
+    t = table()
+    built: list[int] = []
+
+    def build(value: int | None, mark: int) -> int | None:
+        built.append(mark)
+        return value
+
+    assert t.derived(("k", 0), lambda: build(None, 0)) is None  # a None is kept like any value
+    assert t.derived(("k", 0), lambda: build(1, 1)) is None and built == [0]
+    for i in range(1, Table.MAX_DERIVED * 2):
+        assert t.derived(("k", i), lambda i=i: build(i, -1)) == i  # type: ignore[misc]
+    assert len(t.statements) == Table.MAX_DERIVED, "full: still answered, no longer kept"
+    built.clear()
+    assert t.derived(("k", Table.MAX_DERIVED * 3), lambda: build(2, 2)) == 2 and built == [2]
+
+
 def test_inserts_of_one_key_in_two_shapes_keep_the_first() -> None:
     rows = [row(INSERT, {"id": 2, "b": 1}), row(INSERT, {"id": 1, "a": 1}), row(INSERT, {"id": 1, "b": 5})]
     statements = plan(table(), rows, {i: ("id",) for i in range(3)})

@@ -14,8 +14,9 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import sql
@@ -65,6 +66,10 @@ class Column:
     generated: bool  # cannot be written (GENERATED ALWAYS)
 
 
+_T = TypeVar("_T")
+_MISSING = object()
+
+
 @dataclass(slots=True)
 class Table:
     """One destination table as the catalog saw it, with small caches of what is derived from it.
@@ -105,6 +110,16 @@ class Table:
     def qualified(self) -> sql.Identifier:
         """``"schema"."table"``, quoted by psycopg: names reach SQL only this way."""
         return sql.Identifier(self.schema, self.name)
+
+    def derived(self, key: tuple[Any, ...], build: Callable[[], _T]) -> _T:
+        """What :mod:`kapow.postgres.statements` derives from this table under ``key`` (a statement's text, a key
+        decoder): built on first use and kept while the cache has room (:attr:`MAX_DERIVED`)."""
+        found = self.statements.get(key, _MISSING)
+        if found is _MISSING:
+            found = build()
+            if len(self.statements) < self.MAX_DERIVED:
+                self.statements[key] = found
+        return cast(_T, found)
 
     def size(self) -> int:
         """Rough bytes this entry holds, for the catalog's bound."""

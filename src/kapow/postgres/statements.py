@@ -186,15 +186,12 @@ def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple
 def _key_decoder(table: Table, key_cols: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
     """A decoder of the key columns alone, cached on the table: the other values are skipped, not built (a
     quarter of the time of decoding the whole row, on every upsert and delete)."""
-    cache_key = ("key-decoder", key_cols)
-    decoder: msgspec.json.Decoder[Any] | None = table.statements.get(cache_key)
-    if decoder is None:
+    def build() -> msgspec.json.Decoder[Any]:
         fields = [(f"k{i}", msgspec.Raw, msgspec.Raw(b"")) for i in range(len(key_cols))]
         struct = msgspec.defstruct("Key", fields, rename={f"k{i}": c for i, c in enumerate(key_cols)}, gc=False)
-        decoder = msgspec.json.Decoder(struct)
-        if len(table.statements) < table.MAX_DERIVED:
-            table.statements[cache_key] = decoder
-    return decoder
+        return msgspec.json.Decoder(struct)
+
+    return table.derived(("key-decoder", key_cols), build)
 
 
 def _key_values(decoder: msgspec.json.Decoder[Any], doc: bytes) -> tuple[bytes, ...]:
@@ -231,28 +228,13 @@ def _merge(first: bytes, second: bytes) -> tuple[bytes, tuple[str, ...]]:
 def statement_text(table: Table, kind: str, columns: tuple[str, ...], dest: Destination,
                    key: tuple[str, ...]) -> str:
     """The SQL of one statement shape, built once per table and cached on its catalog entry."""
-    cache_key = (kind, columns, key, dest.version)
-    cached = table.statements.get(cache_key)
-    if cached is not None:
-        text: str = cached
-        return text
-    text = _build(table, kind, columns, key, dest.version).as_string(None)
-    if len(table.statements) < table.MAX_DERIVED:
-        table.statements[cache_key] = text
-    return text
+    return table.derived((kind, columns, key, dest.version),
+                         lambda: _build(table, kind, columns, key, dest.version).as_string(None))
 
 
 def plain_text(table: Table, columns: tuple[str, ...]) -> str:
     """An insert of ``columns`` without ``ON CONFLICT``: cheaper per row, and refused at the first duplicate."""
-    cache_key = ("plain", columns)
-    cached = table.statements.get(cache_key)
-    if cached is not None:
-        text: str = cached
-        return text
-    text = _insert_head(table, columns).as_string(None)
-    if len(table.statements) < table.MAX_DERIVED:
-        table.statements[cache_key] = text
-    return text
+    return table.derived(("plain", columns), lambda: _insert_head(table, columns).as_string(None))
 
 
 def _insert_head(table: Table, columns: tuple[str, ...]) -> sql.Composed:
