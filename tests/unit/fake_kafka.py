@@ -29,6 +29,7 @@ class FakeConsumer:
         self.assigned: set[tuple[str, int]] = set()
         self.callbacks: dict[str, Callback] = {}
         self.pending_event: str | None = "assign"  # the first consume assigns every partition
+        self.pending_later = 0  # consume calls before the pending event runs
         self.closed = False
         self.consumed: list[tuple[int, float]] = []  # (num, timeout) of every consume call
         self.commit_error: BaseException | None = None  # raised by commit while set
@@ -39,16 +40,22 @@ class FakeConsumer:
     def subscribe(self, _topics: list[str], *, on_assign: Callback, on_revoke: Callback, on_lost: Callback) -> None:
         self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
 
-    def schedule(self, event: str) -> None:
-        """The next consume runs a rebalance: ``revoke`` or ``lost`` (everything), then ``assign`` again."""
+    def schedule(self, event: str, *, later: int = 0) -> None:
+        """The next consume (or the one ``later`` calls after it) runs a rebalance: ``revoke`` or ``lost``
+        (everything), then ``assign`` again."""
         self.pending_event = event
+        self.pending_later = later
 
     def _tps(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in sorted(self.records)]
 
     def consume(self, num: int, timeout: float) -> list[Message]:
         self.consumed.append((num, timeout))
-        event, self.pending_event = self.pending_event, None
+        if self.pending_later:
+            self.pending_later -= 1
+            event = None
+        else:
+            event, self.pending_event = self.pending_event, None
         if event in ("revoke", "lost"):
             self.callbacks[event](self, [TopicPartition(t, p) for t, p in sorted(self.assigned)])
             self.assigned.clear()

@@ -64,10 +64,11 @@ class Trimmer:
         self.pending = 0  # bytes of large packets let go since the last trim
         self.trims = 0
 
-    def freed(self, nbytes: int, rows: int) -> None:
-        """``nbytes`` of packets holding ``rows`` rows were let go (a table work answered, a record published)."""
+    def freed(self, nbytes: int, rows: int, *, failed: int = 0) -> None:
+        """``nbytes`` of packets holding ``rows`` rows were let go (a table work answered, a record published).
+        ``failed`` of the rows are still held by their error records: they count when those are acknowledged."""
         if nbytes > self.row_bytes * max(rows, 1):
-            self.pending += nbytes
+            self.pending += nbytes * (rows - failed) // rows if rows and failed else nbytes
 
     def settle(self, *, idle: bool = False) -> bool:
         """Trim when enough large packets were let go since the last time, or some were and nothing is in flight

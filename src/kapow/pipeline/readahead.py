@@ -62,4 +62,5 @@ class ReadAhead:
         """Bytes of records the next consume may bring (:mod:`kapow.pipeline.consume`): up to the line, not counting
         what is stuck (so a stuck table never shrinks the other tables' batches), and a quarter of the line at
         least (past the line the loop reads on only after :data:`PAUSE_S`: then in batches of that)."""
-        return int(max(self.line / 4, min(self.line, self.line - (held_bytes - self._stuck))))
+        stuck = self._stuck if held_bytes >= self.line else 0  # counted by full() at the line, recounted there
+        return int(max(self.line / 4, min(self.line, self.line - (held_bytes - stuck))))

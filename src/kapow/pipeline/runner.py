@@ -33,7 +33,7 @@ from kapow.kafka.factory import KafkaClients, LibrdkafkaClients
 from kapow.kafka.offsets import assign_from, start_offsets
 from kapow.pipeline.batch import Batch, BatchSizer
 from kapow.pipeline.commit import CommitWindow
-from kapow.pipeline.consume import consume_bounded
+from kapow.pipeline.consume import Revoked, consume_bounded
 from kapow.pipeline.gauges import DestinationsView, refresh_gauges
 from kapow.pipeline.observe import Observer
 from kapow.pipeline.persist import Persister
@@ -76,6 +76,7 @@ class Writer:
         self._pressure_since = 0.0
         self.read_ahead = ReadAhead(p.max_buffer_bytes, self.persister.stuck_bytes)
         self.trimmer = Trimmer()  # gives large packets' memory back to the system once they are let go
+        self.revoked = Revoked()  # partitions taken away during the current consume (kapow.pipeline.consume)
         self._committed: dict[tuple[str, int], int] = {}
         self._earliest = config.kafka.settings.get("auto.offset.reset", "earliest") in ("earliest", "smallest")
         self.last_commit = time.monotonic()
@@ -155,8 +156,9 @@ class Writer:
             self._collect(0.005)  # enough held for the lanes: wait for answers instead of reading more
         else:
             wait = p.batch_max_wait_ms / 1000 if not len(self.window) else 0.005
-            budget = self.read_ahead.budget(self.held_bytes)
-            msgs = consume_bounded(self._consumer, self.sizer.target, wait, budget)
+            self.revoked.clear()
+            msgs = consume_bounded(self._consumer, self.sizer.target, wait, self.read_ahead.budget(self.held_bytes),
+                                   self.revoked)
             if msgs:
                 self._handle(msgs)
             self._collect(0.0)
@@ -247,7 +249,6 @@ class Writer:
         batch.pending -= 1
         batch.nbytes -= work.nbytes
         self.held_bytes -= work.nbytes
-        self.trimmer.freed(work.nbytes, len(work.rows))
         batch.landed += result.landed
         batch.duplicates += result.duplicates
         batch.probes += result.probes
@@ -255,8 +256,9 @@ class Writer:
         for record in result.failed:
             self._publish(batch, record, at_sort=False)
         if len(batch.topics) > 1 or log.isEnabledFor(logging.DEBUG):
-            batch.results.append(result)
+            batch.results.append(result)  # its packets go when the batch is released
         else:
+            self.trimmer.freed(work.nbytes, len(work.rows), failed=len(result.failed))
             work.rows = []  # nothing reads them again: let the packets go now
 
     def _advance(self, *, asynchronous: bool) -> None:
@@ -268,7 +270,9 @@ class Writer:
         for batch in released:
             self._batches.pop(batch.seq, None)
             self.observer.account(batch, now_ms)
-            batch.results = []  # the packets it kept for accounting go now, before the trim
+            for result in batch.results:  # the packets it kept for accounting go now
+                self.trimmer.freed(result.work.nbytes, len(result.work.rows), failed=len(result.failed))
+            batch.results = []
         metrics.IN_FLIGHT.set(len(self.window))
 
     def _drain(self, deadline: float) -> bool:
@@ -374,6 +378,7 @@ class Writer:
         self._forget({(tp.topic, tp.partition) for tp in partitions}, "lost", running=True)
 
     def _forget(self, gone: set[tuple[str, int]], how: str, *, running: bool) -> None:
+        self.revoked.add(gone)
         dropped = self.persister.cancel(running=running)
         self.window.clear()
         self._batches.clear()
