@@ -31,8 +31,8 @@ class Queue:
     ``revoke_on`` call (1-based) runs the revoke callback of partition 0 before it returns."""
 
     def __init__(self, ready: list[int], arriving: list[int] | None = None, revoked: Revoked | None = None,
-                 revoke_on: int = 0) -> None:
-        self.ready = [Record(s, i % 2) for i, s in enumerate(ready)]
+                 revoke_on: int = 0, partitions: int = 2) -> None:
+        self.ready = [Record(s, i % partitions) for i, s in enumerate(ready)]
         self.arriving = [Record(s) for s in arriving or []]
         self.calls: list[tuple[int, float]] = []
         self.revoked, self.revoke_on = revoked, revoke_on
@@ -109,6 +109,14 @@ def test_records_taken_before_a_revoke_in_a_later_call_are_dropped() -> None:
     assert q.calls == [(32, 0.02), (68, 0.02), (16, 0.02)], "the third call tops up what the revoke dropped"
     assert all(r.partition() == 1 for r in got), "nothing of partition 0, revoked after it was taken"
     assert len(got) == 100
+
+
+def test_when_a_revoke_takes_every_earlier_record_only_the_later_ones_stay() -> None:
+    revoked = Revoked()
+    q = Queue([250] * 200, revoked=revoked, revoke_on=2, partitions=1)
+    q.arriving = [Record(250, 1) for _ in range(50)]
+    got = consume_bounded(q, 100, 0.02, 32 * MIB, revoked, clock)
+    assert q.calls == [(32, 0.02), (68, 0.02)] and len(got) == 50, "the revoked partition's records all dropped"
 
 
 def test_a_revoke_in_the_first_call_is_librdkafkas_to_clean() -> None:

@@ -52,13 +52,15 @@ def consume_bounded(consumer: Any, target: int, wait: float, budget: int, revoke
     got = _bytes(msgs)
     full = len(msgs) == asked
     while full and len(msgs) < target:
-        more = min(target - len(msgs), (budget - got) // max(1, got // len(msgs)))  # at the average size so far
+        average = max(1, got // len(msgs)) if msgs else RECORD_BYTES  # none left after a revoke: as at first
+        more = min(target - len(msgs), (budget - got) // average)
         if more <= 0:
             break
         rebalances = revoked.count
         taken: list[Any] = consumer.consume(more, max(0.0, deadline - clock()))
         if revoked.count != rebalances:  # a rebalance in that call: what earlier calls took may be another's now
             msgs = [m for m in msgs if (m.topic(), m.partition()) not in revoked.partitions]
+            got = _bytes(msgs)
         msgs.extend(taken)
         got += _bytes(taken)
         full = len(taken) == more  # else the wait ran out: nothing more is queued
