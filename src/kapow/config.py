@@ -373,11 +373,31 @@ def _check_route(config: Config, route: RouteConfig, key: str, fail: Callable[[s
             fail(f"{key}.metadata", f"{column[:80]!r} is not a plain identifier")
 
 
+def _broken_promise(name: str, value: str | int | float | bool) -> str | None:
+    """Why a librdkafka property would break the commit guarantee, or None. Offsets are committed by the writer
+    alone, after each packet landed or was parked; and a revoke finishes or drops everything in flight, which is
+    right only when every partition is revoked at once (eager rebalancing): with incremental (cooperative)
+    rebalancing the partitions kept would go on past the batches dropped, and those packets would be lost."""
+    text = str(value).strip().lower()
+    if name in ("enable.auto.commit", "enable.auto.offset.store") and text not in ("false", "0"):
+        return "must stay false: the writer commits offsets itself, only after each packet landed or was parked"
+    if name == "partition.assignment.strategy" and "cooperative" in text:
+        return "incremental (cooperative) rebalancing is not supported: use range or roundrobin (the default)"
+    if name == "group.protocol" and text != "classic":
+        return "only the classic group protocol is supported (the new one rebalances incrementally)"
+    return None
+
+
 def _check_kafka_settings(config: Config, fail: Callable[[str, str], NoReturn]) -> None:
-    """Try the librdkafka properties once, offline, so that a typo is one line now, not a traceback later."""
+    """Try the librdkafka properties once, offline, so that a typo is one line now, not a traceback later; refuse
+    the ones that would break what the writer promises (:func:`_broken_promise`)."""
     settings = config.kafka.settings
     if not settings:
         return
+    for name, value in settings.items():
+        why = _broken_promise(name, value)
+        if why is not None:
+            fail(f'kafka.settings."{name}"', why)
     from confluent_kafka import Consumer, KafkaException, Producer
 
     from kapow.credentials import with_secrets

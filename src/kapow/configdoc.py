@@ -40,7 +40,9 @@ KEYS: dict[str, str] = {
     "kafka.settings": "Any librdkafka property (`\"security.protocol\" = \"SASL_SSL\"`, `sasl.*`, `ssl.*`, ...), "
                       "passed to the consumer and the producer; the admin client takes `security.*`, `sasl.*`, "
                       "`ssl.*` and `client.*` only. Quote keys that contain dots. A property that a typed key below "
-                      "also sets is refused.",
+                      "also sets is refused, and so are those that would break the commit guarantee: "
+                      "`enable.auto.commit` or `enable.auto.offset.store` other than false, a `cooperative` "
+                      "`partition.assignment.strategy`, a `group.protocol` other than `classic`.",
     "kafka.security_protocol": "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL` (production: `SASL_SSL`); "
                                "needed by every typed key below (docs/SECURITY.md).",
     "kafka.sasl_mechanism": "`SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN` (others through `settings`); required "

@@ -59,6 +59,11 @@ def test_product_md_example_parses() -> None:
         (GOOD + "[pipeline]\nmax_json_depth = 5000\n", "pipeline.max_json_depth"),
         (GOOD + '[kafka.settings]\n"no.such.property" = 1\n', 'kafka.settings: No such configuration property'),
         (GOOD + '[kafka.settings]\n"fetch.wait.max.ms" = "abc"\n', "kafka.settings: Invalid value"),
+        # settings that would break the commit guarantee
+        (GOOD + '[kafka.settings]\n"enable.auto.commit" = true\n', 'kafka.settings."enable.auto.commit": must stay'),
+        (GOOD + '[kafka.settings]\n"enable.auto.offset.store" = "true"\n', '"enable.auto.offset.store": must stay'),
+        (GOOD + '[kafka.settings]\n"partition.assignment.strategy" = "cooperative-sticky"\n', "cooperative"),
+        (GOOD + '[kafka.settings]\n"group.protocol" = "consumer"\n', "classic group protocol"),
         (GOOD.replace('databases = ["analytics"]', 'databases = ["a"]\nstatement_timeout_ms = -1'),
          "destinations[0].statement_timeout_ms: must be between"),
         (GOOD.replace('databases = ["analytics"]', 'databases = ["a"]\nmodes = ["merge"]'), "destinations[0].modes"),
