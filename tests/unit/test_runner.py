@@ -129,6 +129,23 @@ def test_past_the_memory_bound_the_consumer_pauses_then_sheds_and_resumes() -> N
     assert consumer.committed_offsets == {("in", 0): 3}
 
 
+def test_a_pause_that_lasts_below_the_bound_but_above_the_resume_line_still_sheds() -> None:
+    """Held packets between 80 % and 100 % of max_buffer_bytes kept the consumer paused and parked nothing: one
+    locked table of large packets stopped every other table for as long as the lock (a hostile run: 28 s)."""
+    big = packet("held", 0)[:-2] + b', "pad": "' + b"x" * 440_000 + b'"}}'
+    w, consumer, _producer, persister = writer({0: [big, big, big, packet("ok", 3)]},
+                                               extra="max_buffer_bytes = 1048576\nbatch_max_messages = 1")
+    persister.held.add("held")
+    persister.stuck.add("held")
+    steps(w, 4)
+    assert consumer.paused == {("in", 0)} and w.held_bytes > w.config.pipeline.max_buffer_bytes
+    w.held_bytes = int(0.9 * 1048576)  # as if part had landed: what is left is 90 % of the bound
+    before = persister.sheds
+    w._pressure_since -= 2
+    w.step()
+    assert consumer.paused == {("in", 0)} and persister.sheds == before + 1, "paused and nothing parked"
+
+
 def test_shutdown_with_a_destination_stuck_returns_within_the_deadline() -> None:
     w, consumer, _producer, persister = writer({0: [packet("held", i) for i in range(3)]})
     persister.held.add("held")

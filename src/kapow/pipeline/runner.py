@@ -306,22 +306,23 @@ class Writer:
     def _pressure(self) -> None:
         """Pause the consumer past the memory bound; park what is held if the pressure lasts."""
         p = self.config.pipeline
-        over = self.held_bytes > p.max_buffer_bytes or len(self.window) > MAX_WINDOW
         now = time.monotonic()
-        if over:
-            if not self._paused:
+        if not self._paused:
+            if self.held_bytes > p.max_buffer_bytes or len(self.window) > MAX_WINDOW:
                 self._set_paused(True)
                 self._pressure_since = now
                 log.warning("memory bound reached (%d bytes held, %d batches): consumption paused",
                             self.held_bytes, len(self.window))
-            elif now - self._pressure_since > 1.0:
-                freed = self.persister.shed()
-                self._pressure_since = now
-                if freed:
-                    log.warning("parked %d bytes of held packets to relieve memory", freed)
-        elif self._paused and self.held_bytes < 0.8 * p.max_buffer_bytes and len(self.window) < MAX_WINDOW * 0.8:
+        elif self.held_bytes < 0.8 * p.max_buffer_bytes and len(self.window) < MAX_WINDOW * 0.8:
             self._set_paused(False)
             log.info("consumption resumed (%d bytes held)", self.held_bytes)
+        elif now - self._pressure_since > 1.0:  # paused, and not yet down to where it resumes: park what is held
+            # (between 80 % and 100 % of the bound nothing used to be parked: a held table's packets kept the
+            # consumer paused, and every other table waited, until the lock went or hold_s parked them)
+            freed = self.persister.shed()
+            self._pressure_since = now
+            if freed:
+                log.warning("parked %d bytes of held packets to relieve memory", freed)
 
     def _set_paused(self, paused: bool) -> None:
         self._paused = paused
