@@ -739,10 +739,10 @@ def test_large_packets_are_trimmed_every_8_mib_while_busy_and_at_once_when_nothi
     persister.release("held")
     steps(w, 2)
     assert w.observer.totals["landed"] == 41 and calls[3:] == [], "under 1 MiB left: nothing more to give back"
-    w.trimmer.freed(2 * 900_000, 2)
+    w.trimmer.freed(2 * 900_000)
     steps(w, 1)
     assert calls[3:] == [0], "idle: the last of a burst goes back at once"
-    w.trimmer.freed(10 * 2_000, 10)  # small packets never add up to one
+    w.trimmer.acked(2_000)  # small packets never add up to one
     assert w.trimmer.pending == 0
 
 

@@ -231,7 +231,7 @@ class Writer:
         def acked() -> None:
             batch.ack()
             batch.nbytes -= size
-            self.trimmer.freed(size, 1)
+            self.trimmer.acked(size)
             if self._batches.get(batch.seq) is batch:  # not a batch dropped by a revoke meanwhile
                 self.held_bytes -= size
 
@@ -244,7 +244,7 @@ class Writer:
     def _answer(self, result: WorkResult) -> None:
         batch = self._batches.get(result.work.batch)
         if batch is None:  # from before a revoke: its batch was dropped and will be consumed again
-            return
+            return self.trimmer.answered(result)
         work = result.work
         batch.pending -= 1
         batch.nbytes -= work.nbytes
@@ -258,7 +258,7 @@ class Writer:
         if len(batch.topics) > 1 or log.isEnabledFor(logging.DEBUG):
             batch.results.append(result)  # its packets go when the batch is released
         else:
-            self.trimmer.freed(work.nbytes, len(work.rows), failed=len(result.failed))
+            self.trimmer.answered(result)
             work.rows = []  # nothing reads them again: let the packets go now
 
     def _advance(self, *, asynchronous: bool) -> None:
@@ -271,7 +271,7 @@ class Writer:
             self._batches.pop(batch.seq, None)
             self.observer.account(batch, now_ms)
             for result in batch.results:  # the packets it kept for accounting go now
-                self.trimmer.freed(result.work.nbytes, len(result.work.rows), failed=len(result.failed))
+                self.trimmer.answered(result)
             batch.results = []
         metrics.IN_FLIGHT.set(len(self.window))
 
@@ -396,3 +396,4 @@ class Writer:
         self.ready = bool(self.assigned)
         log.log(logging.WARNING if how == "lost" else logging.INFO, "partitions %s", how,
                 extra={"fields": {"partitions": sorted(f"{t}[{p}]" for t, p in gone), "dropped_works": dropped}})
+

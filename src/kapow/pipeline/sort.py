@@ -23,7 +23,7 @@ from kapow.errors import ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.batch import Batch, TopicCounts
 from kapow.pipeline.filter import is_pipeline_record
 from kapow.pipeline.route import Route, Router, RouteSpec
-from kapow.pipeline.work import PACKET_OVERHEAD, ErrorRecord, Row, TableWork
+from kapow.pipeline.work import LARGE_PACKET, PACKET_OVERHEAD, ErrorRecord, Row, TableWork
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -109,7 +109,10 @@ class Sorter:
         if work is None:
             work = works[route.key] = TableWork(route.key, route.destination, [], batch.seq, 0)
         work.rows.append(row)
-        work.nbytes += len(value or b"") + PACKET_OVERHEAD
+        size = len(value or b"") + PACKET_OVERHEAD
+        work.nbytes += size
+        if size > LARGE_PACKET:
+            work.large += size
         return True
 
     def _file(self, batch: Batch, works: dict[TableKey, TableWork], msg: Message) -> None:
@@ -135,6 +138,8 @@ class Sorter:
                 work = works[key] = TableWork(key, config, [], batch.seq, 0)
             work.rows.append(Row(msg, doc, keys, dest))
             work.nbytes += size
+            if size > LARGE_PACKET:
+                work.large += size
 
     def _resolve(self, context: bytes) -> tuple[tuple[Destination, Route | Failure], ...]:
         """Each destination of a context with its route (or the failure that refuses it): what packets carrying

@@ -40,6 +40,9 @@ class Row(msgspec.Struct, gc=False):
 # ``max_buffer_bytes`` bounds the process, not only the values: an RSS of ~2.2 kB per 250 B packet in flight
 # was measured (docs/BENCHMARKS.md, "Memory"), and small packets are where the values alone undercount most.
 PACKET_OVERHEAD = 1536
+# A packet this large (value + PACKET_OVERHEAD) leaves free memory that glibc keeps once it is let go; the loop
+# counts such bytes and trims after enough of them (kapow.pipeline.process.Trimmer). Small packets never count.
+LARGE_PACKET = 64 * 1024
 
 
 class TableWork(msgspec.Struct, gc=False, eq=False):
@@ -51,6 +54,7 @@ class TableWork(msgspec.Struct, gc=False, eq=False):
     rows: list[Row]
     batch: int  # the sequence number of the batch it belongs to
     nbytes: int  # memory its packets hold (values + PACKET_OVERHEAD each), for the writer's memory bound
+    large: int = 0  # the part of nbytes in packets over LARGE_PACKET: their memory is trimmed once let go
     enqueued_at: float = 0.0  # monotonic; set by the lane
     epoch: int = 0  # the lane's cancel epoch when queued: work from before a revoke is never retried
     attempts: int = 0
@@ -68,4 +72,4 @@ class WorkResult(msgspec.Struct, gc=False, eq=False):
     probes: int = 0  # statements spent isolating bad rows
 
 
-__all__ = ["PACKET_OVERHEAD", "ErrorRecord", "Row", "TableWork", "WorkResult"]
+__all__ = ["LARGE_PACKET", "PACKET_OVERHEAD", "ErrorRecord", "Row", "TableWork", "WorkResult"]
