@@ -717,6 +717,27 @@ def test_a_lane_opens_at_most_max_connections_under_a_burst(db: str) -> None:
     assert peak == 2, f"{peak} sessions for max_connections = 2"
 
 
+def test_a_connection_that_sent_a_statement_of_many_mb_is_closed_when_given_back(db: str) -> None:
+    """libpq keeps its buffers at the largest message a connection sent: a lane's connection that carried 0.9 MB
+    rows held ~31 MB for good. After a unit over RETIRE_AFTER_BYTES the connection is closed, not kept idle."""
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, name text, qty int)")
+    answers = Answers()
+    la = lane(db, answers, max_connections=1)
+    key = TableKey("wh", db, "public", name)
+    try:
+        la.submit(TableWork(key, la.config, [packet_row(dest(db, name), good(1))], 1, 10))
+        answers.wait(1)
+        kit.wait_for(lambda: sessions(db) == 1, 5, "the small unit's connection kept idle")
+        big = [packet_row(dest(db, name), {**good(i), "name": "n" * 1_000_000}) for i in range(2, 12)]  # 10 MB
+        la.submit(TableWork(key, la.config, big, 2, 10 * 1_000_000))
+        assert [r.landed for r in answers.wait(2)] == [1, 10]
+        kit.wait_for(lambda: sessions(db) == 0, 5, "the connection that sent 10 MB closed")
+        la.submit(TableWork(key, la.config, [packet_row(dest(db, name), good(20))], 3, 10))
+        assert [r.landed for r in answers.wait(3)] == [1, 10, 1], "a new connection is opened for the next unit"
+    finally:
+        la.close(5)
+
+
 def test_a_locked_table_is_held_alone_then_probed_free_without_a_write(db: str) -> None:
     locked, free = new_table(db), new_table(db)
     answers = Answers()

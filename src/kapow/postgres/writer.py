@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 
 from kapow.errors import Failure, Scope, classify_sqlstate, one_line
+from kapow.postgres.pool import retire
 from kapow.postgres.statements import Statement
 
 APPLY_FUNCTION = """
@@ -80,6 +81,9 @@ END
 $fn$
 """
 
+# A unit whose statements carry more than this closes its connection afterwards (kapow.postgres.pool.retire):
+# libpq keeps its buffers at the largest message sent, and a few such connections held ~30 MB each for good.
+RETIRE_AFTER_BYTES = 8 * 1024 * 1024
 _CALL = "SELECT t, k, affected, state, message, col, retried FROM pg_temp.kapow_apply(%b, %b::text[], %b, %b)"
 
 
@@ -135,6 +139,8 @@ def apply_unit(conn: psycopg.Connection[Any], tables: Sequence[Sequence[Statemen
             fasts.append(statement.plain if plain else None)
             payloads.append(statement.payload())
         bounds.append(len(stmts) + 1)
+    if sum(map(len, payloads)) > RETIRE_AFTER_BYTES:
+        retire(conn)
     outcomes = [TableOutcome([]) for _ in tables]
     for t, _k, affected, state, message, column, conflicted in call(conn, stmts, payloads, bounds, fasts):
         outcome = outcomes[t - 1]
