@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@$(BIN)/python -m compileall -q src  # an editable install writes no bytecode; PYTHONDONTWRITEBYTECODE neither
 	@touch $@
 
 services:

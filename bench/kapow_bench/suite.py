@@ -25,6 +25,7 @@ from kapow_bench.peer_side import peer_supports, run_peer_side
 from kapow_bench.report import Run, machine, relate, say, summarise, table
 from kapow_bench.runs import run_kapow
 from kapow_bench.spec import Spec
+from kapow_bench.writer import precompile
 
 ALL_SPECS = (
     Spec(), Spec(size=12), Spec(mode="upsert"), Spec(mode="upsert", version=True), Spec(mode="delete"),
@@ -72,6 +73,7 @@ def main_bench(args: argparse.Namespace) -> int:
     if args.all:
         args.latency = args.peer = args.baselines = args.sweep = args.live = True
     check(args)
+    precompile()
     specs, peer, latency = plan(args)
     info = machine(check_services())
     say(f"kapow bench on {info['nproc']} cores, {info['memory_gib']} GiB, load {info['loadavg_at_start'][0]:.2f}")

@@ -38,12 +38,12 @@ class Admin:
         self.alter_error: dict[str, BaseException] = {}
         self.describe_error: dict[str, BaseException] = {}
 
-    def list_topics(self, timeout: float) -> Any:
-        return type("Meta", (), {"topics": dict.fromkeys(self.limits)})()
-
     def describe_configs(self, resources: list[Any], request_timeout: float) -> dict[Any, Future[Any]]:
         out = {}
         for r in resources:
+            if r.name not in self.limits:  # as the broker answers for a topic that does not exist
+                out[r] = done(None, KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "Unknown topic")))
+                continue
             value = self.limits[r.name]
             entries = {} if value is None else {"max.message.bytes": Entry(str(value))}
             out[r] = done(entries, self.describe_error.get(r.name))
@@ -69,6 +69,7 @@ def test_limits_are_read_for_existing_topics_and_a_topic_that_cannot_be_describe
     with caplog.at_level(logging.WARNING):
         assert topic_limits(admin, ["a", "b", "c", "d", "missing"], 5) == {"a": 100, "d": 5}  # type: ignore[arg-type]
     assert "cannot read the config of topic b" in caplog.text
+    assert "topic missing" not in caplog.text  # a missing topic is not a refusal: the caller creates it
     assert topic_limits(Admin({}), ["x"], 5) == {}  # type: ignore[arg-type]
 
 
