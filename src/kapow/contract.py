@@ -114,6 +114,9 @@ _context_decoder = msgspec.json.Decoder(_Context)
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _pipeline_context_decoder = msgspec.json.Decoder(PipelineContext)
 _keys_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+# One level of scalars, the shape of nearly every row: decoding it whole checks its UTF-8 and bounds its depth
+# in the same pass, where the Raw decoder skips the values and leaves both to two more passes over the bytes.
+_flat_decoder = msgspec.json.Decoder(dict[str, str | int | float | bool | None])
 _any_decoder = msgspec.json.Decoder(float_hook=lambda _text: None)  # depth only: no float may overflow
 
 
@@ -137,6 +140,7 @@ class PacketDecoder:
         self._contexts: ByteCache[bool] = ByteCache(max_bytes=self.CACHE_BYTES, max_key_bytes=self.MAX_CACHED_VALUE)
         self._destinations: ByteCache[tuple[Destination, ...] | PacketError] = ByteCache(
             max_bytes=self.CACHE_BYTES, max_key_bytes=self.MAX_CACHED_VALUE)
+        self._skip_flat = 0  # packets left before the flat reading is tried again (see keys)
 
     def is_pipeline_packet(self, headers: list[tuple[str, bytes | None]] | None) -> bool:
         """True when the record carries the ``context`` header naming the data pipeline.
@@ -164,7 +168,30 @@ class PacketDecoder:
         """Decode a packet's value; raise :class:`PacketError` with a user error code for anything wrong."""
         context, doc = self.split(value)
         destinations = self.destinations(context)
-        return Packet(destinations, doc, decode_keys(doc, max_depth=self.max_depth))
+        return Packet(destinations, doc, self.keys(doc))
+
+    FLAT_RETRY = 256  # after a document that is not flat, packets read the general way before trying again
+
+    def keys(self, doc: bytes) -> tuple[str, ...]:
+        """:func:`decode_keys`, with a fast path for flat documents (one level of scalars).
+
+        The flat decoder reads the values instead of skipping them, which checks their UTF-8 and the depth in one
+        pass (0.47 µs for a 250 B row against 0.9 µs). A document it refuses (nested values, a float out of range,
+        bad input) is read by :func:`decode_keys`, which gives the same keys or the same error; since a refusal
+        costs as much as a reading (0.53 µs), a stream of nested documents tries the flat way once per
+        :data:`FLAT_RETRY` packets only.
+        """
+        if self._skip_flat:
+            self._skip_flat -= 1
+        else:
+            try:
+                keys = tuple(_flat_decoder.decode(doc))
+            except (msgspec.DecodeError, UnicodeDecodeError):  # ValidationError is a DecodeError
+                self._skip_flat = self.FLAT_RETRY
+            else:
+                if keys:
+                    return keys
+        return decode_keys(doc, max_depth=self.max_depth)
 
     def split(self, value: bytes | None) -> tuple[bytes, bytes]:
         """The envelope's two halves, raw: (``pipeline_context`` JSON, ``data`` JSON); nothing decoded inside."""

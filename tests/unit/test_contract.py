@@ -255,3 +255,46 @@ def test_a_cached_context_costs_no_more_memory_than_the_cache_counts(destination
         tracemalloc.stop()
     assert len(d._destinations) == 500
     assert held <= sum(entry_cost(c) for c in contexts), (held, sum(entry_cost(c) for c in contexts))
+
+
+# PacketDecoder.keys reads flat documents with a faster decoder and falls back to decode_keys for the rest: the
+# two must agree on every document, keys and errors alike, in any order of flat and nested documents.
+_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                          max_size=3), max_leaves=12)
+_odd_bytes = st.sampled_from([b"{}", b"[]", b'{"a": 1e999}', b'{"a": -1e-999}', b'{"a": "\\ud800"}', b'{"a": "\xff"}',
+                              b'{"\xff": 1}', b'{"a": 1, "a": [2]}', b'{"a": NaN}', b'{"a": 1', b'{"a": "[[[[{{{{"}',
+                              b'{"a": 123456789012345678901234567890}', b'"text"', b"1", b'{"a": {"b": {"c": {}}}}',
+                              b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}"])
+
+
+def _outcome(read: object, doc: bytes) -> object:
+    try:
+        return read(doc)  # type: ignore[operator]
+    except PacketError as exc:
+        return (exc.failure.code, exc.failure.message)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.dictionaries(st.text(max_size=6), _json, max_size=5).map(msgspec.json.encode)
+                | _odd_bytes, min_size=1, max_size=40))
+def test_the_flat_path_gives_the_keys_and_errors_of_the_general_one(docs: list[bytes]) -> None:
+    decoder = PacketDecoder(max_bytes=1 << 20, max_depth=8, max_destinations=10)
+    decoder.FLAT_RETRY = 2  # type: ignore[misc]  # switch between the paths often within one example
+    for doc in docs:
+        assert _outcome(decoder.keys, doc) == _outcome(lambda d: decode_keys(d, max_depth=8), doc), doc
+
+
+def test_a_nested_document_sends_the_next_ones_the_general_way_for_a_while_then_flat_again() -> None:
+    decoder = PacketDecoder(max_bytes=1 << 20, max_depth=8, max_destinations=10)
+    assert decoder.keys(b'{"a": 1, "b": "x"}') == ("a", "b")
+    assert decoder._skip_flat == 0
+    assert decoder.keys(b'{"a": [1], "b": {"c": 2}}') == ("a", "b")
+    assert decoder._skip_flat == PacketDecoder.FLAT_RETRY
+    for _ in range(PacketDecoder.FLAT_RETRY):
+        assert decoder.keys(b'{"a": 1}') == ("a",)
+    assert decoder._skip_flat == 0
+    with pytest.raises(PacketError, match="deeper than 8"):
+        decoder.keys(b'{"a": ' + b"[" * 9 + b"]" * 9 + b"}")
+    with pytest.raises(PacketError, match="not UTF-8"):
+        decoder.keys(b'{"a": "\xff"}')

@@ -18,7 +18,7 @@ import msgspec
 
 from kapow.bytecache import ByteCache
 from kapow.config import Config
-from kapow.contract import Destination, PacketDecoder, TableKey, decode_keys
+from kapow.contract import Destination, PacketDecoder, TableKey
 from kapow.errors import ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.batch import Batch, TopicCounts
 from kapow.pipeline.filter import is_pipeline_record
@@ -93,14 +93,14 @@ class Sorter:
             if value is None:
                 dest = route.dests["delete"]
                 doc = tombstone_row(msg.key(), route)
-                row = Row(msg, doc, decode_keys(doc, max_depth=self.decoder.max_depth), dest)
+                row = Row(msg, doc, self.decoder.keys(doc), dest)
             elif len(value) > self.decoder.max_bytes:
                 raise PacketError(ErrorCode.TOO_LARGE,
                                   f"record is {len(value)} bytes, the limit is {self.decoder.max_bytes}")
             elif fmt == "debezium":  # decoded by the lane, which knows the table's column types
                 row = Row(msg, b"", (), route.dests["upsert"], route)
             else:
-                row = Row(msg, value, decode_keys(value, max_depth=self.decoder.max_depth),
+                row = Row(msg, value, self.decoder.keys(value),
                           route.dests[route.config.mode])
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, route.dests[route.config.mode]))
@@ -122,7 +122,7 @@ class Sorter:
             routes = self._routes.get(context)
             if routes is None:
                 routes = self._resolve(context)
-            keys = decode_keys(doc, max_depth=self.decoder.max_depth)
+            keys = self.decoder.keys(doc)
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))
             return
