@@ -21,7 +21,7 @@ import msgspec
 import psycopg
 
 from kapow.config import DestinationConfig
-from kapow.contract import TableKey, decode_keys
+from kapow.contract import Destination, TableKey, decode_keys
 from kapow.errors import TABLE_WIDE_USER_CODES, ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.work import ErrorRecord, Row, TableWork, WorkResult
 from kapow.postgres.catalog import Catalog, Table, load_tables
@@ -143,17 +143,26 @@ def _validate(p: _Prepared) -> None:
     config = p.job.config
     # Rows of one shape share their keys tuple and destination objects (sort interns them), so a verdict is
     # looked up by identity, once per shape and unit, instead of hashing the shape for every row.
+    # Consecutive rows nearly always share their shape: the previous row's verdict is checked first.
     verdicts: dict[tuple[int, int], Failure | None] = {}
+    rows, owners, inputs = p.rows.append, p.owners.append, p.inputs.append
     for w, work in enumerate(p.job.works):
+        last_keys: tuple[str, ...] | None = None
+        last_dest: Destination | None = None
+        verdict: Failure | None = None
         for row in work.rows:
             if table is None:
                 failure: Failure | None = unknown_table(p.job.key)
             elif row.route is None:
-                shape = (id(row.keys), id(row.dest))
-                if shape in verdicts:
-                    failure = verdicts[shape]
-                else:
-                    failure = verdicts[shape] = validate(table, config, row.dest, row.keys)
+                keys, dest = row.keys, row.dest
+                if keys is not last_keys or dest is not last_dest:
+                    shape = (id(keys), id(dest))
+                    if shape in verdicts:
+                        verdict = verdicts[shape]
+                    else:
+                        verdict = verdicts[shape] = validate(table, config, dest, keys)
+                    last_keys, last_dest = keys, dest
+                failure = verdict
             else:  # a Debezium change event: decoded now that the column types are known
                 try:
                     decoded = decode_change_row(table, row)
@@ -168,9 +177,9 @@ def _validate(p: _Prepared) -> None:
             if failure is not None:
                 p.failed.append((w, ErrorRecord(row.msg, failure, row.dest)))
                 continue
-            p.rows.append(row)
-            p.owners.append(w)
-            p.inputs.append(_row_in(row))
+            rows(row)
+            owners(w)
+            inputs(row if row.dest.metadata is None else _row_in(row))
 
 
 def _row_in(row: Row) -> RowLike:
