@@ -141,6 +141,10 @@ class PacketDecoder:
         self._destinations: ByteCache[tuple[Destination, ...] | PacketError] = ByteCache(
             max_bytes=self.CACHE_BYTES, max_key_bytes=self.MAX_CACHED_VALUE)
         self._skip_flat = 0  # packets left before the flat reading is tried again (see keys)
+        # the last small header value and its verdict: consecutive records nearly always carry the same bytes, and
+        # comparing them costs less than hashing them for the cache
+        self._last_context: bytes | None = None
+        self._last_verdict = False
 
     def is_pipeline_packet(self, headers: list[tuple[str, bytes | None]] | None) -> bool:
         """True when the record carries the ``context`` header naming the data pipeline.
@@ -153,13 +157,18 @@ class PacketDecoder:
         for name, value in headers:
             if name != CONTEXT_HEADER or value is None:
                 continue
-            verdict = self._contexts.get(value)
-            if verdict is None:
-                try:
-                    verdict = _context_decoder.decode(value).consumer.type == PIPELINE_CONSUMER_TYPE
-                except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-                    verdict = False
-                self._contexts.put(value, verdict)
+            if value == self._last_context:
+                verdict: bool | None = self._last_verdict
+            else:
+                verdict = self._contexts.get(value)
+                if verdict is None:
+                    try:
+                        verdict = _context_decoder.decode(value).consumer.type == PIPELINE_CONSUMER_TYPE
+                    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                        verdict = False
+                    self._contexts.put(value, verdict)
+                if len(value) <= self.MAX_CACHED_VALUE:
+                    self._last_context, self._last_verdict = value, verdict
             if verdict:
                 return True
         return False

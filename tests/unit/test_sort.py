@@ -158,3 +158,18 @@ def test_ten_thousand_tables_resolve_their_context_once(monkeypatch: pytest.Monk
     monkeypatch.setattr(sorter, "_resolve", lambda context: resolved.append(context) or real(context))
     _, works = sorter.sort(2, msgs)
     assert resolved == [] and len(works) == 10_000
+
+
+def test_the_last_context_shortcut_never_files_a_packet_under_its_neighbour() -> None:
+    # Consecutive packets with the same context skip the cache; alternating ones, a refused destination between
+    # two good ones, a header of another consumer between pipeline headers: each still gets its own verdict.
+    other = [("context", b'{"consumer":{"type":"other"}}')]
+    msgs = [msg(packet({"id": 1}), 0), msg(packet({"id": 2}, table="u"), 1), msg(packet({"id": 3}), 2),
+            msg(packet({"id": 4}, vanity="nobody"), 3), msg(packet({"id": 5}), 4),
+            msg(packet({"id": 6}), 5, headers=other),
+            msg(packet({"id": 7}), 6), msg(packet({"id": 8}, table="u"), 7), msg(packet({"id": 9}, table="u"), 8)]
+    batch, works = Sorter(CONFIG).sort(1, msgs)
+    landed = {w.key.table: [msgspec.json.decode(r.doc)["id"] for r in w.rows] for w in works}
+    assert landed == {"t": [1, 3, 5, 7], "u": [2, 8, 9]}
+    assert [r.msg.offset() for r in batch.errors] == [3]
+    assert batch.filtered == 1

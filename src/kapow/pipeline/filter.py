@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kapow.contract import PacketDecoder
-from kapow.deadletter.publisher import safe_headers
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -19,4 +18,8 @@ if TYPE_CHECKING:
 
 def is_pipeline_record(decoder: PacketDecoder, msg: Message) -> bool:
     """True when ``msg`` is a KaPoW packet (PRODUCT.md §1); the decoder caches header verdicts."""
-    return decoder.is_pipeline_packet(safe_headers(msg))
+    try:
+        headers = msg.headers()  # a fresh list, or None (no copy: this runs for every record)
+    except Exception:  # headers the client library cannot decode: foreign traffic, never an exception
+        return False
+    return decoder.is_pipeline_packet(headers)  # type: ignore[arg-type]

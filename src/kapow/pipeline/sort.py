@@ -46,12 +46,16 @@ class Sorter:
         self._routes: ByteCache[tuple[tuple[Destination, Route | Failure], ...]] = ByteCache(
             max_bytes=PacketDecoder.CACHE_BYTES, max_key_bytes=PacketDecoder.MAX_CACHED_VALUE)
         self._keysets: dict[tuple[str, ...], tuple[str, ...]] = {}
+        # the last small context and its routes: consecutive packets nearly always carry the same bytes, and
+        # comparing them costs less than hashing them for the cache
+        self._last: tuple[bytes, tuple[tuple[Destination, Route | Failure], ...]] | None = None
 
     def sort(self, seq: int, msgs: list[Message]) -> tuple[Batch, list[TableWork]]:
         batch = Batch(seq=seq)
         works: dict[TableKey, TableWork] = {}
         offsets = batch.offsets
         topics = batch.topics
+        routed, decoder, file = self.router.routes, self.decoder, self._file  # looked up once, not per record
         for msg in msgs:
             topic = msg.topic() or ""
             offsets[(topic, msg.partition() or 0)] = msg.offset() or 0
@@ -59,18 +63,18 @@ class Sorter:
             if counts is None:
                 counts = topics[topic] = TopicCounts()
             try:
-                route = self.router.routes.get(topic)
+                route = routed.get(topic)
                 if route is not None:  # a routed topic: no envelope, no header, one fixed table
                     if self._file_routed(batch, works, msg, route):
                         counts.passed += 1
                     else:
                         counts.filtered += 1
                     continue
-                if not is_pipeline_record(self.decoder, msg):
+                if not is_pipeline_record(decoder, msg):
                     counts.filtered += 1
                     continue
                 counts.passed += 1
-                self._file(batch, works, msg)
+                file(batch, works, msg)
             except Exception as exc:  # a bug met on one record fails that record alone
                 log.exception("unexpected error sorting %s[%s]@%s", msg.topic(), msg.partition(), msg.offset())
                 failure = Failure(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"[:300], Scope.TABLE)
@@ -119,9 +123,14 @@ class Sorter:
         value = msg.value()
         try:
             context, doc = self.decoder.split(value)
-            routes = self._routes.get(context)
-            if routes is None:
-                routes = self._resolve(context)
+            last = self._last
+            if last is not None and context == last[0]:
+                routes = last[1]
+            else:
+                cached = self._routes.get(context)
+                routes = self._resolve(context) if cached is None else cached
+                if len(context) <= PacketDecoder.MAX_CACHED_VALUE:
+                    self._last = (context, routes)
             keys = self.decoder.keys(doc)
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))
