@@ -343,3 +343,23 @@ def test_events_of_the_last_schema_skip_its_parse_and_decode_as_a_fresh_decoder_
     for why, bent in odd.items():
         assert decoder.decode(bent, key) == expected_odd[why], why
     assert len(full_parses) == len(odd), "each bent event took the full parse"
+
+
+@pytest.mark.parametrize("events", [WITH, WITHOUT], ids=["with-schema", "without-schema"])
+@pytest.mark.parametrize("types", [COLUMN_TYPES, None], ids=["typed", "untyped"])
+def test_a_changes_column_names_are_those_of_its_row_and_one_tuple_per_shape(
+        events: dict[str, tuple[bytes | None, bytes | None]], types: dict[str, str] | None) -> None:
+    from kapow.contract import decode_keys
+
+    decoder = ChangeDecoder(column_types=types, max_bytes=MAX, max_depth=32)
+    seen: dict[tuple[str, ...], tuple[str, ...]] = {}
+    rows = 0
+    for key, value in events.values():
+        change = decoder.decode(value, key)
+        if change.row is None:
+            assert change.keys == ()
+            continue
+        rows += 1
+        assert change.keys == decode_keys(change.row, max_depth=34)  # what the lane used to decode again
+        assert seen.setdefault(change.keys, change.keys) is change.keys
+    assert rows >= 5

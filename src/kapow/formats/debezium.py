@@ -68,6 +68,7 @@ class Change:
     lsn: int | None = None
     ts_ms: int | None = None
     reason: str | None = None
+    keys: tuple[str, ...] = ()  # the column names of ``row``, in its order (one shared tuple per set of names)
 
 
 class _Source(msgspec.Struct, forbid_unknown_fields=False):
@@ -105,6 +106,7 @@ _SCHEMA = msgspec.json.Decoder(SchemaField)
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
 _UPSERT_OPS = frozenset({"c", "r", "u"})
 _SKIP_OPS = {"t": "truncate", "m": "message"}
+_KEYSETS = 1024  # sets of column names interned per route (a table has a few; more are not interned)
 
 
 def _bad(message: str) -> PacketError:
@@ -115,7 +117,8 @@ class ChangeDecoder:
     """Decodes the change events of one route (one target table); keeps the plans it builds.
 
     Thread-safe: the plans are immutable once built, the cache is a bounded dict changed under a lock, and the
-    last schema seen is one tuple swapped atomically.
+    last schema seen is one tuple swapped atomically; the interned sets of column names are a bounded dict
+    filled with ``setdefault`` (atomic).
     """
 
     def __init__(self, *, column_types: Mapping[str, str] | None = None, max_bytes: int, max_depth: int) -> None:
@@ -127,6 +130,8 @@ class ChangeDecoder:
         self._plans: dict[bytes, Plan] = {}
         self._last: tuple[bytes, Plan] = (b"", {})
         self._last_prefix: tuple[bytes, Plan] = (b"", {})  # b'{"schema":<last schema>,"payload":' and its plan
+        # one tuple per set of column names, so the lane validates and plans a shape once, not each row
+        self._keysets: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def decode(self, value: bytes | None, key: bytes | None = None) -> Change:
         """Decode one record (value and key bytes) into a :class:`Change`, or raise :class:`PacketError`."""
@@ -179,10 +184,11 @@ class ChangeDecoder:
         if op in _UPSERT_OPS:
             if payload.after is None:
                 raise _bad(f"op {op!r} without an 'after' row")
-            row = self._row(payload.after, plan, raw)
-            return Change(ChangeKind.UPSERT, row, lsn, ts_ms)
+            row, keys = self._row(payload.after, plan, raw)
+            return Change(ChangeKind.UPSERT, row, lsn, ts_ms, keys=keys)
         if op == "d":
-            return Change(ChangeKind.DELETE, self._delete_key(payload.before, plan, raw, key), lsn, ts_ms)
+            row, keys = self._delete_key(payload.before, plan, raw, key)
+            return Change(ChangeKind.DELETE, row, lsn, ts_ms, keys=keys)
         reason = _SKIP_OPS.get(op or "")
         if reason is not None:
             return Change(ChangeKind.SKIP, None, lsn, ts_ms, reason)
@@ -220,7 +226,9 @@ class ChangeDecoder:
         self._last_prefix = (b'{"schema":' + schema + b',"payload":', plan)
         return plan
 
-    def _row(self, row: dict[str, Any], plan: Plan, raw: bytes) -> bytes:
+    def _row(self, row: dict[str, Any], plan: Plan, raw: bytes) -> tuple[bytes, tuple[str, ...]]:
+        """The row re-encoded, and its column names: those of the dict encoded, in its order (no decode of the
+        text just written)."""
         self._check(row, raw)
         if _UNAVAILABLE_MARKERS[0] in raw or _UNAVAILABLE_MARKERS[1] in raw:
             for name in [k for k, x in row.items() if _unavailable(x)]:
@@ -233,11 +241,17 @@ class ChangeDecoder:
                 except BadValue as exc:
                     raise _bad(f"column {name[:63]!r}: {exc}") from None
         try:
-            return _ENCODER.encode(row)
+            doc = _ENCODER.encode(row)
         except (TypeError, ValueError, OverflowError) as exc:  # nothing decoded should fail here; never crash
             raise _bad(f"row cannot be re-encoded: {exc}") from None
+        keys = tuple(row)
+        keysets = self._keysets
+        if len(keysets) < _KEYSETS:
+            keys = keysets.setdefault(keys, keys)
+        return doc, keys
 
-    def _delete_key(self, before: dict[str, Any] | None, plan: Plan, raw: bytes, key: bytes | None) -> bytes:
+    def _delete_key(self, before: dict[str, Any] | None, plan: Plan, raw: bytes,
+                    key: bytes | None) -> tuple[bytes, tuple[str, ...]]:
         if before:
             # REPLICA IDENTITY DEFAULT: only the key columns are set, the rest null; FULL: every column.
             kept = {k: x for k, x in before.items() if x is not None}

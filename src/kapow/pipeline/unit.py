@@ -21,7 +21,7 @@ import msgspec
 import psycopg
 
 from kapow.config import DestinationConfig
-from kapow.contract import Destination, TableKey, decode_keys
+from kapow.contract import Destination, TableKey
 from kapow.errors import TABLE_WIDE_USER_CODES, ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.work import ErrorRecord, Row, TableWork, WorkResult
 from kapow.postgres.catalog import Catalog, Table, load_tables
@@ -145,6 +145,7 @@ def _validate(p: _Prepared) -> None:
     # looked up by identity, once per shape and unit, instead of hashing the shape for every row.
     # Consecutive rows nearly always share their shape: the previous row's verdict is checked first.
     verdicts: dict[tuple[int, int], Failure | None] = {}
+    changed: dict[tuple[tuple[str, ...], Destination], Failure | None] = {}
     rows, owners, inputs = p.rows.append, p.owners.append, p.inputs.append
     for w, work in enumerate(p.job.works):
         last_keys: tuple[str, ...] | None = None
@@ -173,7 +174,16 @@ def _validate(p: _Prepared) -> None:
                     p.skipped[w] = p.skipped.get(w, 0) + 1
                     continue
                 row = decoded
-                failure = validate(table, config, row.dest, row.keys)
+                keys, dest = row.keys, row.dest
+                if keys is not last_keys or dest is not last_dest:  # the decoder interns its column names
+                    # by value: a decoded row that fails is let go, and its tuple's id may be reused
+                    named = (keys, dest)
+                    if named in changed:
+                        verdict = changed[named]
+                    else:
+                        verdict = changed[named] = validate(table, config, dest, keys)
+                    last_keys, last_dest = keys, dest
+                failure = verdict
             if failure is not None:
                 p.failed.append((w, ErrorRecord(row.msg, failure, row.dest)))
                 continue
@@ -261,11 +271,15 @@ def decode_change_row(table: Table, row: Row) -> Row | None:
         dest = route.dests["delete"]
     else:
         dest = route.dests["upsert"]
+    keys = change.keys
+    if not keys:
+        raise PacketError(ErrorCode.BAD_PACKET, "data is empty: give at least one column")
     extra = [(column, change.lsn if field == "lsn" else change.ts_ms) for field, column in route.source_columns]
     if extra:
         doc = doc[:-1].rstrip() + b"," + b",".join(msgspec.json.encode(c) + b":" + msgspec.json.encode(v)
                                                     for c, v in extra) + b"}"
-    return Row(row.msg, doc, decode_keys(doc, max_depth=route.max_depth + 2), dest)
+        keys = tuple(dict.fromkeys(keys + tuple(c for c, _ in extra)))  # a name given twice: its first place
+    return Row(row.msg, doc, keys, dest)
 
 
 def unknown_table(key: TableKey) -> Failure:

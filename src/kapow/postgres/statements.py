@@ -217,7 +217,10 @@ def _fold(ops: list[_Op], op: _Op) -> bool:
         return False
     kinds = (last.kind, op.kind)
     if kinds == (UPSERT, UPSERT):
-        last.doc, last.keys = _merge(last.doc, op.doc)
+        if op.keys is last.keys or op.keys == last.keys:  # same columns: the second's values are the merge
+            last.doc = op.doc
+        else:
+            last.doc, last.keys = _merge(last.doc, op.doc)
     elif kinds in ((UPSERT, DELETE), (INSERT, DELETE)):
         ops[-1] = _Op(DELETE, op.doc, op.keys, op.dest, last.sources)
         last = ops[-1]
