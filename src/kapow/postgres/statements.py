@@ -141,8 +141,7 @@ def _plan_inserts(table: Table, rows: Sequence[RowLike]) -> list[Statement]:
     return list(by_shape.values())
 
 
-@dataclass(slots=True)
-class _Op:
+class _Op(msgspec.Struct, gc=False):
     kind: str
     doc: bytes
     keys: tuple[str, ...]
@@ -205,7 +204,10 @@ def _key_decoder(table: Table, key_cols: tuple[str, ...]) -> msgspec.json.Decode
 
 def _key_values(decoder: msgspec.json.Decoder[Any], doc: bytes) -> tuple[bytes, ...]:
     """The raw JSON of each key column (b"" when absent), a key for folding: equal text, equal key."""
-    return tuple(bytes(raw).strip() for raw in msgspec.structs.astuple(decoder.decode(doc)))
+    raws = msgspec.structs.astuple(decoder.decode(doc))
+    if len(raws) == 1:  # the common one-column key, without a generator
+        return (bytes(raws[0]).strip(),)
+    return tuple(bytes(raw).strip() for raw in raws)
 
 
 def _fold(ops: list[_Op], op: _Op) -> bool:
