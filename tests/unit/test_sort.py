@@ -173,3 +173,22 @@ def test_the_last_context_shortcut_never_files_a_packet_under_its_neighbour() ->
     assert landed == {"t": [1, 3, 5, 7], "u": [2, 8, 9]}
     assert [r.msg.offset() for r in batch.errors] == [3]
     assert batch.filtered == 1
+
+
+@given(st.lists(st.tuples(st.sampled_from(["in", "in2"]), st.integers(0, 3), st.booleans()), max_size=60))
+def test_offsets_and_counts_are_right_however_partitions_interleave(spec: list[tuple[str, int, bool]]) -> None:
+    # the sorter stores a partition's offset once per run of it: interleaved runs must still end at its last record
+    next_offset: dict[tuple[str, int], int] = {}
+    msgs = []
+    for topic, partition, ours in spec:
+        offset = next_offset.get((topic, partition), 10 * partition)
+        next_offset[(topic, partition)] = offset + 1 + partition  # gaps, as compaction or transactions leave
+        msgs.append(msg(packet({"id": offset}), offset, partition, HEADERS if ours else None, topic))
+    batch, works = Sorter(CONFIG).sort(1, msgs)
+    assert batch.offsets == {tp: nxt - 1 - tp[1] for tp, nxt in next_offset.items()}
+    for topic in ("in", "in2"):
+        mine = [m for m in spec if m[0] == topic]
+        if mine:
+            assert (batch.topics[topic].passed, batch.topics[topic].filtered) == (
+                sum(o for _, _, o in mine), sum(not o for _, _, o in mine))
+    assert sum(len(w.rows) for w in works) == sum(o for _, _, o in spec)

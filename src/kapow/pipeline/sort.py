@@ -56,14 +56,23 @@ class Sorter:
         offsets = batch.offsets
         topics = batch.topics
         routed, decoder, file = self.router.routes, self.decoder, self._file  # looked up once, not per record
+        # Records come in runs of one partition: its counts and route are looked up, and its offset stored, once
+        # per run (the offsets of a partition only grow within a batch, so its last run's last record is its end)
+        run_topic, run_partition, last = "", -1, None
+        counts = TopicCounts()
+        route: RouteSpec | None = None
         for msg in msgs:
             topic = msg.topic() or ""
-            offsets[(topic, msg.partition() or 0)] = msg.offset() or 0
-            counts = topics.get(topic)
-            if counts is None:
-                counts = topics[topic] = TopicCounts()
-            try:
+            partition = msg.partition() or 0
+            if partition != run_partition or topic != run_topic:
+                if last is not None:
+                    offsets[(run_topic, run_partition)] = last.offset() or 0
+                run_topic, run_partition = topic, partition
+                found = topics.get(topic)
+                counts = topics[topic] = TopicCounts() if found is None else found
                 route = routed.get(topic)
+            last = msg
+            try:
                 if route is not None:  # a routed topic: no envelope, no header, one fixed table
                     if self._file_routed(batch, works, msg, route):
                         counts.passed += 1
@@ -79,6 +88,8 @@ class Sorter:
                 log.exception("unexpected error sorting %s[%s]@%s", msg.topic(), msg.partition(), msg.offset())
                 failure = Failure(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"[:300], Scope.TABLE)
                 batch.errors.append(ErrorRecord(msg, failure, None))
+        if last is not None:
+            offsets[(run_topic, run_partition)] = last.offset() or 0
         batch.received = len(msgs)
         batch.filtered = sum(c.filtered for c in topics.values())
         batch.packets = batch.received - batch.filtered
