@@ -208,7 +208,10 @@ class PacketDecoder:
             raise PacketError(ErrorCode.NOT_JSON, "packet has no value")
         if len(value) > self.max_bytes:
             raise PacketError(ErrorCode.TOO_LARGE, f"packet is {len(value)} bytes, the limit is {self.max_bytes}")
-        envelope = _decode(_envelope_decoder, value, "packet")
+        try:
+            envelope = _envelope_decoder.decode(value)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            envelope = _decode(_envelope_decoder, value, "packet")  # fails again, with the user's message
         return bytes(envelope.pipeline_context), bytes(envelope.data)
 
     def destinations(self, context: bytes) -> tuple[Destination, ...]:

@@ -49,22 +49,23 @@ def consume_bounded(consumer: Any, target: int, wait: float, budget: int, revoke
     deadline = clock() + wait
     asked = max(1, min(target, budget // RECORD_BYTES))
     msgs: list[Any] = consumer.consume(asked, wait)
+    if len(msgs) < asked or len(msgs) >= target:  # the wait ran out, or the batch is whole: no bytes to count
+        return msgs
     got = _bytes(msgs)
-    full = len(msgs) == asked
-    while full and len(msgs) < target:
+    while True:
         average = max(1, got // len(msgs)) if msgs else RECORD_BYTES  # none left after a revoke: as at first
         more = min(target - len(msgs), (budget - got) // average)
         if more <= 0:
-            break
+            return msgs
         rebalances = revoked.count
         taken: list[Any] = consumer.consume(more, max(0.0, deadline - clock()))
         if revoked.count != rebalances:  # a rebalance in that call: what earlier calls took may be another's now
             msgs = [m for m in msgs if (m.topic(), m.partition()) not in revoked.partitions]
             got = _bytes(msgs)
         msgs.extend(taken)
+        if len(taken) < more or len(msgs) >= target:  # the wait ran out (nothing more is queued), or whole
+            return msgs
         got += _bytes(taken)
-        full = len(taken) == more  # else the wait ran out: nothing more is queued
-    return msgs
 
 
 def _bytes(msgs: list[Any]) -> int:

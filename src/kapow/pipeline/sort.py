@@ -49,10 +49,12 @@ class Sorter:
         # the last small context and its routes: consecutive packets nearly always carry the same bytes, and
         # comparing them costs less than hashing them for the cache
         self._last: tuple[bytes, tuple[tuple[Destination, Route | Failure], ...]] | None = None
+        self._hot: tuple[TableKey, TableWork] | None = None  # the last table filed in this batch, and its work
 
     def sort(self, seq: int, msgs: list[Message]) -> tuple[Batch, list[TableWork]]:
         batch = Batch(seq=seq)
         works: dict[TableKey, TableWork] = {}
+        self._hot = None
         offsets = batch.offsets
         topics = batch.topics
         routed, decoder, file = self.router.routes, self.decoder, self._file  # looked up once, not per record
@@ -146,16 +148,22 @@ class Sorter:
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))
             return
-        keys = self._keysets.setdefault(keys, keys) if len(self._keysets) < MAX_KEYSETS else keys
-        size = (len(value) if value else 0) + PACKET_OVERHEAD
+        keysets = self._keysets
+        if len(keysets) < MAX_KEYSETS:
+            keys = keysets.setdefault(keys, keys)
+        size = len(value) + PACKET_OVERHEAD  # type: ignore[arg-type]  # split refused None
         for dest, route in routes:
             if isinstance(route, Failure):
                 batch.errors.append(ErrorRecord(msg, route, dest))
                 continue
             key, config = route
-            work = works.get(key)
-            if work is None:
-                work = works[key] = TableWork(key, config, [], batch.seq, 0)
+            hot = self._hot
+            if hot is not None and hot[0] is key:  # routes are cached: one key object per table
+                work = hot[1]
+            else:
+                found = works.get(key)
+                work = works[key] = TableWork(key, config, [], batch.seq, 0) if found is None else found
+                self._hot = (key, work)
             work.rows.append(Row(msg, doc, keys, dest))
             work.nbytes += size
             if size > LARGE_PACKET:
