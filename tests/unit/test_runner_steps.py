@@ -68,6 +68,7 @@ def test_opening_tunes_the_collector_and_subscribes_to_every_consumed_topic() ->
     w, consumer, _producer, _persister = writer({0: [packet("a", 0)]})
     assert gc.get_threshold() == (50_000, 20, 100)
     assert set(consumer.callbacks) == {"assign", "revoke", "lost"}
+    w.step()  # the first records wait for the error topics (kapow.pipeline.errorside), then the publisher exists
     assert w.errors is not None and w.errors.topic_for(ErrorRecord(Message(), Failure(ErrorCode.TIMEOUT, "t"), None)) \
         == "kapow.errors.system"
     assert w.redriver is None, "redrive = false in this config"
@@ -105,9 +106,11 @@ def test_the_redrive_starts_with_the_writer_and_stops_with_it(monkeypatch: pytes
                clients=FakeClients(FakeConsumer(records({0: [packet("a", 0)]})), FakeProducer()),
                persister=persister)  # type: ignore[arg-type]
     w.open()
+    w.step()  # the redrive reads the error topics: it starts once they are ready
     (r,) = FakeRedriver.made
     assert r.started and r.config is w.config and r.health == persister.healthy
     w.open()  # a second open (after a failed start) does not start a second redrive
+    w.step()
     assert len(FakeRedriver.made) == 1
     assert w.close() is True
     assert r.stopped == [1.0]

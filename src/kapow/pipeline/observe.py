@@ -133,7 +133,7 @@ class Observer:
         metrics.LOOP_HEARTBEAT.set(time.time())
         k = self._config.kafka
         for error_class, topic in ((ErrorClass.USER, k.user_errors_topic), (ErrorClass.SYSTEM, k.system_errors_topic)):
-            acked = published[error_class]
+            acked = published.get(error_class, 0)  # none before the error topics are ready
             if acked > self._acked_counted[error_class]:
                 metrics.ERROR_RECORDS.labels(topic).inc(acked - self._acked_counted[error_class])
                 self._acked_counted[error_class] = acked

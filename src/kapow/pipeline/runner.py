@@ -34,6 +34,7 @@ from kapow.kafka.offsets import assign_from, start_offsets
 from kapow.pipeline.batch import Batch, BatchSizer
 from kapow.pipeline.commit import CommitWindow
 from kapow.pipeline.consume import Revoked, consume_bounded
+from kapow.pipeline.errorside import ErrorSide
 from kapow.pipeline.gauges import DestinationsView, refresh_gauges
 from kapow.pipeline.observe import Observer
 from kapow.pipeline.persist import Persister
@@ -62,7 +63,7 @@ class Writer:
         self.observer = Observer(config)
         self.window: CommitWindow[Batch] = CommitWindow()
         self._batches: dict[int, Batch] = {}
-        self.errors: ErrorPublisher | None = None
+        self._side: ErrorSide | None = None  # the error topics, their publisher and the redrive
         self._consumer: Any = None
         self._seq = 0
         self._stop = threading.Event()
@@ -80,7 +81,14 @@ class Writer:
         self._committed: dict[tuple[str, int], int] = {}
         self._earliest = config.kafka.settings.get("auto.offset.reset", "earliest") in ("earliest", "smallest")
         self.last_commit = time.monotonic()
-        self.redriver: Any = None
+
+    @property
+    def errors(self) -> ErrorPublisher | None:
+        return self._side.publisher if self._side is not None else None
+
+    @property
+    def redriver(self) -> Any:
+        return self._side.redriver if self._side is not None else None
 
     @property
     def totals(self) -> dict[str, int]:
@@ -122,22 +130,16 @@ class Writer:
         return drained
 
     def open(self) -> None:
-        """Check the routes' tables, size the error topics, make the clients, subscribe, start the redrive."""
+        """Check the routes' tables, start preparing the error topics (kapow.pipeline.errorside), subscribe."""
         k = self.config.kafka
         for i, route in enumerate(self.sorter.router.routes.values()):
             problem = self.persister.check_route(route)
             if problem is not None:
                 raise ConfigError(f"routes[{i}] ({route.key.label}): {problem}")
-        max_bytes = self.clients.prepare_topics()
-        self.errors = ErrorPublisher(self.clients.producer(max_bytes), user_topic=k.user_errors_topic,
-                                     system_topic=k.system_errors_topic, max_bytes=max_bytes)
+        if self._side is None:
+            self._side = ErrorSide(self.config, self.clients, self.persister.healthy)
         consumer = self.clients.consumer()
         self._consumer = consumer
-        if self.config.pipeline.redrive and self.redriver is None:
-            from kapow.deadletter.redrive import Redriver
-
-            self.redriver = Redriver(self.config, self.persister.healthy)
-            self.redriver.start()
         topics = self.config.consumed_topics
         consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         tune_gc()
@@ -149,7 +151,8 @@ class Writer:
 
     def step(self) -> None:
         """One turn of the loop: consume, hand over, collect answers, publish, commit, observe."""
-        assert self.errors is not None
+        assert self._side is not None
+        errors = self._side.ready(wait=False)  # the redrive starts with it, even while nothing is consumed
         p = self.config.pipeline
         self._pressure()
         if self.read_ahead.full(self.held_bytes, paused=self._paused):
@@ -160,12 +163,14 @@ class Writer:
             msgs = consume_bounded(self._consumer, self.sizer.target, wait, self.read_ahead.budget(self.held_bytes),
                                    self.revoked)
             if msgs:
+                errors = self._side.ready(wait=True)  # no record is handled before its error topics are ready
                 self._handle(msgs)
             self._collect(0.0)
-        self.errors.poll(0)
+        if errors is not None:
+            errors.poll(0)
         self._advance(asynchronous=True)
         self.trimmer.settle(idle=not len(self.window))  # large packets answered or released are free now
-        self.observer.tick(self._refresh_gauges, self.errors.published)
+        self.observer.tick(self._refresh_gauges, errors.published if errors is not None else {})
 
     def _shutdown(self, consumer: Any) -> bool:
         self.draining = True
@@ -176,8 +181,8 @@ class Writer:
             log.warning("shutdown deadline reached with %d batches unfinished; they will be replayed",
                         len(self.window))
         self.persister.cancel(running=not drained)
-        if self.redriver is not None:
-            self.redriver.stop(timeout=1.0)
+        if self._side is not None:
+            self._side.stop_redrive()
         bounded(consumer.close, CLOSE_TIMEOUT_S, "consumer close")  # leaves the group: partitions move at once
         if self.errors is not None:
             self.errors.flush(max(0.5, min(CLOSE_TIMEOUT_S, deadline - time.monotonic())))
@@ -277,7 +282,8 @@ class Writer:
 
     def _drain(self, deadline: float) -> bool:
         """Finish and commit every in-flight batch, or give up at ``deadline``; True when all are done."""
-        assert self.errors is not None
+        if self.errors is None:  # nothing was handled yet: nothing is in flight
+            return not len(self.window)
         while len(self.window):
             left = deadline - time.monotonic()
             if left <= 0:
