@@ -253,6 +253,24 @@ def _decode(decoder: msgspec.json.Decoder[T], raw: bytes, what: str) -> T:
         raise PacketError(ErrorCode.BAD_PACKET, f"{what} is nested too deeply") from None
 
 
+INTERNED_NAMES_BYTES = 4096  # a set of column names longer than this in all is never interned
+
+
+def intern_keys(keysets: dict[tuple[str, ...], tuple[str, ...]], keys: tuple[str, ...],
+                max_sets: int) -> tuple[str, ...]:
+    """One shared tuple per set of column names (the lanes look shapes up by identity), kept in ``keysets``.
+
+    Bounded in count and in bytes: a hostile stream of ever-new, huge sets of names (20,000 columns in a packet
+    under 1 MB) is not interned, so it costs speed, never memory (1.9 MB kept per such set otherwise).
+    """
+    interned = keysets.get(keys)
+    if interned is not None:
+        return interned
+    if len(keysets) < max_sets and sum(map(len, keys)) <= INTERNED_NAMES_BYTES:
+        return keysets.setdefault(keys, keys)  # atomic: a route's decoder is shared by its lane's workers
+    return keys
+
+
 def decode_keys(doc: bytes, *, max_depth: int) -> tuple[str, ...]:
     """The column names of ``data`` (a non-empty JSON object), after bounding its nesting depth."""
     try:

@@ -69,3 +69,13 @@ def test_skips_are_none_and_a_row_as_deep_as_allowed_is_kept() -> None:
     deep = {"id": 1, "doc": [[[1]]]}  # nested as deep as max_json_depth (4) allows, counting the row itself
     out = decode_change_row(t, row({"op": "c", "after": deep}))
     assert out is not None and msgspec.json.decode(out.doc)["doc"] == [[[1]]]
+
+
+def test_a_row_nested_too_deep_once_its_values_are_converted_is_refused() -> None:
+    # each Json string is within max_json_depth (4), but inside a three-level jsonb[] the row as written is 8 deep
+    cols = {"id": Column("id", "bigint", True, False, False), "docs": Column("docs", "jsonb[]", False, False, False)}
+    t = Table("public", "t", cols, ("id",), (("id",),), False, True, True, True)
+    with pytest.raises(PacketError, match="nested deeper than 6 levels"):
+        decode_change_row(t, row({"op": "c", "after": {"id": 1, "docs": [[['[[[["x"]]]]']]]}}, route="nodel"))
+    fine = decode_change_row(t, row({"op": "c", "after": {"id": 1, "docs": [['[["x"]]']]}}, route="nodel"))
+    assert fine is not None and fine.keys == ("id", "docs")

@@ -298,3 +298,16 @@ def test_a_nested_document_sends_the_next_ones_the_general_way_for_a_while_then_
         decoder.keys(b'{"a": ' + b"[" * 9 + b"]" * 9 + b"}")
     with pytest.raises(PacketError, match="not UTF-8"):
         decoder.keys(b'{"a": "\xff"}')
+
+
+def test_sets_of_column_names_are_interned_within_a_bound_in_count_and_bytes() -> None:
+    from kapow.contract import INTERNED_NAMES_BYTES, intern_keys
+
+    keysets: dict[tuple[str, ...], tuple[str, ...]] = {}
+    a = intern_keys(keysets, ("id", "name"), 2)
+    assert intern_keys(keysets, tuple(["id", "name"]), 2) is a  # an equal tuple comes back as the first one
+    huge = tuple(f"c{i:06d}" for i in range(INTERNED_NAMES_BYTES // 7 + 1))  # over the bytes: never kept
+    assert intern_keys(keysets, huge, 2) is huge and huge not in keysets
+    b = intern_keys(keysets, ("b",), 2)
+    assert intern_keys(keysets, ("c",), 2) == ("c",) and ("c",) not in keysets  # over the count: never kept
+    assert keysets == {("id", "name"): a, ("b",): b}

@@ -104,3 +104,32 @@ def test_the_redrive_starts_once_the_topics_are_ready_even_when_no_record_comes(
     (r,) = FakeRedriver.made
     assert r.started
     w.close()
+
+
+def test_a_stop_while_the_topics_are_still_being_made_is_heard_at_once_and_nothing_is_handled() -> None:
+    consumer = FakeConsumer(records({0: [packet("a", 0)]}))
+    clients, persister = SlowClients(consumer, delay=2.0), TimedPersister()
+    w = Writer(parse_config(CONFIG.format(extra="")), clients=clients, persister=persister)  # type: ignore[arg-type]
+    w.open()
+    threading.Timer(0.2, w.stop).start()
+    started = time.monotonic()
+    w.step()  # records came: it waits for the topics, but hears the stop
+    assert time.monotonic() - started < 1.0
+    assert persister.first_submit is None and w.errors is None
+    assert w.close() is True and consumer.committed_offsets == {}
+
+
+def test_the_writer_is_ready_only_once_it_holds_partitions_and_its_error_topics_exist() -> None:
+    # /readyz: a writer whose error topics are still being made cannot park or refuse a packet yet
+    consumer = FakeConsumer(records({0: []}))
+    clients = SlowClients(consumer, delay=0.3)
+    w = Writer(parse_config(CONFIG.format(extra="")), clients=clients, persister=FakePersister())  # type: ignore[arg-type]
+    w.open()
+    w.step()
+    assert w.assigned and not w.ready
+    deadline = time.monotonic() + 5
+    while w.errors is None and time.monotonic() < deadline:
+        w.step()
+    assert w.ready
+    w.close()
+    assert not w.ready

@@ -192,3 +192,12 @@ def test_offsets_and_counts_are_right_however_partitions_interleave(spec: list[t
             assert (batch.topics[topic].passed, batch.topics[topic].filtered) == (
                 sum(o for _, _, o in mine), sum(not o for _, _, o in mine))
     assert sum(len(w.rows) for w in works) == sum(o for _, _, o in spec)
+
+
+def test_the_sorter_keeps_no_row_of_a_batch_once_it_is_sorted() -> None:
+    # its rows hold their packets: kept until the next batch, they would outlive the batch's release
+    sorter = Sorter(CONFIG)
+    _batch, works = sorter.sort(1, [msg(packet({"id": 1}), 0), msg(packet({"id": 2}, table="u"), 1)])
+    assert len(works) == 2
+    assert all(not isinstance(v, tuple) or not any(x in works for x in v) for v in vars(sorter).values())
+    assert sorter._hot is None

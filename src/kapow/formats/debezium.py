@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from kapow.contract import intern_keys
 from kapow.errors import ErrorCode, PacketError
 from kapow.formats.debezium_types import Plan, SchemaField, column_plan, depth, schema_plan
 from kapow.formats.values import BadValue
@@ -243,11 +244,7 @@ class ChangeDecoder:
             doc = _ENCODER.encode(row)
         except (TypeError, ValueError, OverflowError) as exc:  # nothing decoded should fail here; never crash
             raise _bad(f"row cannot be re-encoded: {exc}") from None
-        keys = tuple(row)
-        keysets = self._keysets
-        if len(keysets) < _KEYSETS:
-            keys = keysets.setdefault(keys, keys)
-        return doc, keys
+        return doc, intern_keys(self._keysets, tuple(row), _KEYSETS)
 
     def _delete_key(self, before: dict[str, Any] | None, plan: Plan, raw: bytes,
                     key: bytes | None) -> tuple[bytes, tuple[str, ...]]:

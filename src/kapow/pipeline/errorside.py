@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future
 from typing import Any
 
@@ -38,14 +39,17 @@ class ErrorSide:
         except BaseException as exc:  # raised again in the loop's thread, by ready()
             self._topics.set_exception(exc)
 
-    def ready(self, *, wait: bool) -> ErrorPublisher | None:
-        """The publisher, once the topics are ready; None while they are still being prepared, unless ``wait``.
+    def ready(self, *, wait: bool, stop: threading.Event | None = None) -> ErrorPublisher | None:
+        """The publisher, once the topics are ready; None while they are still being prepared, unless ``wait``,
+        which waits for them, but not past a ``stop`` request (a SIGTERM while a slow broker makes them).
 
         Raises what preparing them raised (a :class:`~kapow.errors.KapowError` naming the topic).
         """
         if self.publisher is None:
-            if not wait and not self._topics.done():
-                return None
+            while not self._topics.done():
+                if not wait or (stop is not None and stop.is_set()):
+                    return None
+                futures.wait([self._topics], timeout=0.05)
             max_bytes = self._topics.result()
             k = self._config.kafka
             self.publisher = ErrorPublisher(self._clients.producer(max_bytes), user_topic=k.user_errors_topic,

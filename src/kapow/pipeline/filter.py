@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def is_pipeline_record(decoder: PacketDecoder, msg: Message) -> bool:
     """True when ``msg`` is a KaPoW packet (PRODUCT.md §1); the decoder caches header verdicts."""
     try:
-        headers = msg.headers()  # a fresh list, or None (no copy: this runs for every record)
+        headers = msg.headers()  # the client's list, or None, read not copied (this runs for every record)
     except Exception:  # headers the client library cannot decode: foreign traffic, never an exception
         return False
     return decoder.is_pipeline_packet(headers)  # type: ignore[arg-type]

@@ -70,7 +70,7 @@ class Writer:
         self._signals = 0
         self.assigned: set[tuple[str, int]] = set()
         self.started_at = time.time()
-        self.ready = False
+        self._holding = False  # partitions assigned and not on the way out
         self.draining = False
         self.held_bytes = 0  # bytes of packets consumed and not yet answered or acknowledged
         self._paused = False
@@ -81,6 +81,12 @@ class Writer:
         self._committed: dict[tuple[str, int], int] = {}
         self._earliest = config.kafka.settings.get("auto.offset.reset", "earliest") in ("earliest", "smallest")
         self.last_commit = time.monotonic()
+
+    @property
+    def ready(self) -> bool:
+        """Partitions held and error topics to fall back on (/readyz): both, since the topics are made beside
+        the group join (kapow.pipeline.errorside)."""
+        return self._holding and self.errors is not None
 
     @property
     def errors(self) -> ErrorPublisher | None:
@@ -163,7 +169,9 @@ class Writer:
             msgs = consume_bounded(self._consumer, self.sizer.target, wait, self.read_ahead.budget(self.held_bytes),
                                    self.revoked)
             if msgs:
-                errors = self._side.ready(wait=True)  # no record is handled before its error topics are ready
+                errors = self._side.ready(wait=True, stop=self._stop)  # no record is handled before they are
+                if errors is None:  # stopping first: these records are not handled, so not committed either
+                    return
                 self._handle(msgs)
             self._collect(0.0)
         if errors is not None:
@@ -174,7 +182,7 @@ class Writer:
 
     def _shutdown(self, consumer: Any) -> bool:
         self.draining = True
-        self.ready = False  # /readyz turns 503 at once: no new work should be routed to a writer on its way out
+        self._holding = False  # /readyz turns 503 at once: no new work should be routed to a writer on its way out
         deadline = time.monotonic() + self.config.pipeline.shutdown_deadline_s
         drained = self._drain(deadline)
         if not drained:
@@ -368,7 +376,7 @@ class Writer:
         if starts and self._earliest:
             assign_from(consumer, starts)  # at once, not by librdkafka's reset timer (kapow.kafka.offsets)
         metrics.ASSIGNED.set(len(self.assigned))
-        self.ready = True
+        self._holding = True
         names = sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
         log.info("partitions assigned", extra={"fields": {"partitions": names}})
 
@@ -399,7 +407,7 @@ class Writer:
                 pass
         metrics.ASSIGNED.set(len(self.assigned))
         metrics.IN_FLIGHT.set(0)
-        self.ready = bool(self.assigned)
+        self._holding = bool(self.assigned)
         log.log(logging.WARNING if how == "lost" else logging.INFO, "partitions %s", how,
                 extra={"fields": {"partitions": sorted(f"{t}[{p}]" for t, p in gone), "dropped_works": dropped}})
 

@@ -18,7 +18,7 @@ import msgspec
 
 from kapow.bytecache import ByteCache
 from kapow.config import Config
-from kapow.contract import Destination, PacketDecoder, TableKey
+from kapow.contract import Destination, PacketDecoder, TableKey, intern_keys
 from kapow.errors import ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.batch import Batch, TopicCounts
 from kapow.pipeline.filter import is_pipeline_record
@@ -60,7 +60,9 @@ class Sorter:
         routed, decoder, file = self.router.routes, self.decoder, self._file  # looked up once, not per record
         # Records come in runs of one partition: its counts and route are looked up, and its offset stored, once
         # per run (the offsets of a partition only grow within a batch, so its last run's last record is its end)
-        run_topic, run_partition, last = "", -1, None
+        run_topic: str = ""
+        run_partition: int | None = None  # no run yet
+        last = None
         counts = TopicCounts()
         route: RouteSpec | None = None
         for msg in msgs:
@@ -68,7 +70,7 @@ class Sorter:
             partition = msg.partition() or 0
             if partition != run_partition or topic != run_topic:
                 if last is not None:
-                    offsets[(run_topic, run_partition)] = last.offset() or 0
+                    offsets[(run_topic, last.partition() or 0)] = last.offset() or 0
                 run_topic, run_partition = topic, partition
                 found = topics.get(topic)
                 counts = topics[topic] = TopicCounts() if found is None else found
@@ -91,7 +93,8 @@ class Sorter:
                 failure = Failure(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"[:300], Scope.TABLE)
                 batch.errors.append(ErrorRecord(msg, failure, None))
         if last is not None:
-            offsets[(run_topic, run_partition)] = last.offset() or 0
+            offsets[(run_topic, last.partition() or 0)] = last.offset() or 0
+        self._hot = None  # not kept until the next batch: its rows hold their packets
         batch.received = len(msgs)
         batch.filtered = sum(c.filtered for c in topics.values())
         batch.packets = batch.received - batch.filtered
@@ -148,9 +151,7 @@ class Sorter:
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))
             return
-        keysets = self._keysets
-        if len(keysets) < MAX_KEYSETS:
-            keys = keysets.setdefault(keys, keys)
+        keys = intern_keys(self._keysets, keys, MAX_KEYSETS)
         size = len(value) + PACKET_OVERHEAD  # type: ignore[arg-type]  # split refused None
         for dest, route in routes:
             if isinstance(route, Failure):

@@ -21,7 +21,7 @@ import msgspec
 import psycopg
 
 from kapow.config import DestinationConfig
-from kapow.contract import Destination, TableKey
+from kapow.contract import Destination, TableKey, decode_keys
 from kapow.errors import TABLE_WIDE_USER_CODES, ErrorCode, Failure, PacketError, Scope
 from kapow.formats.debezium import ChangeDecoder, ChangeKind  # imported once, not per event (0.5 µs)
 from kapow.pipeline.work import ErrorRecord, Row, TableWork, WorkResult
@@ -278,6 +278,8 @@ def decode_change_row(table: Table, row: Row) -> Row | None:
         doc = doc[:-1].rstrip() + b"," + b",".join(msgspec.json.encode(c) + b":" + msgspec.json.encode(v)
                                                     for c, v in extra) + b"}"
         keys = tuple(dict.fromkeys(keys + tuple(c for c, _ in extra)))  # a name given twice: its first place
+    if doc.count(b"[") + doc.count(b"{") > route.max_depth + 2:  # converted values (Json inside arrays) nest deeper
+        decode_keys(doc, max_depth=route.max_depth + 2)  # raises as before when the row as written is too deep
     return Row(row.msg, doc, keys, dest)
 
 
