@@ -133,3 +133,23 @@ def test_the_writer_is_ready_only_once_it_holds_partitions_and_its_error_topics_
     assert w.ready
     w.close()
     assert not w.ready
+
+
+def test_a_writer_stopped_while_the_topics_are_made_waits_for_them_or_says_it_left_something_running(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the interpreter must not finalize around a running admin call (one writer ended in SIGSEGV): close waits
+    # a little for it, and when it still runs says "not drained", so that `kapow run` leaves with os._exit
+    import kapow.pipeline.runner as runner
+
+    quick = SlowClients(FakeConsumer(records({0: []})), delay=0.3)
+    w = Writer(parse_config(CONFIG.format(extra="")), clients=quick, persister=FakePersister())  # type: ignore[arg-type]
+    w.open()
+    assert quick.started.wait(1)
+    assert w.close() is True and quick.ready_at is not None, "waited for the topics, then left cleanly"
+
+    monkeypatch.setattr(runner, "CLOSE_TIMEOUT_S", 0.1)
+    slow = SlowClients(FakeConsumer(records({0: []})), delay=1.0)
+    w = Writer(parse_config(CONFIG.format(extra="")), clients=slow, persister=FakePersister())  # type: ignore[arg-type]
+    w.open()
+    assert slow.started.wait(1)
+    assert w.close() is False and slow.ready_at is None

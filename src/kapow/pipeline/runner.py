@@ -189,8 +189,8 @@ class Writer:
             log.warning("shutdown deadline reached with %d batches unfinished; they will be replayed",
                         len(self.window))
         self.persister.cancel(running=not drained)
-        if self._side is not None:
-            self._side.stop_redrive()
+        if self._side is not None and not self._side.close(CLOSE_TIMEOUT_S):
+            drained = False  # an admin call still runs: the process must not finalize around it (os._exit)
         bounded(consumer.close, CLOSE_TIMEOUT_S, "consumer close")  # leaves the group: partitions move at once
         if self.errors is not None:
             self.errors.flush(max(0.5, min(CLOSE_TIMEOUT_S, deadline - time.monotonic())))
