@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from kapow.client import Publisher
@@ -124,16 +124,26 @@ def packets(destinations: list[dict[str, str]], rows: Iterable[dict[str, Any]]) 
 
 
 def end_offsets(topic: str) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": uid("probe")})
-    try:
-        meta = c.list_topics(topic, timeout=10)
-        out = {}
-        for p in meta.topics[topic].partitions:
-            _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            out[p] = high
-        return out
-    finally:
-        c.close()
+    """Each partition's end. A topic the writer has just created (its error topics are made beside its group
+    join) can answer NOT_LEADER_FOR_PARTITION for a moment: asked again, for up to 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": uid("probe")})
+        try:
+            meta = c.list_topics(topic, timeout=10)
+            out = {}
+            for p in meta.topics[topic].partitions:
+                _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                out[p] = high
+            return out
+        except KafkaException as exc:
+            transient = exc.args[0].code() in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                                               KafkaError.UNKNOWN_TOPIC_OR_PART)
+            if not transient or time.monotonic() > deadline:
+                raise
+        finally:
+            c.close()
+        time.sleep(0.2)
 
 
 def committed_offsets(group: str, topic: str) -> dict[int, int]:
