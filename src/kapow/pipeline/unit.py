@@ -139,14 +139,28 @@ def _derived(table: Table | None) -> int:
     return 0 if table is None else len(table.statements) + len(table.verdicts)
 
 
+def _verdict(
+    verdicts: dict[tuple[tuple[str, ...], Destination], Failure | None],
+    table: Table,
+    config: DestinationConfig,
+    dest: Destination,
+    keys: tuple[str, ...],
+) -> Failure | None:
+    """One shape's verdict, validated once per unit (the key holds its tuple and destination alive)."""
+    shape = (keys, dest)
+    if shape in verdicts:
+        return verdicts[shape]
+    verdict = verdicts[shape] = validate(table, config, dest, keys)
+    return verdict
+
+
 def _validate(p: _Prepared) -> None:
     table = p.table
     config = p.job.config
-    # Rows of one shape share their keys tuple and destination objects (sort interns them), so a verdict is
-    # looked up by identity, once per shape and unit, instead of hashing the shape for every row.
-    # Consecutive rows nearly always share their shape: the previous row's verdict is checked first.
-    verdicts: dict[tuple[int, int], Failure | None] = {}
-    changed: dict[tuple[tuple[str, ...], Destination], Failure | None] = {}
+    # Consecutive rows nearly always share their shape (sort and the Debezium decoder intern column names), so
+    # the previous row's verdict is checked by identity first; a new shape is looked up by value, once per shape
+    # and unit (by value, not by id: a decoded row that fails is let go, and its tuple's id may be reused).
+    verdicts: dict[tuple[tuple[str, ...], Destination], Failure | None] = {}
     rows, owners, inputs = p.rows.append, p.owners.append, p.inputs.append
     for w, work in enumerate(p.job.works):
         last_keys: tuple[str, ...] | None = None
@@ -158,11 +172,7 @@ def _validate(p: _Prepared) -> None:
             elif row.route is None:
                 keys, dest = row.keys, row.dest
                 if keys is not last_keys or dest is not last_dest:
-                    shape = (id(keys), id(dest))
-                    if shape in verdicts:
-                        verdict = verdicts[shape]
-                    else:
-                        verdict = verdicts[shape] = validate(table, config, dest, keys)
+                    verdict = _verdict(verdicts, table, config, dest, keys)
                     last_keys, last_dest = keys, dest
                 failure = verdict
             else:  # a Debezium change event: decoded now that the column types are known
@@ -176,13 +186,8 @@ def _validate(p: _Prepared) -> None:
                     continue
                 row = decoded
                 keys, dest = row.keys, row.dest
-                if keys is not last_keys or dest is not last_dest:  # the decoder interns its column names
-                    # by value: a decoded row that fails is let go, and its tuple's id may be reused
-                    named = (keys, dest)
-                    if named in changed:
-                        verdict = changed[named]
-                    else:
-                        verdict = changed[named] = validate(table, config, dest, keys)
+                if keys is not last_keys or dest is not last_dest:
+                    verdict = _verdict(verdicts, table, config, dest, keys)
                     last_keys, last_dest = keys, dest
                 failure = verdict
             if failure is not None:
