@@ -61,6 +61,7 @@ class ErrorCode(enum.StrEnum):
     ROW_REJECTED = "row_rejected"
     NO_UNIQUE_KEY = "no_unique_key"
     BAD_CHANGE_EVENT = "bad_change_event"
+    UNDECODABLE = "undecodable"
     # system errors
     DATABASE_UNAVAILABLE = "database_unavailable"
     TIMEOUT = "timeout"

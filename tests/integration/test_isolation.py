@@ -352,3 +352,57 @@ def test_at_a_thousand_tables_a_locked_table_and_bad_rows_hold_only_themselves(m
     assert codes(user) == {"constraint_violation": 3}
     assert kit.read_all(env.system_errors) == []
     assert "circuit opened" not in writer.log()
+
+
+def test_a_batch_the_client_cannot_decompress_is_stepped_over_record_by_record(make_env: Make,
+                                                                                writers: Start) -> None:
+    """110 records of 1 MB of one letter, zstd-compressed into one 5 kB batch, decompress past librdkafka's
+    receive.message.max.bytes (100 MB): it reported _BAD_COMPRESSION at the batch's first offset twice a second,
+    forever, and every packet behind it on that partition waited. Each of its offsets is now one `undecodable`
+    user error and the partition goes on: two such batches with packets between them, one at a partition's very
+    end (the search's upper bound is the high watermark), and a partition of packets alone."""
+    env = make_env()
+    db = env.databases[0]
+    kit.sql(db, PLAIN.format(t="items"))
+    plain = Producer({"bootstrap.servers": kit.BOOTSTRAP})
+    # a long linger, then flush, from a producer that already knows the partitions' leaders: the 110 records go
+    # as one batch (with 50 ms the producer sent 80, then 30; a first produce sent 61, then 49)
+    bomber = Producer({"bootstrap.servers": kit.BOOTSTRAP, "compression.type": "zstd", "linger.ms": 10_000,
+                       "batch.size": 900_000_000, "message.max.bytes": 1_000_000_000})
+    bomber.produce(env.topic, value=b"warm-up", partition=5)  # no context header: filtered
+    assert bomber.flush(30) == 0
+    bomb = kit.packets([kit.dest(db, "items")], [{"id": 0, "v": "a" * 1_000_000}])[0]
+
+    def good(partition: int, ids: range) -> None:
+        for value in kit.packets([kit.dest(db, "items")], rows(ids)):
+            plain.produce(env.topic, value=value, partition=partition, headers=[("context", kit.CONTEXT)])
+        assert plain.flush(30) == 0
+
+    def bombs(partition: int) -> None:
+        for _ in range(110):
+            bomber.produce(env.topic, value=bomb, partition=partition, headers=[("context", kit.CONTEXT)])
+        assert bomber.flush(60) == 0
+
+    good(0, range(1, 6))  # partition 0: offsets 0-4 packets, 5-114 a bomb, 115-119 packets, 120-229 a bomb,
+    bombs(0)  # 230-234 packets
+    good(0, range(6, 11))
+    bombs(0)
+    good(0, range(11, 16))
+    good(1, range(100, 200))  # partition 1: packets alone
+    good(2, range(200, 205))  # partition 2: 0-4 packets, 5-114 a bomb at its very end
+    bombs(2)
+    assert kit.end_offsets(env.topic)[0] == 235 and kit.end_offsets(env.topic)[2] == 115, "one batch per bomb"
+    writer = writers(env)
+    kit.wait_for(lambda: count(db, "items") == 120, 60, "every packet, around and behind the batches")
+    user = kit.read_all(env.user_errors, expect=330, timeout=60)
+    assert {r.headers["kapow-error-code"] for r in user} == {b"undecodable"}
+    stepped = sorted((int(r.headers["kapow-source-partition"]), int(r.headers["kapow-source-offset"])) for r in user)
+    assert stepped == [(0, o) for o in [*range(5, 115), *range(120, 230)]] + [(2, o) for o in range(5, 115)]
+    assert all(r.value is None for r in user)
+    assert b"offsets 5-114 of" in user[0].headers["kapow-error-message"]
+    kit.wait_for(lambda: kit.committed_offsets(env.group, env.topic).get(2) == 115, 30, "the commit past the end")
+    committed = kit.committed_offsets(env.group, env.topic)
+    assert committed[0] == 235 and committed[1] == 100, committed
+    assert count(db, "items") == 120
+    assert writer.alive()
+    assert writer.log().count("_BAD_COMPRESSION") == 0

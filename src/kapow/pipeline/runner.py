@@ -23,7 +23,7 @@ import time
 from types import FrameType
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from kapow import metrics
 from kapow.config import Config
@@ -31,7 +31,7 @@ from kapow.deadletter.publisher import ErrorPublisher
 from kapow.errors import ConfigError
 from kapow.kafka.factory import KafkaClients, LibrdkafkaClients
 from kapow.kafka.offsets import assign_from, start_offsets
-from kapow.pipeline.batch import Batch, BatchSizer
+from kapow.pipeline.batch import Batch, BatchSizer, TopicCounts
 from kapow.pipeline.commit import CommitWindow
 from kapow.pipeline.consume import Revoked, consume_bounded
 from kapow.pipeline.errorside import ErrorSide
@@ -41,6 +41,7 @@ from kapow.pipeline.persist import Persister
 from kapow.pipeline.process import Trimmer, bounded, tune_gc
 from kapow.pipeline.readahead import ReadAhead
 from kapow.pipeline.sort import Sorter
+from kapow.pipeline.unreadable import Unreadable
 from kapow.pipeline.work import PACKET_OVERHEAD, ErrorRecord, WorkResult
 
 log = logging.getLogger("kapow.writer")
@@ -78,6 +79,7 @@ class Writer:
         self.read_ahead = ReadAhead(p.max_buffer_bytes, self.persister.stuck_bytes)
         self.trimmer = Trimmer()  # gives large packets' memory back to the system once they are let go
         self.revoked = Revoked()  # partitions taken away during the current consume (kapow.pipeline.consume)
+        self.unreadable = Unreadable(lambda: self._consumer)  # batches librdkafka cannot decompress, stepped over
         self._committed: dict[tuple[str, int], int] = {}
         self._earliest = config.kafka.settings.get("auto.offset.reset", "earliest") in ("earliest", "smallest")
         self.last_commit = time.monotonic()
@@ -173,6 +175,9 @@ class Writer:
                 if errors is None:  # stopping first: these records are not handled, so not committed either
                     return
                 self._handle(msgs)
+            if self.unreadable.searching:
+                self.unreadable.tick()
+                self._step_over()
             self._collect(0.0)
         if errors is not None:
             errors.poll(0)
@@ -200,15 +205,7 @@ class Writer:
 
     # ------------------------------------------------------------------ the steps
     def _handle(self, msgs: list[Any]) -> None:
-        good = []
-        for msg in msgs:
-            err = msg.error()
-            if err is None:
-                good.append(msg)
-            elif err.fatal():
-                raise KafkaException(err)
-            elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer: %s", err)
+        good = self.unreadable.split(msgs)
         if not good:
             return
         started = time.monotonic()
@@ -231,6 +228,23 @@ class Writer:
         if rows:  # read ahead by two units for the lanes and the next batch, of rows like these
             self.read_ahead.fit(batch.nbytes / rows, 2 * self.config.pipeline.unit_max_rows + self.sizer.target)
         self.persister.submit_all(works)
+        metrics.IN_FLIGHT.set(len(self.window))
+
+    def _step_over(self) -> None:
+        """The records of an undecodable batch whose end was found: a batch of their error records."""
+        records = self.unreadable.take(self.config.pipeline.batch_max_messages)
+        if not records:
+            return
+        self._seq += 1
+        batch = Batch(seq=self._seq, received=len(records), packets=len(records))
+        for record in records:
+            topic, partition = record.msg.topic() or "", record.msg.partition() or 0
+            batch.offsets[(topic, partition)] = record.msg.offset() or 0  # in offset order
+            batch.topics.setdefault(topic, TopicCounts()).passed += 1
+        self.window.add(batch)
+        self._batches[batch.seq] = batch
+        for record in records:
+            self._publish(batch, record, at_sort=True)
         metrics.IN_FLIGHT.set(len(self.window))
 
     def _publish(self, batch: Batch, record: ErrorRecord, *, at_sort: bool) -> None:
@@ -394,6 +408,7 @@ class Writer:
 
     def _forget(self, gone: set[tuple[str, int]], how: str, *, running: bool) -> None:
         self.revoked.add(gone)
+        self.unreadable.forget(gone)
         dropped = self.persister.cancel(running=running)
         self.window.clear()
         self._batches.clear()
