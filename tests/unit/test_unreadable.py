@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kapow.errors import ErrorCode
-from kapow.pipeline.unreadable import PROBE_TIMEOUT_S, Unreadable
+from kapow.pipeline.unreadable import PROBE_TIMEOUT_S, PROBE_TRIES, Unreadable
 
 TOPIC = "in"
 
@@ -140,25 +140,60 @@ def test_a_batch_of_a_million_records_is_found_in_a_few_dozen_fetches_and_report
     assert [m.offset() for m in unreadable.split(consumer.consume(500))] == list(range(1_000_010, 1_000_020))
 
 
-def test_an_unanswered_probe_splits_the_report_in_two_and_skips_nothing() -> None:
+def test_an_unanswered_probe_is_sought_again_and_only_then_splits_the_report_skipping_nothing() -> None:
     log = Log([(0, 99, False), (100, 104, True)])
     consumer = FakeConsumer(log, per_fetch=1)
-    unreadable = Unreadable(lambda: consumer)
-    assert unreadable.split(consumer.consume(10)) == []  # the error at 0: a probe at 53 is sought
-    consumer.queue = []
-    consumer.position = 0  # ... and its answer never comes (a slow broker)
-    unreadable.tick(now=10**9)  # counted as past the end after PROBE_TIMEOUT_S
-    assert PROBE_TIMEOUT_S < 10**9
+    paused = [False]
+    unreadable = Unreadable(lambda: consumer, paused=lambda: paused[0])
+    assert unreadable.split(consumer.consume(10)) == []  # the error at 0: a probe at 50 is sought
+    probe = consumer.position
+    seeks = consumer.seeks
+    paused[0] = True
+    unreadable.tick(now=10**9)  # paused: nothing is fetched, so no answer is late
+    assert consumer.seeks == seeks
+    paused[0] = False
+    for tries in range(1, PROBE_TRIES):  # a slow broker: the probe is sought again, with a longer wait each time
+        consumer.queue, consumer.position = [], 0  # ... and its answer never comes
+        unreadable.tick(now=2 * 10**9)
+        assert consumer.seeks == seeks + tries and consumer.position == probe
+    consumer.queue, consumer.position = [], 0
+    unreadable.tick(now=2 * 10**9)  # the last try: counted as past the end
+    assert PROBE_TIMEOUT_S * 2 ** PROBE_TRIES < 10**9
     reported = [r.msg.offset() for r in unreadable.take(1000)]
-    while unreadable.searching:
-        unreadable.split(consumer.consume(10))
+    handled: list[int] = []
+    for _ in range(200):
+        handled += [m.offset() for m in unreadable.split(consumer.consume(10))]
         unreadable.tick()
         reported += [r.msg.offset() for r in unreadable.take(1000)]
-    handled = []
-    while len(handled) < 5:
-        handled += [m.offset() for m in unreadable.split(consumer.consume(10))]
-        reported += [r.msg.offset() for r in unreadable.take(1000)]
     assert sorted(reported) == list(range(100)) and handled == list(range(100, 105))
+
+
+def test_a_rewind_reports_nothing_twice_and_a_new_owner_reports_from_the_committed_offset() -> None:
+    log = Log([(0, 1, True), (2, 11, False), (12, 14, True)])
+    consumer = FakeConsumer(log, per_fetch=1)
+    unreadable = Unreadable(lambda: consumer)
+    handled: list[int] = []
+    reported: list[int] = []
+
+    def loop() -> None:
+        for _ in range(100):
+            handled.extend(m.offset() for m in unreadable.split(consumer.consume(10)))
+            unreadable.tick()
+            reported.extend(r.msg.offset() for r in unreadable.take(1000))
+
+    loop()
+    assert handled == [0, 1, 12, 13, 14] and reported == list(range(2, 12))
+    consumer.seek(TopicPartition(TOPIC, 0, 1))  # an offset reset, not a rebalance: forget() is not called
+    handled.clear()
+    reported.clear()
+    loop()
+    assert handled == [1, 12, 13, 14] and reported == []  # (a stale record of the last run once made 12 "undecodable")
+    fresh = FakeConsumer(log, per_fetch=1, position=7)  # the next owner of the partition, committed at 7
+    unreadable = Unreadable(lambda: fresh, start=lambda _tp: 7)
+    consumer = fresh
+    handled.clear()
+    loop()
+    assert handled == [12, 13, 14] and reported == list(range(7, 12))
 
 
 def test_a_refused_seek_is_tried_again_and_a_revoked_partition_forgotten() -> None:
@@ -179,6 +214,8 @@ def test_a_refused_seek_is_tried_again_and_a_revoked_partition_forgotten() -> No
     assert unreadable.searching and consumer.seeks == 0
     refuse[0] = False
     unreadable.tick()
+    assert consumer.seeks == 0  # not at once: at most one try (and one warning) per RESEEK_S
+    unreadable.tick(now=10**9)
     assert consumer.seeks == 1
     unreadable.forget({(TOPIC, 0)})
     assert not unreadable.searching and unreadable.take(10) == []

@@ -79,8 +79,9 @@ class Writer:
         self.read_ahead = ReadAhead(p.max_buffer_bytes, self.persister.stuck_bytes)
         self.trimmer = Trimmer()  # gives large packets' memory back to the system once they are let go
         self.revoked = Revoked()  # partitions taken away during the current consume (kapow.pipeline.consume)
-        self.unreadable = Unreadable(lambda: self._consumer)  # batches librdkafka cannot decompress, stepped over
         self._committed: dict[tuple[str, int], int] = {}
+        # batches librdkafka cannot decompress, stepped over (reported from the committed offset on, if inside one)
+        self.unreadable = Unreadable(lambda: self._consumer, start=self._committed.get, paused=lambda: self._paused)
         self._earliest = config.kafka.settings.get("auto.offset.reset", "earliest") in ("earliest", "smallest")
         self.last_commit = time.monotonic()
 

@@ -14,8 +14,12 @@ they are consumed again from the batch's end). Each offset of the batch then bec
 on the user-errors topic (its topic, partition and offset in the headers, no value), committed like any other,
 and the partition goes on from the batch's end.
 
-A probe that brings no answer within :data:`PROBE_TIMEOUT_S` counts as past the end: that can only split the
-batch's error records into two runs (the search starts again from where it stopped), never skip a record. An
+A probe is sought again when no answer comes within :data:`PROBE_TIMEOUT_S` (doubled each time; the clock stops
+while the writer has paused its partitions), and only after :data:`PROBE_TRIES` unanswered seeks does it count
+as past the end. That can only split the batch's error records into runs (the search starts again from where
+it stopped), never skip a record: every search starts from the batch's first offset, which its error proves is
+in it, and what was already reported (by this writer, or committed by the partition's previous owner) is not
+reported again. An
 answer from before a seek is never taken for an answer to it: librdkafka drops a partition's fetched records and
 errors once it is sought (its op version barrier), and those already handed over in the same consume (the
 readable batches behind the undecodable one, in the same fetch) are dropped here.
@@ -39,6 +43,8 @@ from kapow.pipeline.work import ErrorRecord
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 2.0
+PROBE_TRIES = 4  # 2 + 4 + 8 + 16 s unanswered before a probe counts as past the end
+RESEEK_S = 1.0  # a refused seek is tried again after this
 MAX_REASON = 300
 
 TP = tuple[str, int]
@@ -55,6 +61,7 @@ class _Search:
     sent: float = 0.0  # monotonic time of the probe's seek
     end: int | None = None  # the batch's last offset, once found
     seek_failed: bool = False  # the last seek was refused: tried again by tick()
+    tries: int = 0  # seeks of the current probe left unanswered
     failure: Failure | None = None
 
 
@@ -62,8 +69,11 @@ class Unreadable:
     """Finds where an undecodable batch ends and turns its offsets into error records; ``consumer()`` is the
     writer's consumer (None before it exists)."""
 
-    def __init__(self, consumer: Callable[[], Any]) -> None:
+    def __init__(self, consumer: Callable[[], Any], *, start: Callable[[TP], int | None] = lambda _tp: None,
+                 paused: Callable[[], bool] = lambda: False) -> None:
         self._consumer = consumer
+        self._start = start  # the partition's committed (or starting) offset: reported before, by its last owner
+        self._paused = paused
         self._searches: dict[TP, _Search] = {}
         self._sought: set[TP] = set()  # partitions sought while the current split() runs
         self._resumed: dict[TP, tuple[int, int]] = {}  # (base, next offset) of a search cut short by a timeout
@@ -119,14 +129,23 @@ class Unreadable:
         """A probe left unanswered counts as past the batch's end (see the module's docstring); a refused seek
         is tried again."""
         now = time.monotonic() if now is None else now
+        paused = self._paused()
         for tp, search in list(self._searches.items()):
+            waited = now - search.sent
             if search.end is not None:
-                if search.first > search.end:
+                if search.first > search.end and waited >= RESEEK_S:
                     self._leave(tp, search)
             elif search.seek_failed:
-                self._probe(tp, search)
-            elif now - search.sent >= PROBE_TIMEOUT_S:
-                self._past(tp, search, search.probe)
+                if waited >= RESEEK_S:
+                    self._probe(tp, search)
+            elif paused:
+                search.sent = now  # nothing is fetched while paused: no answer is late
+            elif waited >= PROBE_TIMEOUT_S * 2 ** search.tries:
+                if search.tries + 1 < PROBE_TRIES:
+                    search.tries += 1
+                    self._probe(tp, search, again=True)
+                else:
+                    self._past(tp, search, search.probe)
 
     def forget(self, gone: set[TP]) -> None:
         """Partitions revoked or lost: their searches end (the next owner meets the batch again)."""
@@ -170,13 +189,14 @@ class Unreadable:
         if search is not None and search.end is not None:
             return  # found; its records are being reported
         if search is None:
-            resumed = self._resumed.pop(tp, None)
-            first = resumed[1] if resumed is not None and resumed[0] == base else base
+            resumed = self._resumed.get(tp)
+            reported = resumed[1] if resumed is not None and resumed[0] == base else base
+            first = max(base, reported, self._start(tp) or base)
             high = self._high(*tp)
-            if high is None or high <= first:  # not known yet: stay where we are (librdkafka fetches again)
+            if high is None or high <= base:  # not known yet: stay where we are (librdkafka fetches again)
                 log.warning("consumer: %s (high watermark unknown: searching for its end later)", reason)
                 return
-            search = self._searches[tp] = _Search(base, first, first, high, reason[:MAX_REASON])
+            search = self._searches[tp] = _Search(base, first, base, high, reason[:MAX_REASON])
             log.warning("consumer: %s; finding where that batch ends to step over it", reason)
             self._next(tp, search)
         elif base == search.base:
@@ -210,7 +230,9 @@ class Unreadable:
         search.probe = (search.inside + search.outside + 1) // 2
         self._probe(tp, search)
 
-    def _probe(self, tp: TP, search: _Search) -> None:
+    def _probe(self, tp: TP, search: _Search, *, again: bool = False) -> None:
+        if not again:
+            search.tries = 0
         search.sent = time.monotonic()
         search.seek_failed = not self._seek(tp[0], tp[1], search.probe)
 
@@ -220,10 +242,15 @@ class Unreadable:
         assert search.end is not None
         if self._seek(tp[0], tp[1], search.end + 1):
             del self._searches[tp]
+        else:
+            search.sent = time.monotonic()  # tried again by tick() after RESEEK_S
 
     def _done(self, tp: TP, search: _Search) -> None:
         last = search.end = search.inside
         self._resumed[tp] = (search.base, last + 1)
+        if search.first > last:  # every offset of it was reported before (a rewind, a new owner): go on
+            self._leave(tp, search)
+            return
         search.failure = Failure(
             ErrorCode.UNDECODABLE,
             f"offsets {search.first}-{last} of {tp[0]}[{tp[1]}] are one record batch that cannot be read "
