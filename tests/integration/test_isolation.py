@@ -406,3 +406,12 @@ def test_a_batch_the_client_cannot_decompress_is_stepped_over_record_by_record(m
     assert count(db, "items") == 120
     assert writer.alive()
     assert writer.log().count("_BAD_COMPRESSION") == 0
+    # the audit steps over the same batches: each of their offsets is the user error the writer reported
+    from kapow.audit import audit
+    from kapow.config import load_config
+
+    report = audit(load_config(env.write_config()))
+    assert {"total": report.total, **report.counts} == {
+        "total": 451, "filtered": 1, "landed": 120, "user_errors": 330, "parked": 0, "purged": 0, "pending": 0,
+        "missing": 0}, report
+    assert report.ok

@@ -1,4 +1,4 @@
-"""Stepping over undecodable record batches (kapow.pipeline.unreadable), against a model of librdkafka's fetch.
+"""Stepping over undecodable record batches (kapow.kafka.unreadable), against a model of librdkafka's fetch.
 
 The model: a partition's log is a run of batches, each readable or not. A fetch from position ``q`` starts at the
 batch holding ``q`` and brings up to ``per_fetch`` batches: an undecodable one is reported once, as an error at
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kapow.errors import ErrorCode
-from kapow.pipeline.unreadable import PROBE_TIMEOUT_S, PROBE_TRIES, Unreadable
+from kapow.kafka.unreadable import PROBE_TIMEOUT_S, PROBE_TRIES, Unreadable
 
 TOPIC = "in"
 
@@ -219,3 +219,25 @@ def test_a_refused_seek_is_tried_again_and_a_revoked_partition_forgotten() -> No
     assert consumer.seeks == 1
     unreadable.forget({(TOPIC, 0)})
     assert not unreadable.searching and unreadable.take(10) == []
+
+
+def test_the_audit_reader_gets_each_undecodable_offset_as_a_record_and_partition_ends_after_records() -> None:
+    from kapow.deadletter.reader import stepped
+
+    log = Log([(0, 1, True), (2, 4, False), (5, 5, True)])
+    consumer = FakeConsumer(log, per_fetch=1)
+    unreadable = Unreadable(lambda: consumer)
+    got: list[tuple[int, bool]] = []
+    for _ in range(100):
+        msgs = consumer.consume(10)
+        if consumer.position >= log.end and not consumer.queue and not unreadable.holds((TOPIC, 0)):
+            msgs.append(Message(topic=TOPIC, partition=0, offset=log.end,
+                                error=KafkaError(KafkaError._PARTITION_EOF, "end")))
+        for msg in stepped(unreadable, msgs):
+            err = msg.error()
+            got.append((msg.offset(), err is not None and err.code() == KafkaError._PARTITION_EOF))
+            if err is not None and err.code() == KafkaError._BAD_COMPRESSION:
+                assert msg.value() is None and b"offsets 2-4" in err.str().encode()
+        if got and got[-1][1]:
+            break
+    assert got == [(0, False), (1, False), (2, False), (3, False), (4, False), (5, False), (6, True)]

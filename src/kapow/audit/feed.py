@@ -136,13 +136,14 @@ class Feeder:
         seq = self.read
         with self._conn.cursor() as cur, cur.copy(b"COPY audit_item FROM STDIN") as copy:
             lines: list[bytes] = []
-            for batch, _live in reader.batches(plan.topic, plan.spans):
+            for batch, _live in reader.batches(plan.topic, plan.spans, undecodable=True):
                 for msg in batch:
                     p, o = msg.partition() or 0, msg.offset() or 0
                     count = counts[p]
                     count.total += 1
                     headers = safe_headers(msg)
-                    asked = asker.ask(plan.topic, headers, msg.value(), msg.key())
+                    # a record of a batch no client can decompress: the writer made it an `undecodable` user error
+                    asked = None if msg.error() is not None else asker.ask(plan.topic, headers, msg.value(), msg.key())
                     if asked is FILTERED:
                         count.filtered += 1
                         continue

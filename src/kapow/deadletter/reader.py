@@ -20,12 +20,15 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kapow.errors import KapowError, one_line
 from kapow.kafka.clients import Settings, admin_config
+
+if TYPE_CHECKING:
+    from kapow.kafka.unreadable import Unreadable
 
 CONNECT_TIMEOUT_S = 6.0  # an unreachable broker is reported within this (the CLI promises ~10 s in all)
 _QUIET = logging.getLogger("kapow.deadletter.librdkafka")
@@ -121,17 +124,30 @@ class TopicReader:
             probe.close()
         return {tp.partition: (tp.offset if tp.offset >= 0 else -1) for tp in tps}
 
-    def batches(self, topic: str, spans: Spans) -> Iterator[tuple[list[Message], set[int]]]:
+    def batches(self, topic: str, spans: Spans, *,
+                undecodable: bool = False) -> Iterator[tuple[list[Message], set[int]]]:
         """The records of ``topic`` in ``spans`` (partition -> [start, end)), a fetch at a time, each partition in
-        offset order; with each batch, the partitions not yet read to their end."""
+        offset order; with each batch, the partitions not yet read to their end.
+
+        A record batch librdkafka cannot decompress fails the read, unless ``undecodable``: then it is stepped
+        over as the writer steps over it (:mod:`kapow.kafka.unreadable`), and each of its offsets comes as a
+        record with no value whose ``error()`` is ``_BAD_COMPRESSION`` (the writer made each a user error).
+        """
         pending = {p: end for p, (start, end) in spans.items() if end > start}
         if not pending:
             return
         self._consumer.assign([TopicPartition(topic, p, spans[p][0]) for p in pending])
         last_data = time.monotonic()
+        stepper = None
+        if undecodable:
+            from kapow.kafka.unreadable import Unreadable  # imported for the audit's reads only
+
+            stepper = Unreadable(lambda: self._consumer)
         try:
             while pending:
                 msgs = self._consumer.consume(2000, 0.1)
+                if stepper is not None:
+                    msgs = stepped(stepper, msgs)
                 if not msgs:
                     if time.monotonic() - last_data > self.idle_timeout:
                         raise self._fail(f"read {topic} (nothing for {self.idle_timeout:.0f} s)", "timed out")
@@ -145,7 +161,8 @@ class TopicReader:
                         if err.code() == KafkaError._PARTITION_EOF:
                             pending.pop(p, None)
                             continue
-                        raise self._fail(f"read {topic}", err)
+                        if stepper is None or msg.value() is not None or err.code() != KafkaError._BAD_COMPRESSION:
+                            raise self._fail(f"read {topic}", err)
                     end = pending.get(p)
                     offset = msg.offset() or 0
                     if end is None or offset >= end:
@@ -211,6 +228,27 @@ class TopicReader:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def stepped(stepper: Unreadable, msgs: list[Message]) -> list[Message]:
+    """``msgs`` with undecodable batches stepped over: readable records, then each undecodable offset as a record
+    with no value and a ``_BAD_COMPRESSION`` error, then the other errors (partition ends last, so that they
+    follow their partition's records; none while a partition is being searched: its probes stay below its end)."""
+    others: list[Message] = []
+    rest: list[Message] = []
+    for msg in msgs:
+        err = msg.error()
+        if err is None or err.code() == KafkaError._BAD_COMPRESSION:
+            rest.append(msg)
+        elif not stepper.holds((msg.topic() or "", msg.partition() or 0)):
+            others.append(msg)
+    out = stepper.split(rest)
+    if stepper.searching:
+        stepper.tick()
+        out += [Message(topic=r.msg.topic(), partition=r.msg.partition(), offset=r.msg.offset(), value=None,
+                        timestamp=(0, -1), error=KafkaError(KafkaError._BAD_COMPRESSION, r.failure.message))
+                for r in stepper.take(2000)]
+    return out + others
 
 
 def open_reader(bootstrap: str, settings: Settings | None = None, *, idle_timeout: float = 15.0) -> TopicReader:

@@ -31,6 +31,7 @@ from kapow.deadletter.publisher import ErrorPublisher
 from kapow.errors import ConfigError
 from kapow.kafka.factory import KafkaClients, LibrdkafkaClients
 from kapow.kafka.offsets import assign_from, start_offsets
+from kapow.kafka.unreadable import Unreadable
 from kapow.pipeline.batch import Batch, BatchSizer, TopicCounts
 from kapow.pipeline.commit import CommitWindow
 from kapow.pipeline.consume import Revoked, consume_bounded
@@ -41,7 +42,6 @@ from kapow.pipeline.persist import Persister
 from kapow.pipeline.process import Trimmer, bounded, tune_gc
 from kapow.pipeline.readahead import ReadAhead
 from kapow.pipeline.sort import Sorter
-from kapow.pipeline.unreadable import Unreadable
 from kapow.pipeline.work import PACKET_OVERHEAD, ErrorRecord, WorkResult
 
 log = logging.getLogger("kapow.writer")
@@ -233,7 +233,8 @@ class Writer:
 
     def _step_over(self) -> None:
         """The records of an undecodable batch whose end was found: a batch of their error records."""
-        records = self.unreadable.take(self.config.pipeline.batch_max_messages)
+        records = [ErrorRecord(msg, failure, None)
+                   for msg, failure in self.unreadable.take(self.config.pipeline.batch_max_messages)]
         if not records:
             return
         self._seq += 1

@@ -33,12 +33,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from kapow.errors import ErrorCode, Failure, Scope
-from kapow.pipeline.work import ErrorRecord
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,13 @@ RESEEK_S = 1.0  # a refused seek is tried again after this
 MAX_REASON = 300
 
 TP = tuple[str, int]
+
+
+class Stepped(NamedTuple):
+    """One offset of an undecodable batch: a record with no value, and why (the writer's error record of it)."""
+
+    msg: Message
+    failure: Failure
 
 
 @dataclass(slots=True)
@@ -82,6 +88,10 @@ class Unreadable:
     def searching(self) -> bool:
         return bool(self._searches)
 
+    def holds(self, tp: TP) -> bool:
+        """True while ``tp`` is being searched or its batch reported (its records are dropped meanwhile)."""
+        return tp in self._searches
+
     def split(self, msgs: list[Message]) -> list[Message]:
         """The records to handle now: readable ones of partitions not being searched. Errors are logged (fatal
         ones raise); undecodable batches start or answer a search."""
@@ -103,21 +113,20 @@ class Unreadable:
                 log.warning("consumer: %s", err)
         return good
 
-    def take(self, limit: int) -> list[ErrorRecord]:
+    def take(self, limit: int) -> list[Stepped]:
         """Up to ``limit`` error records of batches whose end was found, one per offset, in offset order.
 
         A batch of millions of tiny records is reported a step at a time, so what the writer holds stays
         bounded; its partition is sought past it only once the last of them is taken, so that no later record
         of that partition can be committed before them.
         """
-        records: list[ErrorRecord] = []
+        records: list[Stepped] = []
         for tp, search in list(self._searches.items()):
             if search.end is None or search.failure is None:
                 continue
             last = min(search.end, search.first + limit - len(records) - 1)
-            records += [ErrorRecord(Message(topic=tp[0], partition=tp[1], offset=offset, value=None,
-                                            timestamp=(0, -1)), search.failure, None)
-                        for offset in range(search.first, last + 1)]
+            records += [Stepped(Message(topic=tp[0], partition=tp[1], offset=offset, value=None, timestamp=(0, -1)),
+                                search.failure) for offset in range(search.first, last + 1)]
             search.first = last + 1
             if search.first > search.end:
                 self._leave(tp, search)
