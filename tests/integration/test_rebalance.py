@@ -105,3 +105,27 @@ def test_partitions_move_between_writers_mid_stream_without_a_replay(
     assert landed_by(first) + landed_by(second) == 2 * total
     assert second.alive()
     assert kit.read_all(env.user_errors) == [] and kit.read_all(env.system_errors) == []
+
+
+def test_partitions_added_while_the_writer_runs_are_consumed_within_seconds(
+        make_env: Callable[..., kit.Env], writers: Callable[[kit.Env], kit.WriterProcess]) -> None:
+    """Adding partitions is how a topic makes room for more writers; records in the new ones waited 293 s, until
+    librdkafka's metadata refresh (5 min by default) noticed them."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewPartitions
+
+    env = make_env(partitions=2)
+    db = env.databases[0]
+    kit.sql(db, "CREATE TABLE items (id bigint PRIMARY KEY, v text NOT NULL)")
+    writer = writers(env)
+    writer.wait_assigned()
+    admin = AdminClient({"bootstrap.servers": kit.BOOTSTRAP})
+    admin.create_partitions([NewPartitions(env.topic, 4)])[env.topic].result()
+    producer = Producer({"bootstrap.servers": kit.BOOTSTRAP})
+    kit.wait_for(lambda: len(producer.list_topics(env.topic, timeout=5).topics[env.topic].partitions) == 4, 10,
+                 "the producer to see 4 partitions")
+    for partition, value in enumerate(kit.packets([kit.dest(db, "items")], [{"id": i, "v": "x"} for i in range(4)])):
+        producer.produce(env.topic, value=value, partition=partition, headers=[("context", kit.CONTEXT)])
+    assert producer.flush(30) == 0
+    kit.wait_for(lambda: kit.scalar(db, "SELECT count(*) FROM items") == 4, 45, "the records of the new partitions")
+    assert writer.alive()

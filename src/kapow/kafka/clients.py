@@ -130,6 +130,9 @@ def consumer_config(bootstrap: str, group_id: str, settings: Settings | None = N
         "session.timeout.ms": 10000,
         "heartbeat.interval.ms": 1000,
         "max.poll.interval.ms": 300000,
+        # partitions an operator adds (to scale out) are found at the next metadata refresh: librdkafka's 5 min
+        # default left records in them waiting 293 s; one small metadata request every 10 s costs nothing
+        "topic.metadata.refresh.interval.ms": 10000,
         "client.id": "kapow",
         **FAST_RECONNECT,
     }
