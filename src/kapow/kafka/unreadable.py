@@ -76,8 +76,9 @@ class Unreadable:
     writer's consumer (None before it exists)."""
 
     def __init__(self, consumer: Callable[[], Any], *, start: Callable[[TP], int | None] = lambda _tp: None,
-                 paused: Callable[[], bool] = lambda: False) -> None:
+                 paused: Callable[[], bool] = lambda: False, errors_log: logging.Logger = log) -> None:
         self._consumer = consumer
+        self._errors_log = errors_log  # the other consumer errors: the writer logs them as its own
         self._start = start  # the partition's committed (or starting) offset: reported before, by its last owner
         self._paused = paused
         self._searches: dict[TP, _Search] = {}
@@ -110,7 +111,7 @@ class Unreadable:
             elif err.code() == KafkaError._BAD_COMPRESSION and msg.topic() is not None and msg.partition() is not None:
                 self._failed(msg, err.str())
             elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer: %s", err)
+                self._errors_log.warning("consumer: %s", err)
         return good
 
     def take(self, limit: int) -> list[Stepped]:

@@ -81,7 +81,8 @@ class Writer:
         self.revoked = Revoked()  # partitions taken away during the current consume (kapow.pipeline.consume)
         self._committed: dict[tuple[str, int], int] = {}
         # batches librdkafka cannot decompress, stepped over (reported from the committed offset on, if inside one)
-        self.unreadable = Unreadable(lambda: self._consumer, start=self._committed.get, paused=lambda: self._paused)
+        self.unreadable = Unreadable(lambda: self._consumer, start=self._committed.get, paused=lambda: self._paused,
+                                     errors_log=log)
         self._earliest = config.kafka.settings.get("auto.offset.reset", "earliest") in ("earliest", "smallest")
         self.last_commit = time.monotonic()
 
