@@ -137,7 +137,7 @@ def landed(results: list[WorkResult], table: str) -> list[int]:
     return [r.work.batch for r in results if r.work.key.table == table and not r.failed]
 
 
-def test_one_writer_per_table_in_consumption_order_and_tables_share_units() -> None:
+def test_one_writer_per_table_in_consumption_order() -> None:
     script = Script(delay=0.01)
     h = Harness(script)
     for batch in range(1, 31):

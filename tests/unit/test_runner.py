@@ -169,3 +169,25 @@ def test_health_reports_commits_stuck_past_every_bound() -> None:
     head.started -= 1000
     ok, why = w.health()
     assert not ok and "no commit" in why
+
+
+def test_an_undecodable_batch_is_reported_within_the_memory_bound_while_the_error_topic_is_slow() -> None:
+    """Each undecodable offset is an error record held until acknowledged: a batch of ten million of them, with an
+    error topic that acknowledged nothing, took held bytes to 307 MB over a 1 MB bound in 200 steps (a review)."""
+    from kapow.errors import ErrorCode, Failure, Scope
+    from kapow.kafka.unreadable import _Search
+
+    w, _consumer, producer, _persister = writer({0: [packet("a", 0)]},
+                                                extra="max_buffer_bytes = 1048576\nbatch_max_messages = 1000")
+    w.step()
+    w.step()
+    producer.poll = lambda _t=0.0: 0  # type: ignore[method-assign]  # nothing acknowledged
+    found = _Search(base=1, first=1, inside=10_000_000, outside=10_000_001, reason="bad")
+    found.end = 10_000_000
+    found.failure = Failure(ErrorCode.UNDECODABLE, "x", Scope.ROW)
+    w.unreadable._searches[("in", 0)] = found
+    for _ in range(200):
+        w.step()
+    assert w.held_bytes <= w.config.pipeline.max_buffer_bytes
+    assert 0 < len(producer.queue) < 1000
+    assert w.unreadable.searching  # the rest waits for room

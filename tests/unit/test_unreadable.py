@@ -24,7 +24,7 @@ TOPIC = "in"
 
 @dataclass
 class Log:
-    batches: list[tuple[int, int, bool]]  # (first, last, readable)
+    batches: list[tuple[int, int, bool | None]]  # (first, last, readable); None: a transaction marker
 
     @property
     def end(self) -> int:
@@ -46,6 +46,7 @@ class FakeConsumer:
     position: int = 0
     queue: list[Message] = field(default_factory=list)
     seeks: int = 0
+    eof: bool = False  # enable.partition.eof: the end of the partition is reported when reached
 
     def seek(self, tp: TopicPartition) -> None:
         self.seeks += 1
@@ -67,6 +68,10 @@ class FakeConsumer:
             return
         delivered = None
         for first, last, ok in self.log.batches[i:i + self.per_fetch]:
+            if ok is None:  # a marker: nothing to deliver, the position moves past it
+                if delivered is None and first <= self.position:
+                    self.position = last + 1
+                continue
             if not ok:
                 error = KafkaError(KafkaError._BAD_COMPRESSION, f"Decompression of message at {first} failed")
                 self.queue.append(Message(topic=TOPIC, partition=0, offset=first, error=error))
@@ -76,6 +81,9 @@ class FakeConsumer:
                 delivered = offset
         if delivered is not None:
             self.position = delivered + 1
+        if self.eof and self.position >= self.log.end and not any(m.error() for m in self.queue):
+            self.queue.append(Message(topic=TOPIC, partition=0, offset=self.position,
+                                      error=KafkaError(KafkaError._PARTITION_EOF, "end")))
 
 
 def run(log: Log, per_fetch: int, consume_n: int) -> tuple[list[int], list[int], FakeConsumer]:
@@ -241,3 +249,30 @@ def test_the_audit_reader_gets_each_undecodable_offset_as_a_record_and_partition
         if got and got[-1][1]:
             break
     assert got == [(0, False), (1, False), (2, False), (3, False), (4, False), (5, False), (6, True)]
+
+
+def test_a_probe_that_meets_only_a_transaction_marker_is_answered_by_the_partition_end() -> None:
+    """A transactional batch ends in a commit marker: a probe on the marker brings no record and no error, only
+    the partition's end; counted as unanswered, it cost 30 s in the writer and timed the audit's read out."""
+    from kapow.deadletter.reader import stepped
+
+    log = Log([(0, 4, True), (5, 114, False), (115, 115, None)])
+    consumer = FakeConsumer(log, per_fetch=1, eof=True)
+    unreadable = Unreadable(lambda: consumer)
+    got: list[int] = []
+    for _ in range(60):  # no tick(): an answer that needed a timeout would never come here
+        for msg in stepped(unreadable, consumer.consume(10)):
+            if msg.error() is None or msg.error().code() == KafkaError._BAD_COMPRESSION:
+                got.append(msg.offset())
+    assert got == list(range(115))
+
+
+def test_a_committed_offset_past_the_log_end_is_not_taken_for_reported() -> None:
+    log = Log([(0, 9, False), (10, 12, True)])
+    consumer = FakeConsumer(log, per_fetch=1)
+    unreadable = Unreadable(lambda: consumer, start=lambda _tp: 1_000)  # a truncated log: committed past its end
+    handled, reported = [], []
+    for _ in range(60):
+        handled += [m.offset() for m in unreadable.split(consumer.consume(10))]
+        reported += [r.msg.offset() for r in unreadable.take(100)]
+    assert reported == list(range(10)) and handled == [10, 11, 12]

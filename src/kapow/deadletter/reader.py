@@ -142,14 +142,17 @@ class TopicReader:
         if undecodable:
             from kapow.kafka.unreadable import Unreadable  # imported for the audit's reads only
 
-            stepper = Unreadable(lambda: self._consumer)
+            # reported from the span's start: the offsets before it are not the audit's
+            stepper = Unreadable(lambda: self._consumer, start=lambda tp: spans[tp[1]][0])
         try:
             while pending:
                 msgs = self._consumer.consume(2000, 0.1)
                 if stepper is not None:
                     msgs = stepped(stepper, msgs)
                 if not msgs:
-                    if time.monotonic() - last_data > self.idle_timeout:
+                    if stepper is not None and stepper.searching:
+                        last_data = time.monotonic()  # a probe's answer is due (or is retried): not idle
+                    elif time.monotonic() - last_data > self.idle_timeout:
                         raise self._fail(f"read {topic} (nothing for {self.idle_timeout:.0f} s)", "timed out")
                     continue
                 last_data = time.monotonic()
@@ -165,6 +168,8 @@ class TopicReader:
                             raise self._fail(f"read {topic}", err)
                     end = pending.get(p)
                     offset = msg.offset() or 0
+                    if offset < spans[p][0]:
+                        continue
                     if end is None or offset >= end:
                         pending.pop(p, None)
                         continue
@@ -233,14 +238,17 @@ class TopicReader:
 def stepped(stepper: Unreadable, msgs: list[Message]) -> list[Message]:
     """``msgs`` with undecodable batches stepped over: readable records, then each undecodable offset as a record
     with no value and a ``_BAD_COMPRESSION`` error, then the other errors (partition ends last, so that they
-    follow their partition's records; none while a partition is being searched: its probes stay below its end)."""
+    follow their partition's records). The end of a partition being searched answers its probe (a probe that
+    met only a transaction marker gets no other answer); it comes again once the batch is stepped over."""
     others: list[Message] = []
     rest: list[Message] = []
     for msg in msgs:
         err = msg.error()
-        if err is None or err.code() == KafkaError._BAD_COMPRESSION:
+        code = None if err is None else err.code()
+        if code is None or code == KafkaError._BAD_COMPRESSION or (
+                code == KafkaError._PARTITION_EOF and stepper.holds((msg.topic() or "", msg.partition() or 0))):
             rest.append(msg)
-        elif not stepper.holds((msg.topic() or "", msg.partition() or 0)):
+        else:
             others.append(msg)
     out = stepper.split(rest)
     if stepper.searching:

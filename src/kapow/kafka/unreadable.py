@@ -110,7 +110,10 @@ class Unreadable:
                 raise KafkaException(err)
             elif err.code() == KafkaError._BAD_COMPRESSION and msg.topic() is not None and msg.partition() is not None:
                 self._failed(msg, err.str())
-            elif err.code() != KafkaError._PARTITION_EOF:
+            elif err.code() == KafkaError._PARTITION_EOF:
+                if searches:
+                    self._answered_by(msg)  # the end of the partition at or past the probe: past the batch
+            else:
                 self._errors_log.warning("consumer: %s", err)
         return good
 
@@ -201,11 +204,14 @@ class Unreadable:
         if search is None:
             resumed = self._resumed.get(tp)
             reported = resumed[1] if resumed is not None and resumed[0] == base else base
-            first = max(base, reported, self._start(tp) or base)
             high = self._high(*tp)
             if high is None or high <= base:  # not known yet: stay where we are (librdkafka fetches again)
                 log.warning("consumer: %s (high watermark unknown: searching for its end later)", reason)
                 return
+            start = self._start(tp)
+            if start is None or start > high:  # a committed offset past the log's end (a truncated log): ignored
+                start = base
+            first = max(base, reported, start)
             search = self._searches[tp] = _Search(base, first, base, high, reason[:MAX_REASON])
             log.warning("consumer: %s; finding where that batch ends to step over it", reason)
             self._next(tp, search)
@@ -217,7 +223,8 @@ class Unreadable:
             self._past(tp, search, min(base, search.probe))
 
     def _answered_by(self, msg: Message) -> bool:
-        """True when ``msg`` belongs to a partition being searched (it is dropped: read again later)."""
+        """True when ``msg`` (a record, or the partition's end: a probe that met only a transaction marker gets
+        no other answer) belongs to a partition being searched; it is dropped (read again later)."""
         tp = (msg.topic() or "", msg.partition() or 0)
         search = self._searches.get(tp)
         if search is None:

@@ -234,8 +234,12 @@ class Writer:
 
     def _step_over(self) -> None:
         """The records of an undecodable batch whose end was found: a batch of their error records."""
+        p = self.config.pipeline
+        room = (p.max_buffer_bytes - self.held_bytes) // PACKET_OVERHEAD  # error records are held until acked
+        if self._paused or room <= 0 or len(self.window) >= MAX_WINDOW:
+            return  # the memory bound holds for them too: reported once what is held is answered
         records = [ErrorRecord(msg, failure, None)
-                   for msg, failure in self.unreadable.take(self.config.pipeline.batch_max_messages)]
+                   for msg, failure in self.unreadable.take(min(p.batch_max_messages, room))]
         if not records:
             return
         self._seq += 1
