@@ -83,7 +83,9 @@ class Unreadable:
         self._paused = paused
         self._searches: dict[TP, _Search] = {}
         self._sought: set[TP] = set()  # partitions sought while the current split() runs
-        self._resumed: dict[TP, tuple[int, int]] = {}  # (base, next offset) of a search cut short by a timeout
+        # per partition, (base, next offset) of the last batch reported: a rewind or a run cut short by a timeout
+        # meets the same batch again, and what was reported is not reported twice
+        self._resumed: dict[TP, tuple[int, int]] = {}
 
     @property
     def searching(self) -> bool:
@@ -139,8 +141,8 @@ class Unreadable:
         return records
 
     def tick(self, now: float | None = None) -> None:
-        """A probe left unanswered counts as past the batch's end (see the module's docstring); a refused seek
-        is tried again."""
+        """A probe left unanswered is sought again, with a doubling wait, and after :data:`PROBE_TRIES` counts as
+        past the batch's end (see the module's docstring); a refused seek is tried again after :data:`RESEEK_S`."""
         now = time.monotonic() if now is None else now
         paused = self._paused()
         for tp, search in list(self._searches.items()):
