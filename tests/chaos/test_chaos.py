@@ -357,7 +357,10 @@ def test_writer_paused_past_poll_interval(scenario: Make) -> None:
         took_over = other.log().count("partitions assigned")
         ev = s.fault(f"SIGSTOP {pause:.0f} s")
         victim.signal(signal.SIGSTOP)
-        wait_for(lambda o=other, n=took_over: o.log().count("partitions assigned") > n, pause,
+        # the bound on a takeover: the session timeout (6 s), then the other writer's revoke, which drains for
+        # up to shutdown_deadline_s (10 s) and may wait that long when the stopped writer holds a row lock one
+        # of its replays needs (its table is held: lock_timeout). CI met that once with a 12 s wait.
+        wait_for(lambda o=other, n=took_over: o.log().count("partitions assigned") > n, max(pause, 6 + 10 + 6),
                  "the other writer to take over")
         time.sleep(max(0.0, pause - (time.monotonic() - s.events[ev][1])))
         s.audit(f"writer paused #{k + 1}")
