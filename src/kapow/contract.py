@@ -200,10 +200,20 @@ class PacketDecoder:
             else:
                 if keys:
                     return keys
-        return decode_keys(doc, max_depth=self.max_depth)
+        return decode_keys(as_bytes(doc), max_depth=self.max_depth)
 
     def split(self, value: bytes | None) -> tuple[bytes, bytes]:
         """The envelope's two halves, raw: (``pipeline_context`` JSON, ``data`` JSON); nothing decoded inside."""
+        context, doc = self.split_raw(value)
+        return bytes(context), bytes(doc)
+
+    def split_raw(self, value: bytes | None) -> tuple[msgspec.Raw, msgspec.Raw]:
+        """:meth:`split` without the copies: two views into ``value`` (each holds it, as the record does anyway).
+
+        What the hot loop uses: copying the halves into ``bytes`` cost 0.37 µs each (the ``bytes()`` call, not
+        the memcpy), more than the decode that found them. A view takes ``len``, ``==`` with another view, the
+        buffer protocol (decoders, ``bytes.join``) and ``bytes()``; nothing else (:func:`as_bytes`).
+        """
         if value is None:
             raise PacketError(ErrorCode.NOT_JSON, "packet has no value")
         if len(value) > self.max_bytes:
@@ -212,7 +222,7 @@ class PacketDecoder:
             envelope = _envelope_decoder.decode(value)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             envelope = _decode(_envelope_decoder, value, "packet")  # fails again, with the user's message
-        return bytes(envelope.pipeline_context), bytes(envelope.data)
+        return envelope.pipeline_context, envelope.data
 
     def destinations(self, context: bytes) -> tuple[Destination, ...]:
         """The destinations of a ``pipeline_context`` (cached by its bytes when small)."""
@@ -251,6 +261,13 @@ def _decode(decoder: msgspec.json.Decoder[T], raw: bytes, what: str) -> T:
         raise PacketError(ErrorCode.NOT_JSON, f"value is not UTF-8 JSON: {describe(exc)}") from None
     except RecursionError:
         raise PacketError(ErrorCode.BAD_PACKET, f"{what} is nested too deeply") from None
+
+
+def as_bytes(doc: bytes) -> bytes:
+    """``doc`` as real ``bytes``: a :class:`msgspec.Raw` view (:meth:`PacketDecoder.split_raw`) copied, since it
+    cannot be sliced, searched or decoded as text. (msgspec types ``Raw`` as a ``bytes`` subclass, so mypy cannot
+    tell the two apart: every such use of a row's document goes through here.)"""
+    return doc if type(doc) is bytes else bytes(doc)
 
 
 INTERNED_NAMES_BYTES = 4096  # a set of column names longer than this in all is never interned

@@ -48,7 +48,7 @@ class Sorter:
         self._keysets: dict[tuple[str, ...], tuple[str, ...]] = {}
         # the last small context and its routes: consecutive packets nearly always carry the same bytes, and
         # comparing them costs less than hashing them for the cache
-        self._last: tuple[bytes, tuple[tuple[Destination, Route | Failure], ...]] | None = None
+        self._last: tuple[msgspec.Raw, tuple[tuple[Destination, Route | Failure], ...]] | None = None
         self._hot: tuple[TableKey, TableWork] | None = None  # the last table filed in this batch, and its work
 
     def sort(self, seq: int, msgs: list[Message]) -> tuple[Batch, list[TableWork]]:
@@ -138,15 +138,18 @@ class Sorter:
     def _file(self, batch: Batch, works: dict[TableKey, TableWork], msg: Message) -> None:
         value = msg.value()
         try:
-            context, doc = self.decoder.split(value)
+            # views into the value, not copies (PacketDecoder.split_raw): the row keeps its ``data`` as one
+            # view, whose packet its record holds anyway
+            view, doc = self.decoder.split_raw(value)
             last = self._last
-            if last is not None and context == last[0]:
+            if last is not None and view == last[0]:  # a view equals a view of the same bytes
                 routes = last[1]
             else:
+                context = bytes(view)
                 cached = self._routes.get(context)
                 routes = self._resolve(context) if cached is None else cached
                 if len(context) <= PacketDecoder.MAX_CACHED_VALUE:
-                    self._last = (context, routes)
+                    self._last = (msgspec.Raw(context), routes)  # its own bytes: never holds a whole packet
             keys = self.decoder.keys(doc)
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))

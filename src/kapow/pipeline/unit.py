@@ -21,7 +21,7 @@ import msgspec
 import psycopg
 
 from kapow.config import DestinationConfig
-from kapow.contract import Destination, TableKey, decode_keys
+from kapow.contract import Destination, TableKey, as_bytes, decode_keys
 from kapow.errors import TABLE_WIDE_USER_CODES, ErrorCode, Failure, PacketError, Scope
 from kapow.formats.debezium import ChangeDecoder, ChangeKind  # imported once, not per event (0.5 µs)
 from kapow.pipeline.work import ErrorRecord, Row, TableWork, WorkResult
@@ -216,7 +216,7 @@ def _row_in(row: Row) -> RowLike:
         extra.append(msgspec.json.encode(column) + b":" + msgspec.json.encode(value))
         if column not in keys:
             keys.append(column)
-    doc = row.doc[:-1].rstrip() + b"," + b",".join(extra) + b"}"  # data is a non-empty object: '{...}'
+    doc = as_bytes(row.doc)[:-1].rstrip() + b"," + b",".join(extra) + b"}"  # data is a non-empty object: '{...}'
     return RowIn(doc, tuple(keys), row.dest)
 
 

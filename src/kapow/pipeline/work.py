@@ -29,7 +29,7 @@ class Row(msgspec.Struct, gc=False):
     """One packet's row bound for one table (a msgspec Struct: one is built per packet, so it must be cheap)."""
 
     msg: Message
-    doc: bytes  # the packet's ``data`` exactly as the client sent it
+    doc: bytes  # the packet's ``data`` exactly as the client sent it: a view into its value (contract.as_bytes)
     keys: tuple[str, ...]  # its column names, in the client's order
     dest: Destination  # the destination entry that sent it here (its mode and options)
     route: RouteSpec | None = None  # a Debezium change event still to decode (the lane knows the column types)

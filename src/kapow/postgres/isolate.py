@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from kapow.contract import as_bytes
 from kapow.errors import ErrorCode, Failure, Scope, classify_exception, classify_sqlstate, one_line
 from kapow.postgres.catalog import Table
 from kapow.postgres.statements import Element, RowLike, Statement, plan
@@ -137,7 +138,7 @@ def name_the_column(conn: psycopg.Connection[Any], table: Table, row: RowLike, f
     """
     probe = sql.SQL("SELECT json_populate_record(NULL::{tbl}, json_build_object(%s::text, (%s::json) -> %s::text))"
                     ).format(tbl=table.qualified)
-    doc = row.doc.decode()
+    doc = as_bytes(row.doc).decode()
     for name in row.keys:
         if name not in table.columns:
             continue
