@@ -19,6 +19,7 @@ import msgspec
 
 from kapow.bytecache import ByteCache
 from kapow.errors import ErrorCode, PacketError
+from kapow.keyshapes import KeyShapes
 
 CONTEXT_HEADER = "context"
 CONTEXT_VALUE = b'{"consumer": {"type": "data_pipeline"}}'
@@ -141,6 +142,7 @@ class PacketDecoder:
         self._destinations: ByteCache[tuple[Destination, ...] | PacketError] = ByteCache(
             max_bytes=self.CACHE_BYTES, max_key_bytes=self.MAX_CACHED_VALUE)
         self._skip_flat = 0  # packets left before the flat reading is tried again (see keys)
+        self._shapes = KeyShapes()
         # the last small header value and its verdict: consecutive records nearly always carry the same bytes, and
         # comparing them costs less than hashing them for the cache
         self._last_context: bytes | None = None
@@ -188,8 +190,12 @@ class PacketDecoder:
         pass (0.47 µs for a 250 B row against 0.9 µs). A document it refuses (nested values, a float out of range,
         bad input) is read by :func:`decode_keys`, which gives the same keys or the same error; since a refusal
         costs as much as a reading (0.53 µs), a stream of nested documents tries the flat way once per
-        :data:`FLAT_RETRY` packets only.
+        :data:`FLAT_RETRY` packets only. Before either, a row with exactly the previous rows' names is read by a
+        decoder made for them (:mod:`kapow.keyshapes`), which returns their one tuple.
         """
+        known = self._shapes.guess(doc)  # the previous rows' names, when this row has exactly those
+        if known is not None:
+            return known
         if self._skip_flat:
             self._skip_flat -= 1
         else:
@@ -199,6 +205,7 @@ class PacketDecoder:
                 self._skip_flat = self.FLAT_RETRY
             else:
                 if keys:
+                    self._shapes.learn(keys)
                     return keys
         return decode_keys(as_bytes(doc), max_depth=self.max_depth)
 

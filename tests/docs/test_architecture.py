@@ -19,9 +19,10 @@ ALLOWED: dict[str, set[str]] = {
     "metrics": set(),
     "logs": set(),
     "bytecache": set(),
+    "keyshapes": set(),
     "config": {"errors", "credentials"},  # config and credentials are one room, split for size
     "credentials": {"errors", "config"},
-    "contract": {"errors", "bytecache"},
+    "contract": {"errors", "bytecache", "keyshapes"},
     "formats": {"errors", "contract"},
     "postgres": BASE - {"metrics", "logs"},
     "kafka": {"errors", "config", "credentials"},

@@ -46,6 +46,7 @@ class Sorter:
         self._routes: ByteCache[tuple[tuple[Destination, Route | Failure], ...]] = ByteCache(
             max_bytes=PacketDecoder.CACHE_BYTES, max_key_bytes=PacketDecoder.MAX_CACHED_VALUE)
         self._keysets: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # the last names read, and interned
         # the last small context and its routes: consecutive packets nearly always carry the same bytes, and
         # comparing them costs less than hashing them for the cache
         self._last: tuple[msgspec.Raw, tuple[tuple[Destination, Route | Failure], ...]] | None = None
@@ -154,7 +155,9 @@ class Sorter:
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))
             return
-        keys = intern_keys(self._keysets, keys, MAX_KEYSETS)
+        if keys is not self._names[0]:  # a row of the previous row's shape comes with the very same tuple
+            self._names = (keys, intern_keys(self._keysets, keys, MAX_KEYSETS))
+        keys = self._names[1]
         size = len(value) + PACKET_OVERHEAD  # type: ignore[arg-type]  # split refused None
         for dest, route in routes:
             if isinstance(route, Failure):

@@ -1,0 +1,132 @@
+"""Column names read by the previous rows' shape (kapow.keyshapes): the same names and errors as the general way,
+whatever the order of shapes, permutations, duplicates, nested values and bad bytes; bounded in builds and memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kapow import keyshapes
+from kapow.contract import PacketDecoder, decode_keys
+from kapow.errors import PacketError
+from kapow.keyshapes import KeyShapes
+
+# ("b","a","c"): a permutation; names a Struct cannot have (a quote, a backslash, a control character), and ""
+NAMES = [("id",), ("id", "name"), ("a", "b", "c"), ("b", "a", "c"), ("x",), ('q"uote', "b\\s"), ("t\x01", ""),
+         ("é", "ü")]
+
+
+def _outcome(read: Any, doc: bytes) -> object:
+    """Keys as a set with their count (a shape gives its names in the order it first saw them), or the error."""
+    try:
+        keys = read(doc)
+    except PacketError as exc:
+        return (exc.failure.code, exc.failure.message)
+    return (frozenset(keys), len(keys))
+
+
+def _doc(names: tuple[str, ...], variant: int) -> bytes:
+    values: list[Any] = [1, "text", None, True, 2.5, "é"]
+    body = {n: values[(i + variant) % len(values)] for i, n in enumerate(names)}
+    doc = msgspec.json.encode(body)
+    if variant == 7:  # a nested value under a known name
+        return doc[:-1] + b',"' + names[0].encode() + b'":[1]}' if names else doc
+    if variant == 8:  # a duplicate name
+        return doc[:-1] + b',"' + names[0].encode() + b'":3}'
+    if variant == 9:  # invalid UTF-8 inside a string value
+        return doc[:-1] + b',"zz":"\xff"}'
+    if variant == 10:  # one name missing
+        return msgspec.json.encode({n: 1 for n in names[1:]}) if len(names) > 1 else b"{}"
+    if variant == 11:  # one name more
+        return doc[:-1] + b',"extra":1}'
+    if variant == 12:  # too deep for the limit
+        return b'{"' + names[0].encode() + b'": ' + b"[" * 9 + b"]" * 9 + b"}"
+    if variant == 13:  # trailing garbage, then not an object at all
+        return doc + b"x"
+    if variant == 14:
+        return b"[1, 2]"
+    return doc
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(NAMES), st.integers(0, 14)), min_size=1, max_size=80),
+       st.integers(0, 3), st.integers(1, 3))
+def test_the_shape_path_gives_the_names_and_errors_of_the_general_one(
+        seq: list[tuple[tuple[str, ...], int]], build_every: int, misses: int) -> None:
+    saved = (keyshapes.BUILD_EVERY, keyshapes.MISSES, keyshapes.PAUSE, keyshapes.WINDOW)
+    keyshapes.BUILD_EVERY, keyshapes.MISSES, keyshapes.PAUSE, keyshapes.WINDOW = build_every, misses, 3, 6
+    try:
+        decoder = PacketDecoder(max_bytes=1 << 20, max_depth=8, max_destinations=10)
+        for names, variant in seq:
+            doc = _doc(names, variant)
+            assert _outcome(decoder.keys, doc) == _outcome(lambda d: decode_keys(d, max_depth=8), doc), doc
+    finally:
+        keyshapes.BUILD_EVERY, keyshapes.MISSES, keyshapes.PAUSE, keyshapes.WINDOW = saved
+
+
+def test_rows_of_one_shape_get_its_one_tuple_and_a_permutation_is_the_same_shape() -> None:
+    decoder = PacketDecoder(max_bytes=1 << 20, max_depth=8, max_destinations=10)
+    first = decoder.keys(b'{"a": 1, "b": "x"}')
+    second = decoder.keys(b'{"a": 2, "b": "y"}')  # seen twice in a row: built, and current
+    assert first == second == ("a", "b")
+    third = decoder.keys(b'{"b": "z", "a": 3}')
+    assert third is decoder.keys(b'{"a": 4, "b": null}') and third == ("a", "b")  # read by the shape
+    assert decoder.keys(b'{"a": 1}') == ("a",)  # a miss: read the general way
+    with pytest.raises(PacketError, match="not UTF-8"):
+        decoder.keys(b'{"a": 1, "b": "\xff"}')
+
+
+def test_ever_new_names_build_at_most_one_decoder_per_build_interval_and_keep_at_most_max_shapes() -> None:
+    shapes = KeyShapes()
+    builds = 0
+    build = shapes._build
+
+    def counted(keys: tuple[str, ...]) -> Any:
+        nonlocal builds
+        builds += 1
+        return build(keys)
+
+    shapes._build = counted  # type: ignore[method-assign]
+    rows = 20 * keyshapes.BUILD_EVERY
+    for i in range(rows):
+        names = (f"c{i // 2}",)  # every name twice in a row: the most a hostile stream can ask for
+        if shapes.guess(msgspec.json.encode({names[0]: 1})) is None:
+            shapes.learn(names)
+    assert 10 <= builds <= rows // keyshapes.BUILD_EVERY + 1
+    assert len(shapes._shapes) <= keyshapes.MAX_SHAPES
+
+
+def test_wide_rows_are_never_built_into_a_decoder() -> None:
+    shapes = KeyShapes()
+    wide = tuple(f"c{i}" for i in range(keyshapes.MAX_COLUMNS + 1))
+    shapes.learn(wide)
+    shapes.learn(wide)
+    assert not shapes._shapes and shapes._current is None
+
+
+def test_interleaved_shapes_stop_the_guessing_for_a_while_then_take_it_up_again() -> None:
+    decoder = PacketDecoder(max_bytes=1 << 20, max_depth=8, max_destinations=10)
+    a, b = b'{"a": 1, "b": 2}', b'{"x": 1}'
+    decoder.keys(a)
+    decoder.keys(a)  # "a, b" is built and current
+    shapes = decoder._shapes
+    assert shapes._current is not None
+    shapes._since_build = keyshapes.BUILD_EVERY
+    for _ in range(2):
+        decoder.keys(b)  # "x" is built too (two in a row), and made current
+    misses = 0
+    for i in range(4 * keyshapes.MISSES):
+        if shapes._current is None:
+            break
+        decoder.keys(a if i % 2 else b)
+        misses += 1
+    assert shapes._current is None and shapes._pause == keyshapes.PAUSE and misses <= 2 * keyshapes.MISSES + 2
+    for _ in range(keyshapes.PAUSE):
+        assert decoder.keys(a) == ("a", "b")  # the general way meanwhile
+    assert shapes._pause == 0
+    decoder.keys(a)  # known: current again, no build
+    assert decoder.keys(a) is shapes._current[0]  # type: ignore[index]
