@@ -11,13 +11,15 @@ The run's clock itself comes from the database (:mod:`kapow_bench.tables`), not 
 from __future__ import annotations
 
 import compileall
+import ctypes
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from kapow.errors import KapowError
 from kapow_bench.cpu import proc_peak_rss
@@ -34,6 +36,39 @@ def precompile() -> None:
     import kapow
 
     compileall.compile_dir(str(Path(kapow.__file__).parent), quiet=1)
+    other = os.environ.get(WRITER_PATH)
+    if other and (Path(other) / "kapow").is_dir():
+        compileall.compile_dir(str(Path(other) / "kapow"), quiet=1)
+
+
+# Where the writer's code comes from when it is not this checkout's: another checkout's ``src`` (a worktree of an
+# older commit), so that two versions of the writer are measured by the same harness on the same machine.
+WRITER_PATH = "KAPOW_BENCH_WRITER_PATH"
+_PR_SET_PDEATHSIG = 1
+
+
+_prctl: Any = None
+try:  # resolved here, not in the child: a dlopen between fork and exec could wait on a lock another thread held
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    pass
+
+
+def _die_with_the_harness() -> None:  # pragma: no cover - runs in the child, between fork and exec
+    """Linux: SIGTERM the writer when the harness (the thread that started it: always its main thread) dies. A
+    harness that crashed (librdkafka once segfaulted in it, 2026-11-26) left its writer running, and every later
+    run on the machine was measured beside it."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def writer_env() -> dict[str, str]:
+    """The writer's environment: the harness's, with ``KAPOW_BENCH_WRITER_PATH`` first on its Python path."""
+    env = dict(os.environ)
+    other = env.get(WRITER_PATH)
+    if other:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (other, env.get("PYTHONPATH")) if p)
+    return env
 
 
 class WriterProcess:
@@ -46,7 +81,10 @@ class WriterProcess:
         self._log = self.log_path.open("wb")
         self.spawned = time.time()
         self.proc = subprocess.Popen([sys.executable, "-m", "kapow", "run", "-c", str(self.config_path)],
-                                     stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True)
+                                     stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True,
+                                     # one pre-resolved C call in the child, no lock taken (glibc resets its
+                                     # malloc locks at fork): the threads' hazard does not apply
+                                     env=writer_env(), preexec_fn=_die_with_the_harness)  # noqa: PLW1509
         self.pid = self.proc.pid
         self._spy: subprocess.Popen[bytes] | None = None
         if profile is not None:

@@ -155,3 +155,45 @@ def test_the_cpu_meter_counts_the_writer_s_backends_and_not_the_harness_s() -> N
             busy = meter.stop()
     assert quiet["postgres"] is not None and busy["postgres"] is not None
     assert busy["postgres"] >= 0.1 and quiet["postgres"] < busy["postgres"] / 5
+
+
+def test_a_writer_dies_with_a_harness_that_crashed() -> None:
+    """A harness killed outright (librdkafka segfaulted in one) must not leave its writer running beside every
+    later run: the writer is started with PR_SET_PDEATHSIG."""
+    import signal
+    import time
+
+    starter = ("import subprocess, sys, time\n"
+               "from kapow_bench.writer import _die_with_the_harness\n"
+               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+               " start_new_session=True, preexec_fn=_die_with_the_harness)\n"
+               "print(child.pid, flush=True)\n"
+               "time.sleep(120)\n")
+    harness = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    assert harness.stdout is not None
+    with harness.stdout:
+        child = int(harness.stdout.readline())
+    os.kill(child, 0)  # running
+    harness.send_signal(signal.SIGKILL)
+    harness.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the writer outlived its harness")
+
+
+def test_the_writer_can_run_another_checkout_s_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kapow_bench.writer import WRITER_PATH, writer_env
+
+    monkeypatch.setenv("PYTHONPATH", "/a")
+    monkeypatch.delenv(WRITER_PATH, raising=False)
+    assert writer_env()["PYTHONPATH"] == "/a"
+    monkeypatch.setenv(WRITER_PATH, "/old/src")
+    assert writer_env()["PYTHONPATH"] == os.pathsep.join(["/old/src", "/a"])
+    monkeypatch.delenv("PYTHONPATH")
+    assert writer_env()["PYTHONPATH"] == "/old/src"
