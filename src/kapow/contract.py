@@ -143,6 +143,9 @@ class PacketDecoder:
             max_bytes=self.CACHE_BYTES, max_key_bytes=self.MAX_CACHED_VALUE)
         self._skip_flat = 0  # packets left before the flat reading is tried again (see keys)
         self._shapes = KeyShapes()
+        # the last row's values when its shape read it (a Struct, in the order of the names keys() returned), else
+        # None: what a COPY sends for it (kapow.postgres.writer); read right after keys(), by the same thread
+        self.values: Any = None
         # the last small header value and its verdict: consecutive records nearly always carry the same bytes, and
         # comparing them costs less than hashing them for the cache
         self._last_context: bytes | None = None
@@ -193,9 +196,12 @@ class PacketDecoder:
         :data:`FLAT_RETRY` packets only. Before either, a row with exactly the previous rows' names is read by a
         decoder made for them (:mod:`kapow.keyshapes`), which returns their one tuple.
         """
-        known = self._shapes.guess(doc)  # the previous rows' names, when this row has exactly those
+        shapes = self._shapes
+        known = shapes.guess(doc)  # the previous rows' names, when this row has exactly those
         if known is not None:
+            self.values = shapes.values
             return known
+        self.values = None
         if self._skip_flat:
             self._skip_flat -= 1
         else:

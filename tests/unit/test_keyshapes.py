@@ -64,6 +64,11 @@ def test_the_shape_path_gives_the_names_and_errors_of_the_general_one(
         for names, variant in seq:
             doc = _doc(names, variant)
             assert _outcome(decoder.keys, doc) == _outcome(lambda d: decode_keys(d, max_depth=8), doc), doc
+            if decoder.values is not None:  # what a COPY would send: the row's own values, in the names' order
+                keys = decoder.keys(doc)
+                whole = msgspec.json.decode(doc)
+                assert msgspec.structs.astuple(decoder.values) == tuple(whole[k] for k in keys), doc
+                assert not any(isinstance(v, float) for v in whole.values()), doc
     finally:
         keyshapes.BUILD_EVERY, keyshapes.MISSES, keyshapes.PAUSE, keyshapes.WINDOW = saved
 

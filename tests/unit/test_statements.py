@@ -230,3 +230,34 @@ def test_upserts_of_one_shape_are_one_statement_that_postgresql_folds_and_others
                                                                               False)},
                             ("id",), (("id",),), False, True, True, True)
     assert plan_last_wins(with_ordinality, rows, ("id",)) is None
+
+
+def _copyable(docs: list[bytes], *, shape_read: bool = True) -> Statement:
+    """An insert statement of ``docs`` (one shape), values decoded as kapow.keyshapes does when ``shape_read``."""
+    from kapow.contract import PacketDecoder
+
+    decoder = PacketDecoder(max_bytes=1 << 20, max_depth=8, max_destinations=4)
+    rows = []
+    for doc in docs:
+        keys = decoder.keys(doc)
+        rows.append(RowIn(doc, keys, Destination("wh", "db", "t"), decoder.values if shape_read else None))
+    (stmt,) = plan(table(), rows, {})
+    return stmt
+
+
+def test_a_copy_payload_is_csv_of_the_decoded_values_with_null_as_the_null_marker() -> None:
+    docs = [b'{"id": 1, "a": "x,y", "b": null}', b'{"id": 2, "a": "null", "b": true}',
+            b'{"id":3,"a":"","b":"\xc3\xa9"}', b'{"id": 4, "a": "\\u00e9", "b": -7}']
+    for shape_read in (True, False):
+        stmt = _copyable(docs, shape_read=shape_read)
+        assert stmt.columns == ("id", "a", "b")
+        assert stmt.copy_payload() == (b'1,"x,y",null\n2,"null",true\n3,"","\xc3\xa9"\n4,"\xc3\xa9",-7\n'), shape_read
+
+
+def test_a_copy_payload_is_refused_for_what_csv_cannot_carry_exactly() -> None:
+    for odd in (b'"say \\"hi\\""', b'"back\\\\slash"', b'"two\\nlines"', b'"bell\\u0007"', b"1.10", b"1e400", b"[1]"):
+        docs = [b'{"id": 1, "a": 2}', b'{"id": 2, "a": ' + odd + b"}", b'{"id": 3, "a": 4}']
+        for shape_read in (True, False):
+            assert _copyable(docs, shape_read=shape_read).copy_payload() is None, (odd, shape_read)
+    upsert = Statement(UPSERT, ("id",), Destination("wh", "db", "t", mode="upsert"), "x")
+    assert upsert.copy_payload() is None

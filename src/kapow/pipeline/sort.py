@@ -121,8 +121,8 @@ class Sorter:
             elif fmt == "debezium":  # decoded by the lane, which knows the table's column types
                 row = Row(msg, b"", (), route.dests["upsert"], route)
             else:
-                row = Row(msg, value, self.decoder.keys(value),
-                          route.dests[route.config.mode])
+                keys = self.decoder.keys(value)
+                row = Row(msg, value, keys, route.dests[route.config.mode], None, self.decoder.values)
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, route.dests[route.config.mode]))
             return True
@@ -152,6 +152,7 @@ class Sorter:
                 if len(context) <= PacketDecoder.MAX_CACHED_VALUE:
                     self._last = (msgspec.Raw(context), routes)  # its own bytes: never holds a whole packet
             keys = self.decoder.keys(doc)
+            values = self.decoder.values
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))
             return
@@ -171,7 +172,7 @@ class Sorter:
                 found = works.get(key)
                 work = works[key] = TableWork(key, config, [], batch.seq, 0) if found is None else found
                 self._hot = (key, work)
-            work.rows.append(Row(msg, doc, keys, dest))
+            work.rows.append(Row(msg, doc, keys, dest, None, values))
             work.nbytes += size
             if size > LARGE_PACKET:
                 work.large += size

@@ -80,12 +80,17 @@ def write_unit(conn: psycopg.Connection[Any], catalog: Catalog, jobs: list[Table
     to_apply = [p for p in prepared if p.statements]
     now = time.monotonic()
     plain_first = [p.table is not None and p.table.plain_inserts and now >= p.table.plain_from for p in to_apply]
-    outcomes = apply_unit(conn, [p.statements for p in to_apply], plain_first) if to_apply else []
+    copy_into = [p.table if plain and p.table is not None and not p.table.row_security and now >= p.table.copy_from
+                 else None for p, plain in zip(to_apply, plain_first, strict=True)]
+    outcomes = apply_unit(conn, [p.statements for p in to_apply], plain_first, copy_into) if to_apply else []
     for p, applied in zip(to_apply, outcomes, strict=True):
         if applied.conflicted and p.table is not None:
             p.table.plain_from = now + PLAIN_PAUSE_S
             log.debug("%s: a duplicate met by plain inserts; ON CONFLICT DO NOTHING for %.0f s", p.job.key.label,
                       PLAIN_PAUSE_S)
+        if applied.copy_failed and p.table is not None:
+            p.table.copy_from = now + PLAIN_PAUSE_S  # one wasted COPY a minute for a table that keeps refusing
+            log.debug("%s: a COPY failed; inserts by statement for %.0f s", p.job.key.label, PLAIN_PAUSE_S)
     by_job = dict(zip([id(p) for p in to_apply], outcomes, strict=True))
     out: list[JobOutcome] = []
     for p in prepared:

@@ -11,7 +11,7 @@ failed. These are plain data: the lane never sees a batch and the loop never see
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -33,6 +33,7 @@ class Row(msgspec.Struct, gc=False):
     keys: tuple[str, ...]  # its column names, in the client's order
     dest: Destination  # the destination entry that sent it here (its mode and options)
     route: RouteSpec | None = None  # a Debezium change event still to decode (the lane knows the column types)
+    values: Any = None  # its values decoded in the order of ``keys`` (contract.PacketDecoder.values), or None
 
 
 # What a consumed packet holds in memory beyond its value: the client's Message object and its headers, the

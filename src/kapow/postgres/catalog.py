@@ -48,9 +48,21 @@ SELECT w.nspname, w.relname, c.oid IS NOT NULL, coalesce(c.relkind::text, ''),
                                                   AND x.contype IN ('p', 'u', 'x') AND x.condeferrable), false),
        coalesce((SELECT json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                                                   a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
-                                                  a.attgenerated <> '' OR a.attidentity = 'a')
+                                                  a.attgenerated <> '' OR a.attidentity = 'a',
+                                                  -- COPY takes it as json_populate_recordset does: its input
+                                                  -- function, or a domain (one level) over such a type
+                                                  (SELECT coalesce(CASE WHEN t.typtype = 'd'
+                                                          THEN b.typtype NOT IN ('d', 'c', 'p')
+                                                               AND b.typcategory NOT IN ('A', 'C', 'P', 'X')
+                                                               AND b.oid NOT IN (114, 3802)
+                                                          ELSE t.typtype NOT IN ('c', 'p')
+                                                               AND t.typcategory NOT IN ('A', 'C', 'P', 'X')
+                                                               AND t.oid NOT IN (114, 3802) END, false)
+                                                   FROM pg_type t LEFT JOIN pg_type b ON b.oid = t.typbasetype
+                                                   WHERE t.oid = a.atttypid))
                                  ORDER BY a.attnum)
-                 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]')
+                 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'),
+       coalesce(c.relrowsecurity, false)
 FROM wanted w
 LEFT JOIN pg_namespace n ON n.nspname = w.nspname
 LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.relname
@@ -64,6 +76,7 @@ class Column:
     not_null: bool
     has_default: bool
     generated: bool  # cannot be written (GENERATED ALWAYS)
+    copy_safe: bool = False  # COPY reads its text as json_populate_recordset does (no json, array or composite)
 
 
 _T = TypeVar("_T")
@@ -94,6 +107,8 @@ class Table:
     plain_from: float = 0.0  # monotonic time from which its inserts are tried without ON CONFLICT again
     plain_inserts: bool = True  # ON CONFLICT works on it: plain inserts may be tried first (no deferrable key)
     folding_keys: frozenset[tuple[str, ...]] = frozenset()  # keys PostgreSQL may fold on (DISTINCT ON = the index)
+    row_security: bool = False  # COPY FROM refuses a table with row-level security
+    copy_from: float = 0.0  # monotonic time from which its inserts may be COPYed again (kapow.postgres.writer)
 
     MAX_DERIVED = 64  # entries per cache: a table sees a few keysets, not thousands
 
@@ -136,18 +151,18 @@ def load_tables(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> 
         rows = cur.fetchall()
     if not conn.autocommit:
         conn.rollback()  # leave the connection idle: the catalog read needs no transaction of its own
-    for schema, name, exists, relkind, can_insert, can_update, can_delete, keys, plain_ok, cols in rows:
+    for schema, name, exists, relkind, can_insert, can_update, can_delete, keys, plain_ok, cols, rls in rows:
         if not exists or relkind not in ("r", "p"):
             out[(schema, name)] = None
             continue
-        columns = {c[0]: Column(c[0], c[1], c[2], c[3], c[4]) for c in cols}
+        columns = {c[0]: Column(c[0], c[1], c[2], c[3], c[4], bool(c[5])) for c in cols}
         primary = next((tuple(k[2]) for k in keys if k[0] and k[1]), None)
         unique = tuple(tuple(k[2]) for k in keys if k[1])
         # a column set PostgreSQL may fold on: every immediate unique index over it compares as the columns do
         folding = frozenset(key for key in unique if all(k[3] for k in keys if k[1] and tuple(k[2]) == key))
         out[(schema, name)] = Table(schema, name, columns, primary, unique, bool(keys) and not unique,
                                     can_insert, can_update, can_delete, plain_inserts=bool(plain_ok),
-                                    folding_keys=folding)
+                                    folding_keys=folding, row_security=bool(rls))
     return out
 
 

@@ -32,6 +32,13 @@ INSERT, UPSERT, DELETE = "insert", "upsert", "delete"
 LAST_WINS = "upsert-last"  # the SQL of plan_last_wins
 ORDINALITY = "ordinality"  # plan_last_wins' array position (a table with such a column folds in Python)
 _raw_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_lines_encoder = msgspec.json.Encoder()
+_copy_row_decoder = msgspec.json.Decoder(dict[str, str | int | bool | None])  # what kapow.keyshapes decodes
+
+
+def _copy_values(doc: bytes, columns: tuple[str, ...]) -> tuple[Any, ...]:
+    row = _copy_row_decoder.decode(doc)
+    return tuple(row[c] for c in columns)
 
 
 class RowLike(Protocol):
@@ -46,6 +53,9 @@ class RowLike(Protocol):
     @property
     def dest(self) -> Destination: ...
 
+    @property
+    def values(self) -> Any: ...  # a Struct of its values in the order of ``keys``, or None (see Element)
+
 
 class RowIn(msgspec.Struct, gc=False):
     """A row made here (metadata columns added, a change event decoded): a :class:`RowLike`."""
@@ -53,6 +63,7 @@ class RowIn(msgspec.Struct, gc=False):
     doc: bytes
     keys: tuple[str, ...]
     dest: Destination
+    values: Any = None
 
 
 class Element(msgspec.Struct, gc=False):
@@ -63,6 +74,7 @@ class Element(msgspec.Struct, gc=False):
 
     doc: bytes
     sources: list[int]
+    values: Any = None  # inserts: the row's decoded values (kapow.keyshapes), what a COPY sends; else None
 
 
 @dataclass(slots=True)
@@ -82,6 +94,32 @@ class Statement:
     @property
     def sources(self) -> int:
         return sum(len(e.sources) for e in self.elements)
+
+    def copy_payload(self) -> bytes | None:
+        """The elements as ``COPY … (FORMAT csv, NULL 'null')`` text, or None when they cannot all be.
+
+        Each element's decoded values (JSON scalars: strings, integers, booleans, nulls) are encoded by msgspec,
+        in C, one JSON array per line; with no backslash in the whole (no escaped quote, control character or
+        backslash in any string) a JSON array line is a CSV line once its brackets go: strings quoted, numbers and
+        ``true``/``false`` bare, ``null`` the NULL marker (a quoted "null" stays a string). PostgreSQL then reads
+        each value with its column's input function, exactly as ``json_populate_recordset`` does with the JSON,
+        at about 60 % of the server's CPU (docs/BENCHMARKS.md). 0.5 µs a 250 B row in the writer.
+        """
+        if self.kind != INSERT:
+            return None
+        values = [e.values for e in self.elements]
+        if None in values:  # rows read before their shape was known: decoded here (floats and nesting refused)
+            try:
+                rows = [msgspec.structs.astuple(v) if v is not None else _copy_values(e.doc, self.columns)
+                        for v, e in zip(values, self.elements, strict=True)]
+            except (msgspec.DecodeError, UnicodeDecodeError, KeyError):
+                return None
+        else:
+            rows = list(map(msgspec.structs.astuple, values))
+        text = _lines_encoder.encode_lines(rows)
+        if b"\\" in text or not text:
+            return None
+        return text.replace(b"]\n[", b"\n")[1:-2] + b"\n"  # '[a,b]\n[c,d]\n' -> 'a,b\nc,d\n'
 
 
 def plan(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ...]]) -> list[Statement]:
@@ -137,7 +175,7 @@ def _plan_inserts(table: Table, rows: Sequence[RowLike]) -> list[Statement]:
                                                        plain=plain_text(table, keys))
                 by_id[(id(keys), id(dest))] = stmt
             elements, last_keys, last_dest = stmt.elements, keys, dest
-        elements.append(Element(row.doc, [i]))
+        elements.append(Element(row.doc, [i], row.values))
     return list(by_shape.values())
 
 
