@@ -259,3 +259,15 @@ def _config(db: str) -> Any:
     cfg = parse_config(f'[kafka]\nbootstrap_servers = "x:1"\ntopics = ["in"]\n[[destinations]]\nvanity = "wh"\n'
                        f'databases = ["{db}"]\n')
     return cfg.destinations[0]
+
+
+def test_a_failed_copy_after_a_good_one_keeps_the_good_one(db: str, conn: psycopg.Connection[Any]) -> None:
+    good, dup = (new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, t text)") for _ in range(2))
+    kit.sql(db, f"INSERT INTO {dup} VALUES (5, 'there first')")
+    tables = [table_of(conn, good), table_of(conn, dup)]
+    docs = [msgspec.json.encode({"id": i, "t": f"r{i}"}) for i in range(COPY_MIN_ROWS)]
+    outcomes = apply_unit(conn, [plan(t, rows_of(db, t.name, docs), {}) for t in tables], [True, True], tables)
+    assert outcomes[0].copied and outcomes[0].affected == [COPY_MIN_ROWS]
+    assert outcomes[1].copy_failed and outcomes[1].conflicted and outcomes[1].affected == [COPY_MIN_ROWS - 1]
+    assert kit.scalar(db, f"SELECT count(*) FROM {good}") == COPY_MIN_ROWS
+    assert kit.scalar(db, f"SELECT count(*) FROM {dup}") == COPY_MIN_ROWS
