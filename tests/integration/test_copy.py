@@ -271,3 +271,58 @@ def test_a_failed_copy_after_a_good_one_keeps_the_good_one(db: str, conn: psycop
     assert outcomes[1].copy_failed and outcomes[1].conflicted and outcomes[1].affected == [COPY_MIN_ROWS - 1]
     assert kit.scalar(db, f"SELECT count(*) FROM {good}") == COPY_MIN_ROWS
     assert kit.scalar(db, f"SELECT count(*) FROM {dup}") == COPY_MIN_ROWS
+
+
+def test_a_negative_zero_lands_as_the_client_wrote_it(db: str, conn: psycopg.Connection[Any]) -> None:
+    """msgspec reads JSON's -0 as the integer 0: a text or float column must still get '-0' / -0.0."""
+    ddl = "CREATE TABLE {name} (id bigint PRIMARY KEY, t text, f double precision, n numeric)"
+    zeros = [b'{"id": %d, "t": 0, "f": 0, "n": 0}' % i for i in range(COPY_MIN_ROWS)]
+    negative = [*zeros[:-1], b'{"id": 999999, "t": -0, "f": -0 , "n":-0}']
+    for docs, copies in ((zeros, True), (negative, False)):
+        landed = []
+        for copy in (True, False):
+            name = new_table(db, ddl)
+            table = table_of(conn, name)
+            outcome = apply_unit(conn, [plan(table, rows_of(db, name, docs), {})], [True],
+                                 [table if copy else None])[0]
+            assert outcome.copied is (copy and copies)
+            landed.append(kit.sql(db, f"SELECT id, t, f::text, n::text FROM {name} ORDER BY id"))
+        assert landed[0] == landed[1]
+    assert landed[1][-1] == (999999, "-0", "-0", "0")
+
+
+def test_a_database_not_in_utf8_is_never_copied_into() -> None:
+    name = kit.uid("kcopylatin")
+    kit.sql("postgres", f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        kit.sql(name, "CREATE TABLE t (id bigint PRIMARY KEY, s text)")
+        with psycopg.connect(kit.dsn(name)) as c:
+            configure_connection(c, statement_timeout_ms=10_000, lock_timeout_ms=400)
+            table = table_of(c, "t")
+            docs = [msgspec.json.encode({"id": i, "s": "café"}) for i in range(COPY_MIN_ROWS)]
+            outcome = apply_unit(c, [plan(table, rows_of(name, "t", docs), {})], [True], [table])[0]
+            assert not outcome.copied and outcome.failure is None
+            assert c.execute("SELECT s, octet_length(s) FROM t WHERE id = 1").fetchone() == ("café", 4)
+    finally:
+        kit.drop_database(name)
+
+
+def test_a_domain_column_a_row_leaves_out_keeps_the_json_statement(db: str, conn: psycopg.Connection[Any]) -> None:
+    """json_populate_recordset checks the domain of every column on NULL, the ones a row leaves out too: COPY,
+    which takes their default, would land what the statement refuses."""
+    ddl = ("CREATE DOMAIN {name}_nn AS integer NOT NULL; CREATE DOMAIN {name}_ok AS integer CHECK (VALUE > 0);"
+           " CREATE TABLE {name} (id bigint PRIMARY KEY, w {name}_nn DEFAULT 1, k {name}_ok)")
+    given = [msgspec.json.encode({"id": i, "w": 2, "k": 3}) for i in range(COPY_MIN_ROWS)]
+    left_out = [msgspec.json.encode({"id": i, "k": 3}) for i in range(COPY_MIN_ROWS)]
+    for docs, copies in ((given, True), (left_out, False)):
+        results = []
+        for copy in (True, False):
+            name = new_table(db, ddl)
+            table = table_of(conn, name)
+            outcome = apply_unit(conn, [plan(table, rows_of(db, name, docs), {})], [True],
+                                 [table if copy else None])[0]
+            assert outcome.copied is (copy and copies)
+            message = outcome.failure.message.replace(name, "T") if outcome.failure else None
+            results.append((message, kit.scalar(db, f"SELECT count(*) FROM {name}")))
+        assert results[0] == results[1]
+    assert results[0][0] is not None and "does not allow null values" in results[0][0]

@@ -59,7 +59,8 @@ SELECT w.nspname, w.relname, c.oid IS NOT NULL, coalesce(c.relkind::text, ''),
                                                                AND t.typcategory NOT IN ('A', 'C', 'P', 'X')
                                                                AND t.oid NOT IN (114, 3802) END, false)
                                                    FROM pg_type t LEFT JOIN pg_type b ON b.oid = t.typbasetype
-                                                   WHERE t.oid = a.atttypid))
+                                                   WHERE t.oid = a.atttypid),
+                                                  (SELECT t.typtype = 'd' FROM pg_type t WHERE t.oid = a.atttypid))
                                  ORDER BY a.attnum)
                  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'),
        coalesce(c.relrowsecurity, false)
@@ -77,6 +78,7 @@ class Column:
     has_default: bool
     generated: bool  # cannot be written (GENERATED ALWAYS)
     copy_safe: bool = False  # COPY reads its text as json_populate_recordset does (no json, array or composite)
+    domain: bool = False  # its type is a domain (whose constraints json_populate_recordset checks even when absent)
 
 
 _T = TypeVar("_T")
@@ -155,7 +157,7 @@ def load_tables(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> 
         if not exists or relkind not in ("r", "p"):
             out[(schema, name)] = None
             continue
-        columns = {c[0]: Column(c[0], c[1], c[2], c[3], c[4], bool(c[5])) for c in cols}
+        columns = {c[0]: Column(c[0], c[1], c[2], c[3], c[4], bool(c[5]), bool(c[6])) for c in cols}
         primary = next((tuple(k[2]) for k in keys if k[0] and k[1]), None)
         unique = tuple(tuple(k[2]) for k in keys if k[1])
         # a column set PostgreSQL may fold on: every immediate unique index over it compares as the columns do

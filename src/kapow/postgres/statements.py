@@ -18,6 +18,7 @@ catalog entry, so it is bounded and dies with it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,6 +35,8 @@ ORDINALITY = "ordinality"  # plan_last_wins' array position (a table with such a
 _raw_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _lines_encoder = msgspec.json.Encoder()
 _copy_row_decoder = msgspec.json.Decoder(dict[str, str | int | bool | None])  # what kapow.keyshapes decodes
+_BARE_ZERO = re.compile(rb"[\[,]0[,\]]")  # an integer 0 in the encoded lines (or a string holding ',0,': no matter)
+_NEGATIVE_ZERO = re.compile(rb":\s*-0\s*[,}]")  # a value -0 in a flat document (or in a string: no matter)
 
 
 def _copy_values(doc: bytes, columns: tuple[str, ...]) -> tuple[Any, ...]:
@@ -119,6 +122,8 @@ class Statement:
         text = _lines_encoder.encode_lines(rows)
         if b"\\" in text or not text:
             return None
+        if _BARE_ZERO.search(text) and any(_NEGATIVE_ZERO.search(e.doc) for e in self.elements):
+            return None  # JSON's -0 is the integer 0 to msgspec: PostgreSQL must see the client's '-0' (text, float)
         return text.replace(b"]\n[", b"\n")[1:-2] + b"\n"  # '[a,b]\n[c,d]\n' -> 'a,b\nc,d\n'
 
 

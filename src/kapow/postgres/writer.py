@@ -129,6 +129,8 @@ def copy_text(table: Table, statement: Statement) -> str | None:
     def build() -> str | None:
         if not columns or not all(c in table.columns and table.columns[c].copy_safe for c in columns):
             return None
+        if any(c.domain and c.name not in columns for c in table.columns.values()):
+            return None  # json_populate_recordset checks a domain's constraints on NULL for a column not given
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
         return sql.SQL("COPY {tbl} ({cols}) FROM STDIN (FORMAT csv, NULL 'null')").format(
             tbl=table.qualified, cols=cols).as_string(None)
@@ -165,7 +167,8 @@ def apply_unit(conn: psycopg.Connection[Any], tables: Sequence[Sequence[Statemen
     apply function, and a statement timeout fails the whole call, as there.
     """
     outcomes = [TableOutcome([]) for _ in tables]
-    copies = _copies(tables, plain_first, copy_into)
+    # COPY's text goes as UTF-8 bytes, unconverted: only to a database whose client encoding is UTF-8
+    copies = _copies(tables, plain_first, copy_into) if conn.info.encoding == "utf-8" else []
     if not copies:
         _apply(conn, tables, plain_first, outcomes, range(len(tables)))
         return outcomes
