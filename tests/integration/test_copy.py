@@ -326,3 +326,34 @@ def test_a_domain_column_a_row_leaves_out_keeps_the_json_statement(db: str, conn
             results.append((message, kit.scalar(db, f"SELECT count(*) FROM {name}")))
         assert results[0] == results[1]
     assert results[0][0] is not None and "does not allow null values" in results[0][0]
+
+
+def test_a_character_a_latin1_database_cannot_store_fails_its_row_alone() -> None:
+    """psycopg refused to encode the whole unit's text for one such character: no table of the unit landed, an
+    internal error, again and again. Now the row is the client's bad_value and the others land."""
+    name = kit.uid("kcopylatin")
+    kit.sql("postgres", f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        kit.sql(name, "CREATE TABLE t (id bigint PRIMARY KEY, s text)")
+        key = TableKey("wh", name, "public", "t")
+        dest = Destination("wh", name, "t")
+        decoder = PacketDecoder(max_bytes=1 << 20, max_depth=16, max_destinations=4)
+        for n in (10, COPY_MIN_ROWS + 5):
+            rows = []
+            for i in range(n):
+                doc = msgspec.json.encode({"id": n * 10_000 + i, "s": "漢" if i == 3 else "café"})
+                keys = decoder.keys(doc)
+                msg = Message(topic="in", partition=0, offset=i, value=doc, timestamp=(1, 1))
+                rows.append(Row(msg, doc, keys, dest, None, decoder.values))
+            config = _config(name)
+            with psycopg.connect(kit.dsn(name)) as c:
+                configure_connection(c, statement_timeout_ms=10_000, lock_timeout_ms=400)
+                (outcome,) = write_unit(c, Catalog(), [TableJob(key, config, [TableWork(key, config, rows, 1, 10)])])
+            assert outcome.failure is None and outcome.results is not None
+            (result,) = outcome.results
+            assert result.landed == n - 1
+            assert [(r.failure.code, r.failure.message) for r in result.failed] == [
+                (ErrorCode.BAD_VALUE, "data holds a character the database's encoding (LATIN1) cannot store")]
+        assert kit.sql(name, "SELECT count(*), min(s) FROM t") == [(10 - 1 + COPY_MIN_ROWS + 5 - 1, "café")]
+    finally:
+        kit.drop_database(name)

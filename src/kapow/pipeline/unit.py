@@ -127,12 +127,14 @@ def _tables(conn: psycopg.Connection[Any], catalog: Catalog, keys: list[TableKey
 def _prepare(conn: psycopg.Connection[Any], catalog: Catalog, job: TableJob, table: Table | None) -> _Prepared:
     derived = _derived(table)
     p = _Prepared(job, table)
-    _validate(p)
+    encoding = conn.info.encoding
+    name = conn.info.parameter_status("client_encoding") or encoding
+    _validate(p, encoding, name)
     if any(r.failure.code in SCHEMA_CODES for _, r in p.failed) and catalog.age(job.key) >= RECHECK_AFTER_S:
         fresh = load_tables(conn, [(job.key.schema, job.key.table)]).get((job.key.schema, job.key.table))
         catalog.put(job.key, fresh)  # the table may have changed since we read it: believe a fresh read only
         p = _Prepared(job, fresh)
-        _validate(p)
+        _validate(p, encoding, name)
     if p.rows and p.table is not None:
         p.statements = _last_wins(p.table, p.inputs) or plan(p.table, p.inputs, order_keys(p.table, p.inputs))
     if p.table is not None and p.table is table and _derived(table) != derived:  # its caches grew: re-measure
@@ -159,8 +161,28 @@ def _verdict(
     return verdict
 
 
-def _validate(p: _Prepared) -> None:
+def _fits(doc: bytes, encoding: str) -> bool:
+    """True when ``doc``'s characters exist in the database's client encoding (always, in UTF-8)."""
+    raw = as_bytes(doc)
+    if raw.isascii():
+        return True
+    try:
+        raw.decode("utf-8").encode(encoding)
+    except UnicodeError:
+        return False
+    return True
+
+
+def _validate(p: _Prepared, encoding: str = "utf-8", encoding_name: str = "UTF8") -> None:
+    """Validate each row's shape against its table; ``encoding``: the connection's (Python's name for it, and
+    PostgreSQL's).
+
+    A database not in UTF-8 cannot hold every character: a row with one it cannot (a '漢' for LATIN1) is the
+    client's ``bad_value``, found here, because psycopg would refuse to encode the whole unit's text and no
+    table of it would land (an ``internal`` error, over and over).
+    """
     table = p.table
+    foreign = encoding != "utf-8"
     config = p.job.config
     # Consecutive rows nearly always share their shape (sort and the Debezium decoder intern column names), so
     # the previous row's verdict is checked by identity first; a new shape is looked up by value, once per shape
@@ -198,9 +220,15 @@ def _validate(p: _Prepared) -> None:
             if failure is not None:
                 p.failed.append((w, ErrorRecord(row.msg, failure, row.dest)))
                 continue
+            entry = row if row.dest.metadata is None else _row_in(row)
+            if foreign and not _fits(entry.doc, encoding):
+                failure = Failure(ErrorCode.BAD_VALUE, f"data holds a character the database's encoding"
+                                                       f" ({encoding_name}) cannot store", Scope.ROW)
+                p.failed.append((w, ErrorRecord(row.msg, failure, row.dest)))
+                continue
             rows(row)
             owners(w)
-            inputs(row if row.dest.metadata is None else _row_in(row))
+            inputs(entry)
 
 
 def _row_in(row: Row) -> RowLike:
