@@ -201,3 +201,16 @@ def test_the_sorter_keeps_no_row_of_a_batch_once_it_is_sorted() -> None:
     assert len(works) == 2
     assert all(not isinstance(v, tuple) or not any(x in works for x in v) for v in vars(sorter).values())
     assert sorter._hot is None
+
+
+def test_a_row_keeps_its_decoded_values_unless_its_packet_is_large() -> None:
+    """The values a COPY sends are kept with the row; for a large packet they would hold as much memory again as
+    its value, which the memory bound counts once: such a row keeps none (and goes as JSON)."""
+    from kapow.pipeline.work import LARGE_PACKET
+
+    small = [msg(packet({"id": i, "s": "x"}), i) for i in range(3)]
+    large = [msg(packet({"id": 10 + i, "s": "x" * LARGE_PACKET}), 10 + i) for i in range(3)]
+    _batch, works = Sorter(CONFIG).sort(1, small + large)
+    rows = works[0].rows
+    assert [r.values is not None for r in rows] == [False, False, True, False, False, False]  # shape: from row 3
+    assert msgspec.structs.astuple(rows[2].values) == (2, "x")

@@ -122,7 +122,8 @@ class Sorter:
                 row = Row(msg, b"", (), route.dests["upsert"], route)
             else:
                 keys = self.decoder.keys(value)
-                row = Row(msg, value, keys, route.dests[route.config.mode], None, self.decoder.values)
+                values = self.decoder.values if len(value) <= LARGE_PACKET else None  # (see _file)
+                row = Row(msg, value, keys, route.dests[route.config.mode], None, values)
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, route.dests[route.config.mode]))
             return True
@@ -152,7 +153,9 @@ class Sorter:
                 if len(context) <= PacketDecoder.MAX_CACHED_VALUE:
                     self._last = (msgspec.Raw(context), routes)  # its own bytes: never holds a whole packet
             keys = self.decoder.keys(doc)
-            values = self.decoder.values
+            # the decoded values a COPY would send, kept with the row; not for a large packet, whose values would
+            # hold as much memory again as its value does (the bound counts the value once)
+            values = self.decoder.values if len(value) <= LARGE_PACKET else None  # type: ignore[arg-type]
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))
             return
