@@ -12,7 +12,7 @@ from kapow.config import parse_config
 from kapow.contract import CONTEXT_VALUE, Destination, TableKey
 from kapow.errors import ErrorClass, ErrorCode, Failure
 from kapow.pipeline.route import Router
-from kapow.pipeline.sort import Sorter
+from kapow.pipeline.sort import Sorter, values_bytes
 from kapow.pipeline.work import PACKET_OVERHEAD
 
 CONFIG = parse_config("""
@@ -67,7 +67,9 @@ def test_rows_keep_order_and_group_per_table() -> None:
     for work in works:
         offsets = [row.msg.offset() for row in work.rows]
         assert offsets == sorted(offsets)
-        assert work.nbytes == sum(len(row.msg.value() or b"") + PACKET_OVERHEAD for row in work.rows)
+        assert work.nbytes == sum(len(row.msg.value() or b"") + PACKET_OVERHEAD for row in work.rows) + sum(
+            values_bytes(len(row.doc), row.msg.value().isascii(), len(row.keys)) for row in work.rows
+            if row.values is not None)
 
 
 def test_two_destinations_two_works_and_a_bad_one_fails_alone() -> None:
@@ -214,3 +216,27 @@ def test_a_row_keeps_its_decoded_values_unless_its_packet_is_large() -> None:
     rows = works[0].rows
     assert [r.values is not None for r in rows] == [False, False, True, False, False, False]  # shape: from row 3
     assert msgspec.structs.astuple(rows[2].values) == (2, "x")
+
+
+@pytest.mark.parametrize("text", ["x" * 60_000, "x" * 60_000 + "\U0001f600", "é" * 20_000 + "€", "ab" * 100])
+def test_the_bytes_counted_for_a_row_cover_the_values_it_keeps(text: str) -> None:
+    """The memory bound counts what a row holds: its packet's value, the overhead, and the decoded values kept for
+    a COPY, which a non-ASCII string can make four times the text (one emoji: four bytes a character)."""
+    import gc
+    import tracemalloc
+
+    msgs = [msg(packet({"id": i, "s": text, "n": i}), i) for i in range(12)]
+    sorter = Sorter(CONFIG)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        _batch, works = sorter.sort(1, msgs)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    (work,) = works
+    assert sum(r.values is not None for r in work.rows) == 10  # the shape reads from the third row on
+    values = sum(len(m.value()) for m in msgs)  # made before the sort, with the records
+    assert work.nbytes - values >= held, (work.nbytes - values, held)  # what the sort made is counted too

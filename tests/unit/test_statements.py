@@ -261,3 +261,13 @@ def test_a_copy_payload_is_refused_for_what_csv_cannot_carry_exactly() -> None:
             assert _copyable(docs, shape_read=shape_read).copy_payload() is None, (odd, shape_read)
     upsert = Statement(UPSERT, ("id",), Destination("wh", "db", "t", mode="upsert"), "x")
     assert upsert.copy_payload() is None
+
+
+def test_a_large_row_without_values_sends_its_statement_as_json() -> None:
+    """The sort keeps no values for a packet over 64 kB (memory): the COPY must not build them anyway."""
+    from kapow.postgres.statements import COPY_DECODE_MAX_BYTES
+
+    big = b'{"id": 2, "a": "' + b"x" * COPY_DECODE_MAX_BYTES + b'"}'
+    docs = [b'{"id": 1, "a": "y"}', big, b'{"id": 3, "a": "z"}']
+    assert _copyable(docs, shape_read=False).copy_payload() is None
+    assert _copyable(docs[:1] + docs[2:], shape_read=False).copy_payload() == b'1,"y"\n3,"z"\n'

@@ -132,6 +132,8 @@ class Sorter:
             work = works[route.key] = TableWork(route.key, route.destination, [], batch.seq, 0)
         work.rows.append(row)
         size = len(value or b"") + PACKET_OVERHEAD
+        if row.values is not None and value is not None:
+            size += values_bytes(len(value), value.isascii(), len(row.keys))
         work.nbytes += size
         if size > LARGE_PACKET:
             work.large += size
@@ -163,6 +165,8 @@ class Sorter:
             self._names = (keys, intern_keys(self._keysets, keys, MAX_KEYSETS))
         keys = self._names[1]
         size = len(value) + PACKET_OVERHEAD  # type: ignore[arg-type]  # split refused None
+        if values is not None:
+            size += values_bytes(len(doc), value.isascii(), len(keys))  # type: ignore[union-attr]
         for dest, route in routes:
             if isinstance(route, Failure):
                 batch.errors.append(ErrorRecord(msg, route, dest))
@@ -186,6 +190,13 @@ class Sorter:
         routes = tuple((dest, self.router.route(dest)) for dest in self.decoder.destinations(context))
         self._routes.put(context, routes)
         return routes
+
+
+def values_bytes(text: int, ascii: bool, columns: int) -> int:
+    """What a row's decoded values (kept for a COPY) hold, at most, for the memory bound: an object per column
+    (64 bytes covers a Struct slot and a str's or int's header) and the ``text`` bytes of ``data`` again, four
+    times over when the packet is not ASCII (one emoji makes CPython store a string at four bytes a character)."""
+    return 64 * columns + text * (1 if ascii else 4)
 
 
 def tombstone_row(key: bytes | None, route: RouteSpec) -> bytes:

@@ -39,9 +39,20 @@ _BARE_ZERO = re.compile(rb"[\[,]0[,\]]")  # an integer 0 in the encoded lines (o
 _NEGATIVE_ZERO = re.compile(rb":\s*-0\s*[,}]")  # a value -0 in a flat document (or in a string: no matter)
 
 
-def _copy_values(doc: bytes, columns: tuple[str, ...]) -> tuple[Any, ...]:
-    row = _copy_row_decoder.decode(doc)
-    return tuple(row[c] for c in columns)
+# A row without decoded values (read before its shape was known) is decoded for a COPY only when it is small: the
+# sort keeps none for a packet over 64 kB on purpose (memory), and decoding them here would build them anyway.
+COPY_DECODE_MAX_BYTES = 64 * 1024
+
+
+def _copy_values(doc: bytes, columns: tuple[str, ...]) -> tuple[Any, ...] | None:
+    """A row's values in the order of ``columns``, or None when it cannot be COPYed (too large, a float, nested)."""
+    if len(doc) > COPY_DECODE_MAX_BYTES:
+        return None
+    try:
+        row = _copy_row_decoder.decode(doc)
+        return tuple(row[c] for c in columns)
+    except (msgspec.DecodeError, UnicodeDecodeError, KeyError):
+        return None
 
 
 class RowLike(Protocol):
@@ -112,11 +123,12 @@ class Statement:
             return None
         values = [e.values for e in self.elements]
         if None in values:  # rows read before their shape was known: decoded here (floats and nesting refused)
-            try:
-                rows = [msgspec.structs.astuple(v) if v is not None else _copy_values(e.doc, self.columns)
-                        for v, e in zip(values, self.elements, strict=True)]
-            except (msgspec.DecodeError, UnicodeDecodeError, KeyError):
-                return None
+            rows = []
+            for v, e in zip(values, self.elements, strict=True):
+                decoded = msgspec.structs.astuple(v) if v is not None else _copy_values(e.doc, self.columns)
+                if decoded is None:
+                    return None
+                rows.append(decoded)
         else:
             rows = list(map(msgspec.structs.astuple, values))
         text = _lines_encoder.encode_lines(rows)
