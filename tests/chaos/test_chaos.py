@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.chaos.harness import LONG, Dest, Scenario, uid, wait_for
+from tests.chaos.harness import LONG, Dest, Scenario, end_offsets, uid, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -220,13 +220,19 @@ def test_leader_broker_killed(scenario: Make) -> None:
             leader = cluster.leader_of(s.topic, k % s.partitions)
             ev = s.fault(f"broker {leader} killed")
             before_rows, before_commit = s.landed(), s.committed_total()
+            before_fed = sum(end_offsets(cluster.bootstrap, s.topic).values())
             cluster.kill(leader)
             time.sleep(down)
-            # the stream went on without the broker: rows landed and offsets moved on every partition
+            # the stream went on without the broker: rows landed and offsets moved on every partition, measured
+            # against what the feed got onto the topic meanwhile (its producer fails over too: on a slow machine
+            # it lost ~9 of 15 s, and the writer cannot land what was never published)
             progress = s.landed() - before_rows
             moved = s.committed_total() - before_commit
-            assert progress > rate * down * 0.4, f"only {progress} rows landed in {down:.0f} s without broker {leader}"
-            assert moved > rate * down * 0.4, f"offsets moved by {moved} in {down:.0f} s without broker {leader}"
+            fed = sum(end_offsets(cluster.bootstrap, s.topic).values()) - before_fed
+            assert fed > rate * down * 0.2, f"the feed published only {fed} packets in {down:.0f} s: no fault to judge"
+            expected = min(rate * down, fed) * 0.4
+            assert progress > expected, f"{progress} rows landed in {down:.0f} s without broker {leader} ({fed} fed)"
+            assert moved > expected, f"offsets moved by {moved} in {down:.0f} s without broker {leader} ({fed} fed)"
             s.audit(f"broker {leader} down")
             cluster.start_node(leader)
             cluster.wait_ready(120, [leader])
