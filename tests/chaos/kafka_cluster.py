@@ -156,7 +156,9 @@ class KafkaCluster:
 
     def format(self) -> None:
         # KRaft cluster ids are 16 random bytes, base64url without padding (22 characters)
-        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.cluster_id = "-"
+        while self.cluster_id.startswith("-"):  # StorageTool takes "-t -abc…" for an option (as Kafka's own ids do not)
+            self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         for n in self.ids:
             props = self.dir / f"node{n}" / "server.properties"
             subprocess.run(self._java(n, "kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(props)),
