@@ -57,6 +57,32 @@ def drop_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def scratch_database(prefix: str, *, encoding: str | None = None) -> Iterator[str]:
+    """A database of its own for a module or a test (``encoding``: e.g. LATIN1, with the C locale), dropped after."""
+    name = uid(prefix)
+    if encoding is None:
+        create_database(name)
+    else:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE \"{name}\" ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C'"
+                         " TEMPLATE template0")
+    try:
+        yield name
+    finally:
+        drop_database(name)
+
+
+_tables = iter(range(1_000_000_000))
+
+
+def new_table(database: str, ddl: str, prefix: str = "t") -> str:
+    """A table made from ``ddl`` (``{name}`` filled with a fresh name), which it returns."""
+    name = f"{prefix}{next(_tables)}_{uid('x')[2:]}"
+    sql(database, ddl.format(name=name))
+    return name
+
+
 def sql(database: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         cur = conn.execute(statement.encode(), params)  # test-owned SQL, never packet content

@@ -49,10 +49,8 @@ CREATE TABLE {name} (
 
 @pytest.fixture(scope="module")
 def db() -> Iterator[str]:
-    name = kit.uid("kcore")
-    kit.create_database(name)
-    yield name
-    kit.drop_database(name)
+    with kit.scratch_database("kcore") as name:
+        yield name
 
 
 @pytest.fixture
@@ -62,13 +60,8 @@ def conn(db: str) -> Iterator[psycopg.Connection[Any]]:
         yield c
 
 
-_names = iter(range(1_000_000))
-
-
 def new_table(db: str, ddl: str = ITEMS) -> str:
-    name = f"t{next(_names)}_{kit.uid('x')[2:]}"
-    kit.sql(db, ddl.format(name=name))
-    return name
+    return kit.new_table(db, ddl)
 
 
 def table_of(conn: psycopg.Connection[Any], name: str) -> Table:

@@ -90,7 +90,8 @@ def write_unit(conn: psycopg.Connection[Any], catalog: Catalog, jobs: list[Table
                       PLAIN_PAUSE_S)
         if applied.copy_failed and p.table is not None:
             p.table.copy_from = now + PLAIN_PAUSE_S  # one wasted COPY a minute for a table that keeps refusing
-            log.debug("%s: a COPY failed; inserts by statement for %.0f s", p.job.key.label, PLAIN_PAUSE_S)
+            log.debug("%s: a COPY failed or its rows were not COPY text; inserts by statement for %.0f s",
+                      p.job.key.label, PLAIN_PAUSE_S)
     by_job = dict(zip([id(p) for p in to_apply], outcomes, strict=True))
     out: list[JobOutcome] = []
     for p in prepared:

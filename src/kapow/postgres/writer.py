@@ -118,7 +118,7 @@ class TableOutcome:
     column: str | None = None  # the column the server named, when it did (not-null violations)
     conflicted: bool = False  # its plain inserts met a duplicate: applied again with ON CONFLICT DO NOTHING
     copied: bool = False  # its inserts went in by COPY
-    copy_failed: bool = False  # a COPY of its inserts failed (and was rolled back): applied the other way
+    copy_failed: bool = False  # a COPY of its inserts failed (rolled back) or its rows could not be COPY text
 
 
 def copy_text(table: Table, statement: Statement) -> str | None:
@@ -168,7 +168,7 @@ def apply_unit(conn: psycopg.Connection[Any], tables: Sequence[Sequence[Statemen
     """
     outcomes = [TableOutcome([]) for _ in tables]
     # COPY's text goes as UTF-8 bytes, unconverted: only to a database whose client encoding is UTF-8
-    copies = _copies(tables, plain_first, copy_into) if conn.info.encoding == "utf-8" else []
+    copies = _copies(tables, plain_first, copy_into, outcomes) if conn.info.encoding == "utf-8" else []
     if not copies:
         _apply(conn, tables, plain_first, outcomes, range(len(tables)))
         return outcomes
@@ -185,8 +185,10 @@ def apply_unit(conn: psycopg.Connection[Any], tables: Sequence[Sequence[Statemen
 
 
 def _copies(tables: Sequence[Sequence[Statement]], plain_first: Sequence[bool] | None,
-            copy_into: Sequence[Table | None] | None) -> list[tuple[int, str, bytes]]:
-    """(table index, COPY statement, its text) for each table whose inserts go in by COPY."""
+            copy_into: Sequence[Table | None] | None, outcomes: list[TableOutcome]) -> list[tuple[int, str, bytes]]:
+    """(table index, COPY statement, its text) for each table whose inserts go in by COPY. A table whose rows
+    could not be made COPY text (a backslash, a float, ...) is marked ``copy_failed``, so that a stream of such
+    rows is not formatted twice, as CSV and then as JSON, every unit."""
     out: list[tuple[int, str, bytes]] = []
     if copy_into is None or plain_first is None:
         return out
@@ -201,6 +203,8 @@ def _copies(tables: Sequence[Sequence[Statement]], plain_first: Sequence[bool] |
         payload = statement.copy_payload() if text is not None else None
         if text is not None and payload is not None:
             out.append((t, text, payload))
+        elif text is not None:
+            outcomes[t].copy_failed = True
     return out
 
 
