@@ -13,6 +13,7 @@ import msgspec
 import psycopg
 import pytest
 from confluent_kafka import Message
+from psycopg.pq import TransactionStatus
 
 from kapow.contract import Destination, PacketDecoder, TableKey
 from kapow.errors import ErrorCode
@@ -215,8 +216,28 @@ def test_a_statement_timeout_after_a_copy_writes_nothing(db: str) -> None:
                       plan(tables[1], rows_of(db, slow, many[:1]), {})]
         with pytest.raises(psycopg.errors.QueryCanceled):
             apply_unit(c, statements, [True, True], tables)
-        assert c.execute("SELECT 1").fetchone() == (1,)  # the connection is usable again: no transaction left
+        assert c.info.transaction_status == TransactionStatus.IDLE  # rolled back: the pool takes it back as is
+        assert c.execute("SELECT 1").fetchone() == (1,)
     assert kit.scalar(db, f"SELECT count(*) FROM {copied}") == 0
+
+
+def test_a_statement_timeout_in_a_copy_rolls_the_unit_back(db: str) -> None:
+    """The COPY itself canceled (a slow trigger): the call fails, nothing of the unit stays, the connection is
+    idle (the unit's BEGIN is sent with its first statement, so its ROLLBACK is ours to send)."""
+    first = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, t text)")
+    slow = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, t text)")
+    kit.sql(db, f"CREATE FUNCTION {slow}_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(2);"
+                f" RETURN NEW; END $$; CREATE TRIGGER s BEFORE INSERT ON {slow} FOR EACH ROW EXECUTE FUNCTION"
+                f" {slow}_slow()")
+    with psycopg.connect(kit.dsn(db)) as c:
+        configure_connection(c, statement_timeout_ms=500, lock_timeout_ms=400)
+        tables = [table_of(c, first), table_of(c, slow)]
+        many = [msgspec.json.encode({"id": i, "t": "x"}) for i in range(COPY_MIN_ROWS)]
+        statements = [plan(tables[0], rows_of(db, first, many), {}), plan(tables[1], rows_of(db, slow, many), {})]
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            apply_unit(c, statements, [True, True], tables)
+        assert c.info.transaction_status == TransactionStatus.IDLE
+    assert kit.scalar(db, f"SELECT count(*) FROM {first}") == 0  # COPYed before the slow one, rolled back with it
 
 
 def test_a_table_whose_copy_failed_is_written_by_statement_for_a_while(db: str,

@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from kapow.errors import Failure, Scope, classify_sqlstate, one_line
 from kapow.postgres.catalog import Table
@@ -174,14 +175,30 @@ def apply_unit(conn: psycopg.Connection[Any], tables: Sequence[Sequence[Statemen
         return outcomes
     if sum(len(c[2]) for c in copies) > RETIRE_AFTER_BYTES:
         retire(conn)
-    with conn.transaction():
-        # as the apply function: a deferred check fails its own table; the savepoint fences the first COPY
-        conn.execute("SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT kapow_copy")
+    # BEGIN goes with the rest, not alone (psycopg's conn.transaction()): a round trip fewer, and each one costs
+    # this thread the GIL, which the sorting thread holds for up to 5 ms (docs/BENCHMARKS.md, "Where a unit's
+    # time goes"). As the apply function: a deferred check fails its own table; the savepoint fences the COPYs.
+    conn.execute("BEGIN; SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT kapow_copy")
+    try:
         for n, (t, text, payload) in enumerate(copies):
             _copy(conn, text, payload, outcomes[t], last=n == len(copies) - 1)
         rest = [t for t in range(len(tables)) if not outcomes[t].copied and outcomes[t].failure is None]
         _apply(conn, tables, plain_first, outcomes, rest)
+    except BaseException:
+        _rollback(conn)
+        raise
+    conn.execute("COMMIT")
     return outcomes
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    """End a unit's transaction that a failure stopped, so that the connection goes back to its pool idle."""
+    if conn.closed or conn.info.transaction_status == TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:  # the connection broke meanwhile (the server rolls back itself) or is busy: the pool
+        pass  # checks a connection it gets back and discards one that is not idle
 
 
 def _copies(tables: Sequence[Sequence[Statement]], plain_first: Sequence[bool] | None,
