@@ -263,6 +263,24 @@ def test_a_copy_payload_is_refused_for_what_csv_cannot_carry_exactly() -> None:
     assert upsert.copy_payload() is None
 
 
+def test_a_negative_zero_in_any_column_refuses_the_copy_and_a_zero_does_not() -> None:
+    """msgspec reads -0 as 0, which the CSV would send as '0': a -0 anywhere (first, middle, last, only column;
+    first row or last) must keep the JSON statement, and a plain 0 there must not cost the COPY."""
+    for width in (1, 3):
+        names = [f"c{i}" for i in range(width)]
+        for column in range(width):
+            for row in (0, 2):
+                for zero, copies in ((b"-0", False), (b"0", True), (b" -0 ", False)):
+                    docs = []
+                    for r in range(3):
+                        values = [zero if (r, i) == (row, column) else b"%d" % (r * 10 + i + 1) for i in range(width)]
+                        pairs = zip(names, values, strict=True)
+                        docs.append(b"{" + b",".join(b'"%s":%s' % (n.encode(), v) for n, v in pairs) + b"}")
+                    for shape_read in (True, False):
+                        payload = _copyable(docs, shape_read=shape_read).copy_payload()
+                        assert (payload is not None) is copies, (width, column, row, zero, shape_read)
+
+
 def test_a_large_row_without_values_sends_its_statement_as_json() -> None:
     """The sort keeps no values for a packet over 64 kB (memory): the COPY must not build them anyway."""
     from kapow.postgres.statements import COPY_DECODE_MAX_BYTES

@@ -35,7 +35,10 @@ ORDINALITY = "ordinality"  # plan_last_wins' array position (a table with such a
 _raw_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _lines_encoder = msgspec.json.Encoder()
 _copy_row_decoder = msgspec.json.Decoder(dict[str, str | int | bool | None])  # what kapow.keyshapes decodes
-_BARE_ZERO = re.compile(rb"[\[,]0[,\]]")  # an integer 0 in the encoded lines (or a string holding ',0,': no matter)
+# An integer 0 in the encoded lines (or a string holding ',0,': no matter). Four substring searches, not the
+# regex [\[,]0[,\]]: a pattern that starts with a class is tried at every byte (5.3 ms for the 743 kB of a
+# 10,000-row unit of 250 B rows, most of copy_payload's time; these take 2.5 ms).
+_BARE_ZEROS = (b",0,", b"[0,", b",0]", b"[0]")
 _NEGATIVE_ZERO = re.compile(rb":\s*-0\s*[,}]")  # a value -0 in a flat document (or in a string: no matter)
 
 
@@ -134,8 +137,11 @@ class Statement:
         text = _lines_encoder.encode_lines(rows)
         if b"\\" in text or not text:
             return None
-        if _BARE_ZERO.search(text) and any(_NEGATIVE_ZERO.search(e.doc) for e in self.elements):
-            return None  # JSON's -0 is the integer 0 to msgspec: PostgreSQL must see the client's '-0' (text, float)
+        if any(zero in text for zero in _BARE_ZEROS) and _NEGATIVE_ZERO.search(b"".join(e.doc for e in self.elements)):
+            # JSON's -0 is the integer 0 to msgspec: PostgreSQL must see the client's '-0' (text, float). The docs
+            # are searched joined, once (a match cannot span two: each ends with its '}'), not one by one: 2
+            # ms for 10,000 rows against 6 when a stream holds zeros.
+            return None
         return text.replace(b"]\n[", b"\n")[1:-2] + b"\n"  # '[a,b]\n[c,d]\n' -> 'a,b\nc,d\n'
 
 
