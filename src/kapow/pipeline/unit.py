@@ -191,6 +191,14 @@ def _validate(p: _Prepared, encoding: str = "utf-8", encoding_name: str = "UTF8"
     verdicts: dict[tuple[tuple[str, ...], Destination], Failure | None] = {}
     rows, owners, inputs = p.rows.append, p.owners.append, p.inputs.append
     for w, work in enumerate(p.job.works):
+        if table is not None and not foreign and _uniform(work.rows) \
+                and _verdict(verdicts, table, config, work.rows[0].dest, work.rows[0].keys) is None:
+            # the usual work: rows of one shape (sort interns it), none a change event, no metadata, all valid:
+            # taken whole (0.07 ms for 10,000 rows to check them, against 0.25 to walk them through the loop)
+            p.rows.extend(work.rows)
+            p.owners.extend([w] * len(work.rows))
+            p.inputs.extend(work.rows)
+            continue
         last_keys: tuple[str, ...] | None = None
         last_dest: Destination | None = None
         verdict: Failure | None = None
@@ -230,6 +238,15 @@ def _validate(p: _Prepared, encoding: str = "utf-8", encoding_name: str = "UTF8"
             rows(row)
             owners(w)
             inputs(entry)
+
+
+def _uniform(rows: list[Row]) -> bool:
+    """True when ``rows`` all share one key tuple and one destination object (no metadata), none a change event."""
+    if not rows:
+        return False
+    first = rows[0]
+    keys, dest = first.keys, first.dest
+    return dest.metadata is None and all(r.keys is keys and r.dest is dest and r.route is None for r in rows)
 
 
 def _row_in(row: Row) -> RowLike:
