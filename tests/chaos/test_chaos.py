@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 Make = Callable[..., Scenario]
 FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+GRACE_S = 30  # test 6: more time, the broker still down, for the writer to show the stream goes on without it
 
 
 def pick(short: float, long: float) -> float:
@@ -224,15 +225,25 @@ def test_leader_broker_killed(scenario: Make) -> None:
             cluster.kill(leader)
             time.sleep(down)
             # the stream went on without the broker: rows landed and offsets moved on every partition, measured
-            # against what the feed got onto the topic meanwhile (its producer fails over too: on a slow machine
-            # it lost ~9 of 15 s, and the writer cannot land what was never published)
-            progress = s.landed() - before_rows
-            moved = s.committed_total() - before_commit
+            # against what the feed got onto the topic meanwhile (the writer cannot land what was never published).
+            # The broker stays down while the writer is given up to GRACE_S more to show it: when the killed broker
+            # was also the group's coordinator, the new leaders (broker.session.timeout.ms 4 s), the coordinator's
+            # move and the member's rejoin (session.timeout.ms 6 s) took 11+ s of a 15 s window on a slow machine
+            # (2,130 of 7,838 rows), and the writer then catches up with the broker still down.
             fed = sum(end_offsets(cluster.bootstrap, s.topic).values()) - before_fed
             assert fed > rate * down * 0.2, f"the feed published only {fed} packets in {down:.0f} s: no fault to judge"
             expected = min(rate * down, fed) * 0.4
-            assert progress > expected, f"{progress} rows landed in {down:.0f} s without broker {leader} ({fed} fed)"
-            assert moved > expected, f"offsets moved by {moved} in {down:.0f} s without broker {leader} ({fed} fed)"
+            waited = down
+            while True:
+                progress = s.landed() - before_rows
+                moved = s.committed_total() - before_commit
+                if (progress > expected and moved > expected) or waited >= down + GRACE_S:
+                    break
+                time.sleep(1)
+                waited += 1
+            assert progress > expected, f"{progress} rows landed in {waited:.0f} s without broker {leader} ({fed} fed)"
+            assert moved > expected, f"offsets moved by {moved} in {waited:.0f} s without broker {leader} ({fed} fed)"
+            print(f"broker {leader} down {waited:.0f} s: {progress} rows landed, offsets moved by {moved} ({fed} fed)")
             s.audit(f"broker {leader} down")
             cluster.start_node(leader)
             cluster.wait_ready(120, [leader])
