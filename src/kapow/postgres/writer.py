@@ -178,8 +178,8 @@ def apply_unit(conn: psycopg.Connection[Any], tables: Sequence[Sequence[Statemen
     # BEGIN goes with the rest, not alone (psycopg's conn.transaction()): a round trip fewer, and each one costs
     # this thread the GIL, which the sorting thread holds for up to 5 ms (docs/BENCHMARKS.md, "Where a unit's
     # time goes"). As the apply function: a deferred check fails its own table; the savepoint fences the COPYs.
-    conn.execute("BEGIN; SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT kapow_copy")
     try:
+        conn.execute("BEGIN; SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT kapow_copy")  # canceled after BEGIN: rolled back
         for n, (t, text, payload) in enumerate(copies):
             _copy(conn, text, payload, outcomes[t], last=n == len(copies) - 1)
         rest = [t for t in range(len(tables)) if not outcomes[t].copied and outcomes[t].failure is None]
