@@ -46,7 +46,7 @@ class Recording:
             self.info.transaction_status = TransactionStatus.IDLE
 
 
-def statements() -> list[Any]:
+def statements() -> tuple[list[Any], Table]:
     cols = {name: Column(name, "bigint", name == "id", False, False, copy_safe=True) for name in ("id", "a")}
     table = Table("public", "t", cols, ("id",), (("id",),), False, True, True, True)
     decoder = PacketDecoder(max_bytes=1 << 20, max_depth=8, max_destinations=4)
