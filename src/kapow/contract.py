@@ -12,7 +12,9 @@ Everything here is written for a hostile client: any input, however large, deep 
 
 from __future__ import annotations
 
+import operator
 import re
+from collections.abc import Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
@@ -119,6 +121,8 @@ _keys_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 # in the same pass, where the Raw decoder skips the values and leaves both to two more passes over the bytes.
 _flat_decoder = msgspec.json.Decoder(dict[str, str | int | float | bool | None])
 _any_decoder = msgspec.json.Decoder(float_hook=lambda _text: None)  # depth only: no float may overflow
+_context_half = operator.attrgetter("pipeline_context")
+_data_half = operator.attrgetter("data")
 
 
 class PacketDecoder:
@@ -214,6 +218,22 @@ class PacketDecoder:
                     self._shapes.learn(keys)
                     return keys
         return decode_keys(as_bytes(doc), max_depth=self.max_depth)
+
+    def keys_all(self, docs: Sequence[bytes]) -> tuple[tuple[str, ...], list[Any]] | None:
+        """:meth:`keys` for a run of rows that all have the previous rows' names, read in C: those names and each
+        row's values (what :attr:`values` holds after :meth:`keys`); None when any row has others, or none is
+        known yet (then read them one by one)."""
+        return self._shapes.guess_all(docs)
+
+    def split_all(self, values: list[bytes]) -> tuple[list[msgspec.Raw], list[msgspec.Raw]] | None:
+        """:meth:`split_raw` for a run of values none of which is None or over ``max_bytes``, in C: their
+        ``pipeline_context`` halves and their ``data`` halves, or None when any of them is not an envelope (then
+        split them one by one: each bad one fails alone, with its own message)."""
+        try:
+            envelopes = list(map(_envelope_decoder.decode, values))
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return None
+        return list(map(_context_half, envelopes)), list(map(_data_half, envelopes))
 
     def split(self, value: bytes | None) -> tuple[bytes, bytes]:
         """The envelope's two halves, raw: (``pipeline_context`` JSON, ``data`` JSON); nothing decoded inside."""

@@ -18,6 +18,7 @@ memory beyond :data:`MAX_SHAPES` decoders. One instance per consumer loop, used 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -62,6 +63,20 @@ class KeyShapes:
             return None
         self._hits += 1  # the hot path: one decode, one count
         return current[0]
+
+    def guess_all(self, docs: Sequence[bytes]) -> tuple[tuple[str, ...], list[Any]] | None:
+        """:meth:`guess` for a run of rows at once, in C (``map``): the current shape's names and each row's
+        values when every row has exactly them, else None (counted as one miss: the rows are then read one by
+        one, and each is guessed again: the misses are counted there)."""
+        current = self._current
+        if current is None:
+            return None
+        try:
+            values = list(map(current[1].decode, docs))
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return None
+        self._hits += len(values)
+        return current[0], values
 
     def learn(self, keys: tuple[str, ...]) -> None:
         """A flat row's names, read the general way: make its shape current (building it when it repeats)."""

@@ -240,3 +240,149 @@ def test_the_bytes_counted_for_a_row_cover_the_values_it_keeps(text: str) -> Non
     assert sum(r.values is not None for r in work.rows) == 10  # the shape reads from the third row on
     values = sum(len(m.value()) for m in msgs)  # made before the sort, with the records
     assert work.nbytes - values >= held, (work.nbytes - values, held)  # what the sort made is counted too
+
+
+# ------------------------------------------------------------------------------------- runs filed whole
+
+_DEST_A = {"vanity": "wh", "database": "db", "table": "a"}
+_DEST_B = {"vanity": "wh", "database": "db2", "table": "b"}
+_NOPE = {"vanity": "nope", "database": "db", "table": "c"}
+
+# what one record of a run may be: mostly the usual packet, sometimes anything that must make the run be filed
+# one by one (another shape, context, header, a bad or missing value, a float, a large packet, a failure)
+_RECORD = st.one_of(
+    st.just("usual"), st.just("usual"), st.just("usual"), st.just("usual"),
+    st.sampled_from(["shape", "context", "two", "failure", "same-table", "no-header", "foreign-header", "none",
+                     "not-json", "no-envelope", "float", "nested", "large", "utf8", "zero", "empty"]))
+
+
+def _record(kind: str, i: int) -> tuple[bytes | None, list[tuple[str, bytes]] | None]:
+    data: dict[str, object] = {"id": i, "name": f"n-{i}", "ok": i % 2 == 0, "gone": None}
+    value: bytes | None = packet(data, _DEST_A)
+    headers: list[tuple[str, bytes]] | None = HEADERS
+    if kind == "shape":
+        value = packet({"id": i, "other": "x"}, _DEST_A)
+    elif kind == "context":
+        value = packet(data, _DEST_B)
+    elif kind == "two":
+        value = packet(data, _DEST_A, _DEST_B)
+    elif kind == "failure":
+        value = packet(data, _DEST_A, _NOPE)
+    elif kind == "same-table":
+        value = packet(data, _DEST_A, {**_DEST_A, "mode": "upsert"})
+    elif kind == "no-header":
+        headers = None
+    elif kind == "foreign-header":
+        headers = [("context", b'{"consumer": {"type": "other"}}')]
+    elif kind == "none":
+        value = None
+    elif kind == "not-json":
+        value = b'{"pipeline_context": '
+    elif kind == "no-envelope":
+        value = msgspec.json.encode({"data": data})
+    elif kind == "float":
+        value = packet({**data, "ok": 1.10}, _DEST_A)
+    elif kind == "nested":
+        value = packet({**data, "gone": {"a": [1]}}, _DEST_A)
+    elif kind == "large":
+        value = packet({**data, "name": "é" * 40_000}, _DEST_A)
+    elif kind == "utf8":
+        value = packet({**data, "name": "漢字 ✓"}, _DEST_A)
+    elif kind == "zero":
+        value = packet({**data, "id": 0}, _DEST_A).replace(b'"id":0', b'"id":-0')
+    elif kind == "empty":
+        value = packet({}, _DEST_A)
+    return value, headers
+
+
+def _outcome(batch: object, works: list[object]) -> object:
+    """Everything sort hands on, in comparable form."""
+    from kapow.pipeline.batch import Batch
+    from kapow.pipeline.work import TableWork
+    assert isinstance(batch, Batch)
+    out_works = []
+    for w in works:
+        assert isinstance(w, TableWork)
+        rows = [(r.msg.offset(), bytes(r.doc), r.keys, r.dest,
+                 None if r.values is None else msgspec.structs.astuple(r.values)) for r in w.rows]
+        out_works.append((w.key, rows, w.nbytes, w.large))
+    errors = [(e.msg.offset(), e.failure.code, e.failure.message, e.destination) for e in batch.errors]
+    counts = {t: (c.filtered, c.passed) for t, c in batch.topics.items()}
+    return (batch.offsets, counts, batch.received, batch.filtered, batch.packets, errors, out_works)
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["in", "in2"]), _RECORD, st.integers(1, 30)),
+                min_size=1, max_size=6), st.integers(1, 120), st.integers(0, 3))
+def test_a_run_filed_whole_hands_on_exactly_what_records_filed_one_by_one_do(
+        runs: list[tuple[int, str, str, int]], count: int, warm: int) -> None:
+    # records come in runs of 20 of one partition (two runs in a row of one partition: a longer run), so most
+    # runs are long enough to be filed whole; in each, one record in ``odd_every`` is of the run's kind, the
+    # others usual (a run whose kind still lets it be filed whole, such as non-ASCII text, is filed whole)
+    msgs = []
+    for i in range(count):
+        partition, topic, kind, odd_every = runs[(i // 20) % len(runs)]
+        value, headers = _record(kind if i % odd_every == odd_every - 1 else "usual", i)
+        msgs.append(msg(value, i, partition, headers, topic=topic))
+    usual = [msg(_record("usual", 10_000 + i)[0], 10_000 + i) for i in range(warm * 8)]
+
+    def run(whole: bool) -> object:
+        sorter = Sorter(CONFIG)
+        if not whole:
+            sorter._skip_runs = 10**9  # every run filed one by one
+        if usual:
+            sorter.sort(0, usual)  # the shape of the usual rows known (or not) before
+        if whole:
+            sorter._skip_runs = 0
+        return _outcome(*sorter.sort(1, msgs))
+
+    assert run(True) == run(False)
+
+
+def test_a_usual_run_is_filed_whole_and_the_same_rows_come_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    msgs = [msg(_record("usual", i)[0], i) for i in range(64)]
+    sorter = Sorter(CONFIG)
+    sorter.sort(0, msgs[:8])  # the shape is learnt
+    calls: list[int] = []
+    real = sorter._file_split
+    monkeypatch.setattr(sorter, "_file_split", lambda *a: calls.append(1) or real(*a))
+    batch, works = sorter.sort(1, msgs)
+    assert not calls, "a run of alike records is filed whole, not one by one"
+    assert len(works) == 1 and [r.msg.offset() for r in works[0].rows] == list(range(64))
+    assert all(r.values is not None for r in works[0].rows)
+    one_by_one = Sorter(CONFIG)
+    one_by_one.sort(0, msgs[:8])
+    one_by_one._skip_runs = 10**9
+    assert _outcome(batch, works) == _outcome(*one_by_one.sort(1, msgs))
+
+
+def test_a_run_that_is_not_alike_is_not_tried_whole_again_for_a_while() -> None:
+    sorter = Sorter(CONFIG)
+    bad = [msg(b"garbage", i) for i in range(32)]
+    batch, _ = sorter.sort(1, bad)
+    assert [e.failure.code for e in batch.errors] == [ErrorCode.NOT_JSON] * 32
+    assert sorter._skip_runs > 0
+
+
+_KINDS = ["usual", "shape", "context", "two", "failure", "same-table", "no-header", "foreign-header", "none",
+          "not-json", "no-envelope", "float", "nested", "large", "utf8", "zero", "empty"]
+
+
+@pytest.mark.parametrize("kind", _KINDS)
+@pytest.mark.parametrize("warm", [0, 8])
+def test_each_kind_of_record_in_a_run_is_filed_as_one_by_one_would(kind: str, warm: int) -> None:
+    # a usual run, then runs with the kind every third record, every record, and once at the end
+    spots = [lambda i: False, lambda i: i % 3 == 2, lambda i: True, lambda i: i == 19]
+    msgs = []
+    for r, spot in enumerate(spots):
+        for i in range(20):
+            value, headers = _record(kind if spot(i) else "usual", 20 * r + i)
+            msgs.append(msg(value, 20 * r + i, r, headers))
+    usual = [msg(_record("usual", 10_000 + i)[0], 10_000 + i) for i in range(warm)]
+
+    def run(whole: bool) -> object:
+        sorter = Sorter(CONFIG)
+        sorter.sort(0, usual)
+        sorter._skip_runs = 0 if whole else 10**9
+        return _outcome(*sorter.sort(1, msgs))
+
+    assert run(True) == run(False)

@@ -33,6 +33,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
+from operator import is_not
 from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
@@ -98,9 +100,11 @@ class Unreadable:
     def split(self, msgs: list[Message]) -> list[Message]:
         """The records to handle now: readable ones of partitions not being searched. Errors are logged (fatal
         ones raise); undecodable batches start or answer a search."""
-        good: list[Message] = []
         searches = self._searches
         self._sought.clear()
+        if not searches and not any(map(is_not, [m.error() for m in msgs], repeat(None))):
+            return msgs  # the usual batch: no error, no search, so every record is handled (no copy)
+        good: list[Message] = []
         for msg in msgs:
             err = msg.error()
             if self._sought and (msg.topic() or "", msg.partition() or 0) in self._sought:

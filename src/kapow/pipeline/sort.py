@@ -12,6 +12,7 @@ fails that record alone, with a code, on an error topic.
 from __future__ import annotations
 
 import logging
+from itertools import groupby, repeat
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RUN_MIN = 16  # records: a shorter run is filed one by one (a whole run's calls cost more than they save)
+RUN_SKIP = 4096  # records filed one by one after a run that was not alike at all, before a run is tried whole
+# a run with a record over this is filed one by one: each such record's memory is counted by itself (LARGE_PACKET)
+ALIKE_MAX_BYTES = 8192
 MAX_KEYSETS = 4096  # distinct sets of column names interned (a table sees a few; hostile ones are not interned)
 
 
@@ -51,6 +56,7 @@ class Sorter:
         # comparing them costs less than hashing them for the cache
         self._last: tuple[msgspec.Raw, tuple[tuple[Destination, Route | Failure], ...]] | None = None
         self._hot: tuple[TableKey, TableWork] | None = None  # the last table filed in this batch, and its work
+        self._skip_runs = 0  # records left to file one by one before a run is tried whole again
 
     def sort(self, seq: int, msgs: list[Message]) -> tuple[Batch, list[TableWork]]:
         batch = Batch(seq=seq)
@@ -58,43 +64,30 @@ class Sorter:
         self._hot = None
         offsets = batch.offsets
         topics = batch.topics
-        routed, decoder, file = self.router.routes, self.decoder, self._file  # looked up once, not per record
-        # Records come in runs of one partition: its counts and route are looked up, and its offset stored, once
-        # per run (the offsets of a partition only grow within a batch, so its last run's last record is its end)
-        run_topic: str = ""
-        run_partition: int | None = None  # no run yet
-        last = None
-        counts = TopicCounts()
-        route: RouteSpec | None = None
-        for msg in msgs:
-            topic = msg.topic() or ""
-            partition = msg.partition() or 0
-            if partition != run_partition or topic != run_topic:
-                if last is not None:
-                    offsets[(run_topic, last.partition() or 0)] = last.offset() or 0
-                run_topic, run_partition = topic, partition
-                found = topics.get(topic)
-                counts = topics[topic] = TopicCounts() if found is None else found
-                route = routed.get(topic)
-            last = msg
-            try:
-                if route is not None:  # a routed topic: no envelope, no header, one fixed table
-                    if self._file_routed(batch, works, msg, route):
-                        counts.passed += 1
-                    else:
-                        counts.filtered += 1
-                    continue
-                if not is_pipeline_record(decoder, msg):
-                    counts.filtered += 1
-                    continue
-                counts.passed += 1
-                file(batch, works, msg)
-            except Exception as exc:  # a bug met on one record fails that record alone
-                log.exception("unexpected error sorting %s[%s]@%s", msg.topic(), msg.partition(), msg.offset())
-                failure = Failure(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"[:300], Scope.TABLE)
-                batch.errors.append(ErrorRecord(msg, failure, None))
-        if last is not None:
-            offsets[(run_topic, last.partition() or 0)] = last.offset() or 0
+        routed = self.router.routes
+        # Records come in runs of one partition (a fetch's worth): each run is filed at once, and its counts,
+        # route and last offset are looked up once
+        start = 0
+        for (topic, partition), run in groupby(zip([m.topic() or "" for m in msgs],
+                                                   [m.partition() or 0 for m in msgs], strict=True)):
+            end = start + len(list(run))
+            records = msgs[start:end] if start or end < len(msgs) else msgs
+            start = end
+            found = topics.get(topic)
+            counts = topics[topic] = TopicCounts() if found is None else found
+            route = routed.get(topic)
+            if route is not None:  # a routed topic: no envelope, no header, one fixed table
+                for msg in records:
+                    try:
+                        if self._file_routed(batch, works, msg, route):
+                            counts.passed += 1
+                        else:
+                            counts.filtered += 1
+                    except Exception as exc:  # a bug met on one record fails that record alone
+                        _internal(batch, msg, exc)
+            else:
+                self._file_run(batch, works, records, counts)
+            offsets[(topic, partition)] = records[-1].offset() or 0
         self._hot = None  # not kept until the next batch: its rows hold their packets
         batch.received = len(msgs)
         batch.filtered = sum(c.filtered for c in topics.values())
@@ -103,6 +96,110 @@ class Sorter:
             batch.first_ts_ms = msgs[0].timestamp()[1]
             batch.last_ts_ms = msgs[-1].timestamp()[1]
         return batch, list(works.values())
+
+    def _file_run(self, batch: Batch, works: dict[TableKey, TableWork], run: list[Message],
+                  counts: TopicCounts) -> None:
+        """File a run of one partition's records: whole, when they are alike (:meth:`_file_alike`), else one by
+        one."""
+        split: tuple[list[bytes], list[msgspec.Raw], list[msgspec.Raw]] | None = None
+        if len(run) >= RUN_MIN:
+            if self._skip_runs > 0:
+                self._skip_runs -= len(run)
+            else:
+                try:
+                    alike = self._file_alike(batch, works, run, counts)
+                except Exception:  # whatever it was, the records are filed one by one, each failing alone
+                    log.debug("a run of %d records is filed one by one", len(run), exc_info=True)
+                    alike = False
+                if isinstance(alike, tuple):
+                    split = alike
+                elif alike:
+                    return
+                else:
+                    self._skip_runs = RUN_SKIP
+        decoder, file = self.decoder, self._file
+        values, contexts, docs = split if split is not None else (None, None, None)
+        for i, msg in enumerate(run):
+            try:
+                if split is None and not is_pipeline_record(decoder, msg):
+                    counts.filtered += 1
+                    continue
+                counts.passed += 1
+                if values is None or contexts is None or docs is None:
+                    file(batch, works, msg)
+                else:
+                    self._file_split(batch, works, msg, values[i], contexts[i], docs[i])
+            except Exception as exc:  # a bug met on one record fails that record alone
+                _internal(batch, msg, exc)
+
+    def _file_alike(self, batch: Batch, works: dict[TableKey, TableWork], run: list[Message], counts: TopicCounts
+                    ) -> bool | tuple[list[bytes], list[msgspec.Raw], list[msgspec.Raw]]:
+        """File a run whose records are alike, whole: True when it did (nothing is filed otherwise).
+
+        Alike: one header list, envelopes that all decode, one ``pipeline_context``, one set of column names read
+        by the current shape (:mod:`kapow.keyshapes`), no packet of :data:`LARGE_PACKET`. Then every step is one
+        call over the run, in C, instead of one per record (the sorting thread is a third of the writer's CPU,
+        and most of it was the interpreter's work between calls). Returns the split envelopes (values, contexts,
+        docs) when the records are all pipeline packets that split but are not otherwise alike: they are filed
+        one by one from there; False when they are not even that (filed one by one from the start).
+        """
+        decoder = self.decoder
+        headers = [m.headers() for m in run]
+        if headers.count(headers[0]) != len(headers):
+            return False
+        if not decoder.is_pipeline_packet(headers[0]):  # type: ignore[arg-type]
+            counts.filtered += len(run)
+            return True
+        values: list[bytes] = [m.value() for m in run]  # type: ignore[misc]
+        if None in values or max(map(len, values)) > min(decoder.max_bytes, ALIKE_MAX_BYTES):
+            return False
+        split = decoder.split_all(values)
+        if split is None:
+            return False
+        contexts, docs = split
+        view = contexts[0]
+        if contexts.count(view) != len(contexts):
+            return values, contexts, docs
+        routes = self._routes_of(view)
+        dests = [(dest, route) for dest, route in routes if not isinstance(route, Failure)]
+        if len(dests) != len(routes) or len({route[0] for _, route in dests}) != len(dests):
+            return values, contexts, docs  # a failure, or two destinations in one table (rows interleave)
+        read = decoder.keys_all(docs)
+        if read is None:  # rows of other names among them: what was read of them is read again, one by one
+            self._skip_runs = RUN_SKIP  # (so a stream with such a row in every run is not read twice over)
+            return values, contexts, docs
+        keys, decoded = read
+        if keys is not self._names[0]:
+            self._names = (keys, intern_keys(self._keysets, keys, MAX_KEYSETS))
+        keys = self._names[1]
+        # what each row holds (see _file): its value, the overhead, its decoded values; no row is large
+        text = sum(map(len, docs))
+        if not all(map(bytes.isascii, values)):
+            text += 3 * sum(len(d) for d, v in zip(docs, values, strict=True) if not v.isascii())
+        size = sum(map(len, values)) + len(run) * (PACKET_OVERHEAD + 64 * len(keys)) + text
+        counts.passed += len(run)
+        n = len(run)
+        for dest, (key, config) in dests:
+            work = works.get(key)
+            if work is None:
+                work = works[key] = TableWork(key, config, [], batch.seq, 0)
+            self._hot = (key, work)
+            work.rows.extend(map(Row, run, docs, repeat(keys, n), repeat(dest, n), repeat(None, n), decoded))
+            work.nbytes += size
+        return True
+
+    def _routes_of(self, view: msgspec.Raw) -> tuple[tuple[Destination, Route | Failure], ...]:
+        """The routes of a ``pipeline_context`` (a view): the last one's when the bytes are the same, else from the
+        cache, else resolved."""
+        last = self._last
+        if last is not None and view == last[0]:  # a view equals a view of the same bytes
+            return last[1]
+        context = bytes(view)
+        cached = self._routes.get(context)
+        routes = self._resolve(context) if cached is None else cached
+        if len(context) <= PacketDecoder.MAX_CACHED_VALUE:
+            self._last = (msgspec.Raw(context), routes)  # its own bytes: never holds a whole packet
+        return routes
 
     def _file_routed(self, batch: Batch, works: dict[TableKey, TableWork], msg: Message, route: RouteSpec) -> bool:
         """File a routed record; False when it is skipped (a tombstone the route does not delete with)."""
@@ -145,28 +242,29 @@ class Sorter:
             # views into the value, not copies (PacketDecoder.split_raw): the row keeps its ``data`` as one
             # view, whose packet its record holds anyway
             view, doc = self.decoder.split_raw(value)
-            last = self._last
-            if last is not None and view == last[0]:  # a view equals a view of the same bytes
-                routes = last[1]
-            else:
-                context = bytes(view)
-                cached = self._routes.get(context)
-                routes = self._resolve(context) if cached is None else cached
-                if len(context) <= PacketDecoder.MAX_CACHED_VALUE:
-                    self._last = (msgspec.Raw(context), routes)  # its own bytes: never holds a whole packet
+        except PacketError as exc:
+            batch.errors.append(ErrorRecord(msg, exc.failure, None))
+            return
+        self._file_split(batch, works, msg, value, view, doc)  # type: ignore[arg-type]  # split refused None
+
+    def _file_split(self, batch: Batch, works: dict[TableKey, TableWork], msg: Message, value: bytes,
+                    view: msgspec.Raw, doc: msgspec.Raw) -> None:
+        """File one record whose envelope is split: ``view`` its ``pipeline_context``, ``doc`` its ``data``."""
+        try:
+            routes = self._routes_of(view)
             keys = self.decoder.keys(doc)
             # the decoded values a COPY would send, kept with the row; not for a large packet, whose values would
             # hold as much memory again as its value does (the bound counts the value once)
-            values = self.decoder.values if len(value) <= LARGE_PACKET else None  # type: ignore[arg-type]
+            values = self.decoder.values if len(value) <= LARGE_PACKET else None
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))
             return
         if keys is not self._names[0]:  # a row of the previous row's shape comes with the very same tuple
             self._names = (keys, intern_keys(self._keysets, keys, MAX_KEYSETS))
         keys = self._names[1]
-        size = len(value) + PACKET_OVERHEAD  # type: ignore[arg-type]  # split refused None
+        size = len(value) + PACKET_OVERHEAD
         if values is not None:
-            size += values_bytes(len(doc), value.isascii(), len(keys))  # type: ignore[union-attr]
+            size += values_bytes(len(doc), value.isascii(), len(keys))
         for dest, route in routes:
             if isinstance(route, Failure):
                 batch.errors.append(ErrorRecord(msg, route, dest))
@@ -190,6 +288,13 @@ class Sorter:
         routes = tuple((dest, self.router.route(dest)) for dest in self.decoder.destinations(context))
         self._routes.put(context, routes)
         return routes
+
+
+def _internal(batch: Batch, msg: Message, exc: Exception) -> None:
+    """A bug met while one record was filed: that record fails alone, with a code, on the system-errors topic."""
+    log.exception("unexpected error sorting %s[%s]@%s", msg.topic(), msg.partition(), msg.offset(), exc_info=exc)
+    failure = Failure(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"[:300], Scope.TABLE)
+    batch.errors.append(ErrorRecord(msg, failure, None))
 
 
 def values_bytes(text: int, ascii: bool, columns: int) -> int:
