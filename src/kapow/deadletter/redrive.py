@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 REDRIVABLE = frozenset({ErrorCode.DATABASE_UNAVAILABLE.value, ErrorCode.TIMEOUT.value,
                         ErrorCode.TOO_MANY_CONNECTIONS.value, ErrorCode.DATABASE_SHUTTING_DOWN.value})
 CHUNK = 500  # records per transaction at most
+# How long the broker may hold an empty fetch of redrive's two consumers (librdkafka's default; the records
+# consumer's 20 ms keeps the pipeline's latency low). Both are idle nearly always, and at 20 ms their asking again
+# cost an idle broker ~5 % of a core per writer (docs/BENCHMARKS.md); a parked record waits seconds anyway.
+IDLE_FETCH: dict[str, str | int | float | bool] = {"fetch.wait.max.ms": 500}
 CATCH_UP_S = 10.0  # how long a chunk waits for the markers written before it to be read
 RECHECK_S = 1.0  # how often a waiting partition asks again whether its destination is healthy
 
@@ -163,11 +167,12 @@ class Redriver:
     def _session(self) -> None:
         k = self._config.kafka
         group = f"{k.group_id}.redrive"
-        consumer = Consumer(consumer_config(k.bootstrap_servers, group, k.settings) | {
+        settings = IDLE_FETCH | k.settings  # an operator's own fetch.wait.max.ms wins
+        consumer = Consumer(consumer_config(k.bootstrap_servers, group, settings) | {
             "isolation.level": "read_committed", "client.id": "kapow-redrive"})
         producer = Producer(producer_config(k.bootstrap_servers, k.settings, **{
             "transactional.id": f"{group}.{uuid.uuid4().hex}", "client.id": "kapow-redrive", "linger.ms": 5}))
-        markers = Consumer(consumer_config(k.bootstrap_servers, f"{group}.markers", k.settings) | {
+        markers = Consumer(consumer_config(k.bootstrap_servers, f"{group}.markers", settings) | {
             "isolation.level": "read_committed", "enable.partition.eof": True, "client.id": "kapow-redrive-markers"})
         self._markers_at = -1
         try:
