@@ -66,8 +66,8 @@ class KeyShapes:
 
     def guess_all(self, docs: Sequence[bytes]) -> tuple[tuple[str, ...], list[Any]] | None:
         """:meth:`guess` for a run of rows at once, in C (``map``): the current shape's names and each row's
-        values when every row has exactly them, else None (counted as one miss: the rows are then read one by
-        one, and each is guessed again: the misses are counted there)."""
+        values when every row has exactly them, else None (nothing is counted: the rows are then read one by one,
+        and each is guessed again, its miss counted there)."""
         current = self._current
         if current is None:
             return None

@@ -162,7 +162,7 @@ def test_error_topics_are_made_to_hold_the_largest_input_record() -> None:
         expected = {user: wanted, system: wanted, f"{system}.done": wanted}
         # KRaft applies a config change from its metadata log: the raised limit shows a moment later
         kit.wait_for(lambda: topic_limits(admin, names, 30) == expected, 30, "the limits of the error topics")
-        meta = admin.list_topics(timeout=10).topics
+        meta = listed(admin, [system, f"{system}.done", user])
         assert (len(meta[system].partitions), len(meta[f"{system}.done"].partitions), len(meta[user].partitions)) \
             == (4, 1, 1)
         (done_config,) = admin.describe_configs([ConfigResource(ResourceType.TOPIC, f"{system}.done")]).values()
@@ -178,10 +178,21 @@ def test_error_topics_of_a_small_input_keep_the_broker_default() -> None:
     try:
         wanted = prepare_error_topics(admin, inputs=[], user=f"{base}.user", system=f"{base}.system")
         assert wanted == 1024 * 1024 + 12 + HEADER_MARGIN
-        meta = admin.list_topics(timeout=10).topics
+        meta = listed(admin, [f"{base}.user", f"{base}.system"])
         assert (len(meta[f"{base}.user"].partitions), len(meta[f"{base}.system"].partitions)) == (3, 6)
     finally:
         kit.remove_topics([f"{base}.user", f"{base}.system", f"{base}.system.done"])
+
+
+def listed(admin: AdminClient, names: list[str], timeout: float = 15.0) -> dict[str, Any]:
+    """The broker's metadata once it lists every topic of ``names``: a topic just created can be missing from the
+    metadata a broker answers with for a moment (a fresh-clone CI on a loaded machine met it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        meta: dict[str, Any] = admin.list_topics(timeout=10).topics
+        if all(name in meta for name in names) or time.monotonic() > deadline:
+            return meta
+        time.sleep(0.2)
 
 
 # ---------------------------------------------------------------------------------------------------- the DLQ

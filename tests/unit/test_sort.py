@@ -386,3 +386,19 @@ def test_each_kind_of_record_in_a_run_is_filed_as_one_by_one_would(kind: str, wa
         return _outcome(*sorter.sort(1, msgs))
 
     assert run(True) == run(False)
+
+
+def test_a_batch_of_short_runs_is_filed_record_by_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a live stream over many partitions: runs of one record, where a run's own calls would cost more than they
+    # save; the batch goes through one loop, with the same result
+    msgs = [msg(_record("usual", i)[0], i, partition=i % 8) for i in range(64)]
+    sorter = Sorter(CONFIG)
+    runs: list[int] = []
+    real = sorter._file_run
+    monkeypatch.setattr(sorter, "_file_run", lambda *a: runs.append(1) or real(*a))
+    batch, works = sorter.sort(1, msgs)
+    assert not runs
+    assert batch.offsets == {("in", p): 56 + p for p in range(8)}
+    one_by_one = Sorter(CONFIG)
+    one_by_one._skip_runs = 10**9
+    assert _outcome(batch, works) == _outcome(*one_by_one.sort(1, msgs))

