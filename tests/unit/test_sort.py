@@ -361,6 +361,15 @@ def test_a_run_that_is_not_alike_is_not_tried_whole_again_for_a_while() -> None:
     batch, _ = sorter.sort(1, bad)
     assert [e.failure.code for e in batch.errors] == [ErrorCode.NOT_JSON] * 32
     assert sorter._skip_runs > 0
+    # a run whose last row has other names: its names were read whole for nothing, so not again for a while
+    sorter = Sorter(CONFIG)
+    sorter.sort(0, [msg(_record("usual", 1000 + i)[0], 1000 + i) for i in range(8)])  # the shape is learnt
+    sorter.sort(1, [msg(_record("usual", i)[0], i) for i in range(32)])
+    assert sorter._skip_runs == 0
+    odd = [msg(_record("shape" if i == 31 else "usual", 100 + i)[0], 100 + i) for i in range(32)]
+    _, works = sorter.sort(2, odd)
+    assert sum(len(w.rows) for w in works) == 32
+    assert sorter._skip_runs > 0
 
 
 _KINDS = ["usual", "shape", "context", "two", "failure", "same-table", "no-header", "foreign-header", "none",

@@ -80,18 +80,10 @@ class Sorter:
             start = end
             found = topics.get(topic)
             counts = topics[topic] = TopicCounts() if found is None else found
-            route = routed.get(topic)
-            if route is not None:  # a routed topic: no envelope, no header, one fixed table
-                for msg in records:
-                    try:
-                        if self._file_routed(batch, works, msg, route):
-                            counts.passed += 1
-                        else:
-                            counts.filtered += 1
-                    except Exception as exc:  # a bug met on one record fails that record alone
-                        _internal(batch, msg, exc)
-            else:
-                self._file_run(batch, works, records, counts)
+            if routed.get(topic) is not None:  # a routed topic (no envelope, no header): record by record
+                self._sort_records(batch, works, records)
+                continue
+            self._file_run(batch, works, records, counts)
             offsets[(topic, partition)] = records[-1].offset() or 0
         self._hot = None  # not kept until the next batch: its rows hold their packets
         batch.received = len(msgs)
@@ -176,7 +168,8 @@ class Sorter:
 
     def _file_alike(self, batch: Batch, works: dict[TableKey, TableWork], run: list[Message], counts: TopicCounts
                     ) -> bool | tuple[list[bytes], list[msgspec.Raw], list[msgspec.Raw]]:
-        """File a run whose records are alike, whole: True when it did (nothing is filed otherwise).
+        """File a run whose records are alike, whole: True when it did, or filtered them all (none carries the
+        pipeline's header); nothing is filed otherwise.
 
         Alike: one header list, envelopes that all decode, one ``pipeline_context``, one set of column names read
         by the current shape (:mod:`kapow.keyshapes`), no packet of :data:`LARGE_PACKET`. Then every step is one
