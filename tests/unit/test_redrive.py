@@ -1,11 +1,13 @@
-"""The redrive's verdict per parked record, and the headers of its republished copy."""
+"""The redrive's verdict per parked record, the headers of its republished copy, and its consumers' settings."""
 
 from __future__ import annotations
 
 from confluent_kafka import Message
 
+from kapow.config import Config, parse_config
 from kapow.contract import TableKey
-from kapow.deadletter.redrive import judge, republished_headers
+from kapow.deadletter.redrive import IDLE_FETCH, consumer_settings, judge, republished_headers
+from kapow.kafka.clients import consumer_config
 
 DEST = b'{"type":"postgres","vanity":"wh","database":"db","schema":"public","table":"t"}'
 
@@ -58,3 +60,32 @@ def test_a_copy_carries_the_client_headers_one_more_attempt_and_its_origin() -> 
     assert not any(k in ("kapow-error-code", "kapow-source-topic", "kapow-failed-at") for k, _ in headers)
     again = republished_headers(parked(extra=[("kapow-origin", b"first/0/1")]))
     assert [v for k, v in again if k == "kapow-origin"] == [b"first/0/1"]  # the first origin travels
+
+
+def _config(settings: str = "") -> Config:
+    return parse_config(f"""
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+group_id = "g"
+topics = ["in"]
+{settings}
+[[destinations]]
+vanity = "wh"
+databases = ["db"]
+""")
+
+
+def test_redrive_consumers_ask_an_idle_broker_every_half_second_the_records_consumer_every_20_ms() -> None:
+    config = _config()
+    records, markers = consumer_settings(config)
+    assert records["fetch.wait.max.ms"] == markers["fetch.wait.max.ms"] == IDLE_FETCH["fetch.wait.max.ms"] == 500
+    assert consumer_config("127.0.0.1:9092", "g", config.kafka.settings)["fetch.wait.max.ms"] == 20  # the writer's
+    assert records["isolation.level"] == markers["isolation.level"] == "read_committed"
+    assert (records["group.id"], markers["group.id"]) == ("g.redrive", "g.redrive.markers")
+    assert markers["enable.partition.eof"] is True and records["enable.partition.eof"] is False
+
+
+def test_an_operators_fetch_wait_wins_over_redrives_own() -> None:
+    config = _config('[kafka.settings]\n"fetch.wait.max.ms" = 100\n')
+    records, markers = consumer_settings(config)
+    assert records["fetch.wait.max.ms"] == markers["fetch.wait.max.ms"] == 100

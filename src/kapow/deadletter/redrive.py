@@ -132,6 +132,22 @@ def _firsts(msgs: list[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o) for (t, p), o in first.items()]
 
 
+def consumer_settings(config: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The settings of redrive's two consumers: the system-errors topic's, and its ``.done`` markers'.
+
+    Both read committed records only (a redriven chunk and its marker are one transaction) and ask an idle broker
+    every :data:`IDLE_FETCH` (an operator's own ``fetch.wait.max.ms`` in ``[kafka.settings]`` wins).
+    """
+    k = config.kafka
+    group = f"{k.group_id}.redrive"
+    settings = IDLE_FETCH | k.settings
+    records = consumer_config(k.bootstrap_servers, group, settings) | {
+        "isolation.level": "read_committed", "client.id": "kapow-redrive"}
+    markers = consumer_config(k.bootstrap_servers, f"{group}.markers", settings) | {
+        "isolation.level": "read_committed", "enable.partition.eof": True, "client.id": "kapow-redrive-markers"}
+    return records, markers
+
+
 class Redriver:
     """The redrive thread of one writer (``start``/``stop``); ``health`` is the writer's view of its lanes."""
 
@@ -167,13 +183,11 @@ class Redriver:
     def _session(self) -> None:
         k = self._config.kafka
         group = f"{k.group_id}.redrive"
-        settings = IDLE_FETCH | k.settings  # an operator's own fetch.wait.max.ms wins
-        consumer = Consumer(consumer_config(k.bootstrap_servers, group, settings) | {
-            "isolation.level": "read_committed", "client.id": "kapow-redrive"})
+        records_settings, markers_settings = consumer_settings(self._config)
+        consumer = Consumer(records_settings)
         producer = Producer(producer_config(k.bootstrap_servers, k.settings, **{
             "transactional.id": f"{group}.{uuid.uuid4().hex}", "client.id": "kapow-redrive", "linger.ms": 5}))
-        markers = Consumer(consumer_config(k.bootstrap_servers, f"{group}.markers", settings) | {
-            "isolation.level": "read_committed", "enable.partition.eof": True, "client.id": "kapow-redrive-markers"})
+        markers = Consumer(markers_settings)
         self._markers_at = -1
         try:
             producer.init_transactions(30)

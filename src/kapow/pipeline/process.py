@@ -21,8 +21,10 @@ def tune_gc() -> None:
     collection every few packets' worth of work; the hot path makes no reference cycles, so those collections
     found nothing and cost about a quarter of the writer's CPU (measured: 2.4 s -> 1.8 s of CPU for 300,000
     packets). Memory stays bounded: batches are released as soon as they are committed.
+
+    No full collection before the freeze: it found ~20 unreachable objects after the imports and cost 16-38 ms of
+    CPU at every start (a tenth of a start's CPU beside the imports); frozen, they are a few kB kept for good.
     """
-    gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 
