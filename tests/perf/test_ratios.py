@@ -9,11 +9,12 @@ reference measured in the same test:
 * the rate with the traffic spread over 100 tables in 4 databases over the rate into one table, 50,000 each (the
   cliff of issue 16: one transaction per table per batch fell to 3 % of the one-table rate at 1,000 tables).
 
-Thresholds are set from what was measured here, with slack for a busy machine (load 2.5-3, other suites running;
-docs/BENCHMARKS.md, "The regression guard"): steady/ceiling measured 0.12-0.23, guarded at 0.07; spread/one table
-measured 0.55-0.81 (steady), guarded at 0.30. A ratio under its threshold is measured once more before it fails, so
-one burst of foreign load cannot fail the suite while a real regression (which fails both) still does. Raise the
-thresholds when the writer gets faster: about half of the lowest ratio seen on a busy machine.
+Thresholds are set from what was measured here, with slack for a busy machine (docs/BENCHMARKS.md, "The regression
+guard"): steady/ceiling measured 0.26-0.42 on 2026-11-27 (idle, or beside one or two busy loops; 0.12-0.23 before
+issue 14's work), guarded at 0.12; spread/one table measured 0.43-0.81 (steady), guarded at 0.30. A ratio under its
+threshold is measured once more before it fails, so one burst of foreign load cannot fail the suite while a real
+regression (which fails both) still does. Raise the thresholds when the writer gets faster: about half of the lowest
+ratio seen on a busy machine.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from kapow_bench.spec import Spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.perf]
 
-STEADY_OVER_CEILING = 0.07
+STEADY_OVER_CEILING = 0.12
 SPREAD_OVER_ONE_TABLE = 0.30
 KNOBS = {"partitions": 6, "batch": 5000, "connections": 4, "writers": 1}
 
