@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from itertools import groupby, repeat
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -35,6 +35,9 @@ RUN_MIN = 16  # records: a shorter run is filed one by one (a whole run's calls 
 RUN_SKIP = 4096  # records filed one by one after a run that was not alike at all, before a run is tried whole
 # a run with a record over this is filed one by one: each such record's memory is counted by itself (LARGE_PACKET)
 ALIKE_MAX_BYTES = 8192
+# a run of several contexts is filed whole by context when they average this many records or more (each context
+# costs a few calls of its own: routes, lookups, slices); fewer are filed one by one
+GROUP_MIN = 4
 MAX_KEYSETS = 4096  # distinct sets of column names interned (a table sees a few; hostile ones are not interned)
 
 
@@ -193,12 +196,16 @@ class Sorter:
             return False
         contexts, docs = split
         view = contexts[0]
-        if contexts.count(view) != len(contexts):
-            return values, contexts, docs
-        routes = self._routes_of(view)
-        dests = [(dest, route) for dest, route in routes if not isinstance(route, Failure)]
-        if len(dests) != len(routes) or len({route[0] for _, route in dests}) != len(dests):
-            return values, contexts, docs  # a failure, or two destinations in one table (rows interleave)
+        groups: list[tuple[list[int], list[tuple[Destination, Route]]]] | None = None
+        if contexts.count(view) == len(contexts):
+            routes = self._routes_of(view)
+            dests = [(dest, route) for dest, route in routes if not isinstance(route, Failure)]
+            if len(dests) != len(routes) or len({route[0] for _, route in dests}) != len(dests):
+                return values, contexts, docs  # a failure, or two destinations in one table (rows interleave)
+        else:  # several contexts (traffic to many tables): filed whole by context when no table has two
+            groups = self._groups(contexts)
+            if groups is None:
+                return values, contexts, docs
         read = decoder.keys_all(docs)
         if read is None:  # rows of other names among them: what was read of them is read again, one by one
             self._skip_runs = RUN_SKIP  # (so a stream with such a row in every run is not read twice over)
@@ -207,13 +214,26 @@ class Sorter:
         if keys is not self._names[0]:
             self._names = (keys, intern_keys(self._keysets, keys, MAX_KEYSETS))
         keys = self._names[1]
+        counts.passed += len(run)
+        if groups is None:
+            self._file_whole(batch, works, run, values, docs, decoded, keys, dests)
+            return True
+        for indices, dests in groups:  # each in offset order; no table is in two groups, so each keeps its order
+            self._file_whole(batch, works, list(map(run.__getitem__, indices)), list(map(values.__getitem__, indices)),
+                             list(map(docs.__getitem__, indices)), list(map(decoded.__getitem__, indices)), keys,
+                             dests)
+        return True
+
+    def _file_whole(self, batch: Batch, works: dict[TableKey, TableWork], run: list[Message], values: list[bytes],
+                    docs: list[msgspec.Raw], decoded: list[Any], keys: tuple[str, ...],
+                    dests: list[tuple[Destination, Route]]) -> None:
+        """File alike records of one context, read: a row per record for each of its tables, in one call each."""
         # what each row holds (see _file): its value, the overhead, its decoded values; no row is large
         text = sum(map(len, docs))
         if not all(map(bytes.isascii, values)):
             text += 3 * sum(len(d) for d, v in zip(docs, values, strict=True) if not v.isascii())
-        size = sum(map(len, values)) + len(run) * (PACKET_OVERHEAD + 64 * len(keys)) + text
-        counts.passed += len(run)
         n = len(run)
+        size = sum(map(len, values)) + n * (PACKET_OVERHEAD + 64 * len(keys)) + text
         for dest, (key, config) in dests:
             work = works.get(key)
             if work is None:
@@ -221,7 +241,34 @@ class Sorter:
             self._hot = (key, work)
             work.rows.extend(map(Row, run, docs, repeat(keys, n), repeat(dest, n), repeat(None, n), decoded))
             work.nbytes += size
-        return True
+
+    def _groups(self, contexts: list[msgspec.Raw]) -> list[tuple[list[int], list[tuple[Destination, Route]]]] | None:
+        """The records of a run by ``pipeline_context``, in the order each context first comes, each with its
+        routes: None when there are too many contexts for their records (:data:`GROUP_MIN`: a short run at a
+        partition's edge, given up early), or, and then runs are not tried whole for a while, when a route fails
+        or one table is reached by two contexts or twice by one (its rows would have to interleave)."""
+        limit = len(contexts) // GROUP_MIN
+        by_context: dict[bytes, list[int]] = {}
+        for i, context in enumerate(map(bytes, contexts)):
+            found = by_context.get(context)
+            if found is not None:
+                found.append(i)
+            elif len(by_context) < limit:
+                by_context[context] = [i]
+            else:
+                return None
+        groups: list[tuple[list[int], list[tuple[Destination, Route]]]] = []
+        tables: set[TableKey] = set()
+        for indices in by_context.values():
+            routes = self._routes_of(contexts[indices[0]])
+            dests = [(dest, route) for dest, route in routes if not isinstance(route, Failure)]
+            reached = {route[0] for _, route in dests}
+            if len(dests) != len(routes) or len(reached) != len(dests) or not tables.isdisjoint(reached):
+                self._skip_runs = RUN_SKIP  # (a stream that mixes so is not grouped twice over)
+                return None
+            tables |= reached
+            groups.append((indices, dests))
+        return groups
 
     def _routes_of(self, view: msgspec.Raw) -> tuple[tuple[Destination, Route | Failure], ...]:
         """The routes of a ``pipeline_context`` (a view): the last one's when the bytes are the same, else from the
