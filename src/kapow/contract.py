@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 
 from kapow.bytecache import ByteCache
-from kapow.errors import ErrorCode, PacketError
+from kapow.errors import ErrorCode, Failure, PacketError
 from kapow.keyshapes import KeyShapes
 
 CONTEXT_HEADER = "context"
@@ -143,7 +143,9 @@ class PacketDecoder:
         self.max_depth = max_depth
         self.max_destinations = max_destinations
         self._contexts: ByteCache[bool] = ByteCache(max_bytes=self.CACHE_BYTES, max_key_bytes=self.MAX_CACHED_VALUE)
-        self._destinations: ByteCache[tuple[Destination, ...] | PacketError] = ByteCache(
+        # a context refused is cached as its Failure, never as the exception: an exception raised again keeps
+        # every frame it passes through (and their records) in its traceback, one chain more per packet
+        self._destinations: ByteCache[tuple[Destination, ...] | Failure] = ByteCache(
             max_bytes=self.CACHE_BYTES, max_key_bytes=self.MAX_CACHED_VALUE)
         self._skip_flat = 0  # packets left before the flat reading is tried again (see keys)
         self._shapes = KeyShapes()
@@ -267,10 +269,10 @@ class PacketDecoder:
             try:
                 cached = self._parse_destinations(context)
             except PacketError as exc:
-                cached = exc
+                cached = exc.failure
             self._destinations.put(context, cached)
-        if isinstance(cached, PacketError):
-            raise cached
+        if isinstance(cached, Failure):
+            raise PacketError(cached.code, cached.message)  # a new one each time (see __init__)
         return cached
 
     def _parse_destinations(self, context: bytes) -> tuple[Destination, ...]:

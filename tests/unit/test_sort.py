@@ -463,3 +463,30 @@ def test_a_run_whose_contexts_cannot_be_filed_apart_is_filed_one_by_one(case: st
     assert whole == one
     # not tried whole again for a while, unless it was only a run too short for its contexts (given up early)
     assert (skip == 0) if case == "too-many" else (skip > 0)
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_refused_context_sent_again_and_again_keeps_no_memory(whole: bool) -> None:
+    # a refused context is cached; the cached exception raised again grew its traceback by the frames (and so the
+    # records) of every packet that carried it: 40,000 such packets kept 100 MB, without bound
+    import tracemalloc
+
+    def batch(b: int) -> list[Message]:
+        return [msg(b'{"pipeline_context":{"destinations":[]},"data":{"id":%d,"note":"%s"}}' % (i, b"x" * 200),
+                    b * 1000 + i) for i in range(1000)]
+
+    sorter = Sorter(CONFIG)
+    sorter.sort(0, batch(0))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for b in range(1, 6):
+            sorter._skip_runs = 0 if whole else 10**9
+            out, works = sorter.sort(b, batch(b))
+            assert not works and {e.failure.code for e in out.errors} == {ErrorCode.BAD_PACKET}
+            assert len(out.errors) == 1000
+            del out, works
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 500_000, f"{grown:,} bytes kept after 5,000 packets"
