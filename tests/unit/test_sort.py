@@ -452,17 +452,46 @@ def test_a_run_whose_contexts_cannot_be_filed_apart_is_filed_one_by_one(case: st
             for i in range(64)]
     warm = [msg(_record("usual", 1000 + i)[0], 1000 + i) for i in range(8)]
 
-    def run(whole: bool) -> tuple[object, int]:
+    def run(whole: bool) -> tuple[object, Sorter]:
         sorter = Sorter(CONFIG)
         sorter.sort(0, warm)
         sorter._skip_runs = 0 if whole else 10**9
         out = _outcome(*sorter.sort(1, msgs))
-        return out, sorter._skip_runs
+        return out, sorter
 
-    (whole, skip), (one, _) = run(True), run(False)
+    (whole, sorter), (one, _) = run(True), run(False)
     assert whole == one
-    # not tried whole again for a while, unless it was only a run too short for its contexts (given up early)
-    assert (skip == 0) if case == "too-many" else (skip > 0)
+    # not grouped again for a while, unless it was only a run too short for its contexts (given up early); the
+    # whole filing of one-context runs is never turned off by it
+    assert sorter._skip_runs == 0
+    assert (sorter._skip_groups == 0) if case == "too-many" else (sorter._skip_groups > 0)
+
+
+@pytest.mark.parametrize("case", ["shared-table", "failure", "other-names"])
+def test_a_refused_grouping_leaves_other_partitions_runs_filed_whole(case: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # a helper's review: a refused grouping once turned whole filing off for every partition for 4,096 records
+    a, b = _DEST_A, {"vanity": "wh", "database": "db", "table": "t1"}
+    second = [a, b] if case == "shared-table" else [b, _NOPE] if case == "failure" else [b]
+    mixed = []
+    for i in range(32):
+        data: dict[str, object] = {"id": i, "name": f"n-{i}", "ok": True, "gone": None}
+        if case == "other-names" and i % 2:
+            data = {"id": i, "other": "x"}
+        mixed.append(msg(packet(data, *([a] if i % 2 == 0 else second)), i, 0))
+    usual = [msg(_record("usual", 100 + i)[0], 100 + i, 1) for i in range(64)]
+    sorter = Sorter(CONFIG)
+    sorter.sort(0, [msg(_record("usual", 1000 + i)[0], 1000 + i, 2) for i in range(8)])  # the shape is learnt
+    calls: list[int] = []
+    real = sorter._file_split
+    monkeypatch.setattr(sorter, "_file_split", lambda *a: calls.append(a[2].partition()) or real(*a))
+    if case == "other-names":  # (after which the shapes' own pause on misses reads the next rows one by one)
+        sorter.sort(1, mixed)
+        assert sorter._skip_groups > 0 and sorter._skip_runs == 0
+        return
+    sorter.sort(1, mixed + usual)
+    assert 1 not in calls, "the one-context run of partition 1 is still filed whole"
+    assert sorter._skip_groups > 0
 
 
 @pytest.mark.parametrize("whole", [True, False])

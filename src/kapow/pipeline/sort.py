@@ -60,6 +60,9 @@ class Sorter:
         self._last: tuple[msgspec.Raw, tuple[tuple[Destination, Route | Failure], ...]] | None = None
         self._hot: tuple[TableKey, TableWork] | None = None  # the last table filed in this batch, and its work
         self._skip_runs = 0  # records left to file one by one before a run is tried whole again
+        # records of runs with several contexts left to file one by one before such a run is grouped again (a
+        # refused grouping never stops the whole filing of other partitions' one-context runs)
+        self._skip_groups = 0
 
     def sort(self, seq: int, msgs: list[Message]) -> tuple[Batch, list[TableWork]]:
         batch = Batch(seq=seq)
@@ -205,12 +208,18 @@ class Sorter:
             if len(dests) != len(routes) or len({route[0] for _, route in dests}) != len(dests):
                 return values, contexts, docs  # a failure, or two destinations in one table (rows interleave)
         else:  # several contexts (traffic to many tables): filed whole by context when no table has two
+            if self._skip_groups > 0:
+                self._skip_groups -= len(run)
+                return values, contexts, docs
             groups = self._groups(contexts)
             if groups is None:
                 return values, contexts, docs
         read = decoder.keys_all(docs)
         if read is None:  # rows of other names among them: what was read of them is read again, one by one
-            self._skip_runs = RUN_SKIP  # (so a stream with such a row in every run is not read twice over)
+            if groups is None:  # (so a stream with such a row in every run is not read twice over)
+                self._skip_runs = RUN_SKIP
+            else:  # tables of other names: only runs of several contexts are not grouped for a while
+                self._skip_groups = RUN_SKIP
             return values, contexts, docs
         keys, decoded = read
         if keys is not self._names[0]:
@@ -247,8 +256,9 @@ class Sorter:
     def _groups(self, contexts: list[msgspec.Raw]) -> list[tuple[list[int], list[tuple[Destination, Route]]]] | None:
         """The records of a run by ``pipeline_context``, in the order each context first comes, each with its
         routes: None when there are too many contexts for their records (:data:`GROUP_MIN`: a short run at a
-        partition's edge, given up early), or, and then runs are not tried whole for a while, when a route fails
-        or one table is reached by two contexts or twice by one (its rows would have to interleave)."""
+        partition's edge, given up early), or, and then runs of several contexts are not grouped for a while, when
+        a route fails or one table is reached by two contexts or twice by one (its rows would have to interleave).
+        Holds a copy of each distinct context while it runs: at most a quarter of the run's, each under 8 kB."""
         limit = len(contexts) // GROUP_MIN
         by_context: dict[bytes, list[int]] = {}
         for i, context in enumerate(map(bytes, contexts)):
@@ -266,7 +276,7 @@ class Sorter:
             dests = [(dest, route) for dest, route in routes if not isinstance(route, Failure)]
             reached = {route[0] for _, route in dests}
             if len(dests) != len(routes) or len(reached) != len(dests) or not tables.isdisjoint(reached):
-                self._skip_runs = RUN_SKIP  # (a stream that mixes so is not grouped twice over)
+                self._skip_groups = RUN_SKIP  # (a stream that mixes so is not grouped twice over)
                 return None
             tables |= reached
             groups.append((indices, dests))
