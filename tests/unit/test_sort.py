@@ -467,7 +467,7 @@ def test_a_run_whose_contexts_cannot_be_filed_apart_is_filed_one_by_one(case: st
     assert (sorter._skip_groups == 0) if case == "too-many" else (sorter._skip_groups > 0)
 
 
-@pytest.mark.parametrize("case", ["shared-table", "failure", "other-names"])
+@pytest.mark.parametrize("case", ["shared-table", "failure", "bad-context", "other-names"])
 def test_a_refused_grouping_leaves_other_partitions_runs_filed_whole(case: str,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # a helper's review: a refused grouping once turned whole filing off for every partition for 4,096 records
@@ -478,7 +478,10 @@ def test_a_refused_grouping_leaves_other_partitions_runs_filed_whole(case: str,
         data: dict[str, object] = {"id": i, "name": f"n-{i}", "ok": True, "gone": None}
         if case == "other-names" and i % 2:
             data = {"id": i, "other": "x"}
-        mixed.append(msg(packet(data, *([a] if i % 2 == 0 else second)), i, 0))
+        value = packet(data, *([a] if i % 2 == 0 else second))
+        if case == "bad-context" and i % 2:  # a context refused whole: no destination at all
+            value = b'{"pipeline_context":{"destinations":[]},"data":' + msgspec.json.encode(data) + b"}"
+        mixed.append(msg(value, i, 0))
     usual = [msg(_record("usual", 100 + i)[0], 100 + i, 1) for i in range(64)]
     sorter = Sorter(CONFIG)
     sorter.sort(0, [msg(_record("usual", 1000 + i)[0], 1000 + i, 2) for i in range(8)])  # the shape is learnt

@@ -182,9 +182,9 @@ class Sorter:
         one set of column names read by the current shape (:mod:`kapow.keyshapes`), no packet of
         :data:`LARGE_PACKET`. Then every step is one call over the run (or each context's records), in C, instead
         of one per record (the sorting thread is a third of the writer's CPU, and most of it was the interpreter's
-        work between calls). Returns the split envelopes (values, contexts,
-        docs) when the records are all pipeline packets that split but are not otherwise alike: they are filed
-        one by one from there; False when they are not even that (filed one by one from the start).
+        work between calls). Returns the split envelopes (values, contexts, docs) when the records are all
+        pipeline packets that split but are not otherwise alike: they are filed one by one from there; False when
+        they are not even that (filed one by one from the start).
         """
         decoder = self.decoder
         headers = [m.headers() for m in run]
@@ -202,11 +202,12 @@ class Sorter:
         contexts, docs = split
         view = contexts[0]
         groups: list[tuple[list[int], list[tuple[Destination, Route]]]] | None = None
+        dests: list[tuple[Destination, Route]] = []
         if contexts.count(view) == len(contexts):
-            routes = self._routes_of(view)
-            dests = [(dest, route) for dest, route in routes if not isinstance(route, Failure)]
-            if len(dests) != len(routes) or len({route[0] for _, route in dests}) != len(dests):
+            clean = self._clean_routes(view)
+            if clean is None:
                 return values, contexts, docs  # a failure, or two destinations in one table (rows interleave)
+            dests = clean
         else:  # several contexts (traffic to many tables): filed whole by context when no table has two
             if self._skip_groups > 0:
                 self._skip_groups -= len(run)
@@ -229,10 +230,10 @@ class Sorter:
         if groups is None:
             self._file_whole(batch, works, run, values, docs, decoded, keys, dests)
             return True
-        for indices, dests in groups:  # each in offset order; no table is in two groups, so each keeps its order
+        for indices, routes in groups:  # each in offset order; no table is in two groups, so each keeps its order
             self._file_whole(batch, works, list(map(run.__getitem__, indices)), list(map(values.__getitem__, indices)),
                              list(map(docs.__getitem__, indices)), list(map(decoded.__getitem__, indices)), keys,
-                             dests)
+                             routes)
         return True
 
     def _file_whole(self, batch: Batch, works: dict[TableKey, TableWork], run: list[Message], values: list[bytes],
@@ -272,15 +273,26 @@ class Sorter:
         groups: list[tuple[list[int], list[tuple[Destination, Route]]]] = []
         tables: set[TableKey] = set()
         for indices in by_context.values():
-            routes = self._routes_of(contexts[indices[0]])
-            dests = [(dest, route) for dest, route in routes if not isinstance(route, Failure)]
-            reached = {route[0] for _, route in dests}
-            if len(dests) != len(routes) or len(reached) != len(dests) or not tables.isdisjoint(reached):
+            try:
+                dests = self._clean_routes(contexts[indices[0]])
+            except PacketError:  # a context refused whole (not JSON, no destinations): its records fail one by one
+                dests = None
+            reached = {route[0] for _, route in dests} if dests is not None else tables
+            if dests is None or not tables.isdisjoint(reached):
                 self._skip_groups = RUN_SKIP  # (a stream that mixes so is not grouped twice over)
                 return None
             tables |= reached
             groups.append((indices, dests))
         return groups
+
+    def _clean_routes(self, view: msgspec.Raw) -> list[tuple[Destination, Route]] | None:
+        """A context's routes when none fails and no two reach one table (rows of a table would interleave), else
+        None: what a context's records need to be filed whole."""
+        routes = self._routes_of(view)
+        dests = [(dest, route) for dest, route in routes if not isinstance(route, Failure)]
+        if len(dests) != len(routes) or len({route[0] for _, route in dests}) != len(dests):
+            return None
+        return dests
 
     def _routes_of(self, view: msgspec.Raw) -> tuple[tuple[Destination, Route | Failure], ...]:
         """The routes of a ``pipeline_context`` (a view): the last one's when the bytes are the same, else from the
