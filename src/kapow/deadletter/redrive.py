@@ -57,10 +57,6 @@ log = logging.getLogger(__name__)
 REDRIVABLE = frozenset({ErrorCode.DATABASE_UNAVAILABLE.value, ErrorCode.TIMEOUT.value,
                         ErrorCode.TOO_MANY_CONNECTIONS.value, ErrorCode.DATABASE_SHUTTING_DOWN.value})
 CHUNK = 500  # records per transaction at most
-# How long the broker may hold an empty fetch of redrive's two consumers (librdkafka's default; the records
-# consumer's 20 ms keeps the pipeline's latency low). Both are idle nearly always, and at 20 ms their asking again
-# cost an idle broker ~5 % of a core per writer (docs/BENCHMARKS.md); a parked record waits seconds anyway.
-IDLE_FETCH: dict[str, str | int | float | bool] = {"fetch.wait.max.ms": 500}
 CATCH_UP_S = 10.0  # how long a chunk waits for the markers written before it to be read
 RECHECK_S = 1.0  # how often a waiting partition asks again whether its destination is healthy
 
@@ -135,12 +131,13 @@ def _firsts(msgs: list[Message]) -> list[TopicPartition]:
 def consumer_settings(config: Config) -> tuple[dict[str, Any], dict[str, Any]]:
     """The settings of redrive's two consumers: the system-errors topic's, and its ``.done`` markers'.
 
-    Both read committed records only (a redriven chunk and its marker are one transaction) and ask an idle broker
-    every :data:`IDLE_FETCH` (an operator's own ``fetch.wait.max.ms`` in ``[kafka.settings]`` wins).
+    Both read committed records only (a redriven chunk and its marker are one transaction) and, as every consumer
+    of the writer, ask an idle broker every :data:`~kapow.kafka.clients.FETCH_WAIT_MS` (an operator's own
+    ``fetch.wait.max.ms`` in ``[kafka.settings]`` wins).
     """
     k = config.kafka
     group = f"{k.group_id}.redrive"
-    settings = IDLE_FETCH | k.settings
+    settings = k.settings
     records = consumer_config(k.bootstrap_servers, group, settings) | {
         "isolation.level": "read_committed", "client.id": "kapow-redrive"}
     markers = consumer_config(k.bootstrap_servers, f"{group}.markers", settings) | {
