@@ -44,9 +44,10 @@ FAST_RECONNECT = {"reconnect.backoff.ms": 20}
 
 # How long the broker may hold a fetch that finds no record (librdkafka's and Kafka's own default). With
 # fetch.min.bytes 1 the broker answers as soon as one record is there, so this is not the latency: it is how often
-# a caught-up consumer asks again. At 20 ms every writer's consumers asked 50 times a second, and the broker spent
-# ~1 us of CPU a packet more answering them in a 300,000-packet run (docs/BENCHMARKS.md, session 9); record -> row
-# latency and a backlog held in one partition of six measured the same at 20, 100 and 500 ms.
+# a caught-up consumer asks again. At 20 ms every writer's consumers asked 50 times a second; at 500, CPU a packet
+# was lower in 10 of 12 interleaved 300,000-packet runs (250 B medians 16.5 -> 15.1 us, 12 B no measurable change;
+# docs/BENCHMARKS.md, session 9), and record -> row latency and a backlog held in one partition of six measured the
+# same at 20, 100 and 500 ms.
 FETCH_WAIT_MS = 500
 
 # OpenSSL's error-queue codes and librdkafka's generic advice, around the reason that matters
