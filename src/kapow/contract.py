@@ -227,6 +227,17 @@ class PacketDecoder:
         known yet (then read them one by one)."""
         return self._shapes.guess_all(docs)
 
+    def keys_by_first(self, docs: Sequence[bytes]) -> tuple[tuple[str, ...], list[Any]] | None:
+        """:meth:`keys_all` by the shape of the first row's names, not the previous rows' (built when those names
+        repeat: :meth:`kapow.keyshapes.KeyShapes.read_all`): what reads a run of another table's names whole."""
+        return self._shapes.read_all(docs)
+
+    @property
+    def shape_pending(self) -> bool:
+        """Whether the last :meth:`keys_by_first` read nothing only because its names' shape is not built yet:
+        names met for the first time (a shape is built when they come again), or no build in hand."""
+        return self._shapes.pending
+
     def split_all(self, values: list[bytes]) -> tuple[list[msgspec.Raw], list[msgspec.Raw]] | None:
         """:meth:`split_raw` for a run of values none of which is None or over ``max_bytes``, in C: their
         ``pipeline_context`` halves and their ``data`` halves, or None when any of them is not an envelope (then

@@ -14,6 +14,13 @@ misses pile up (rows of many shapes interleaved); and a decoder costs 0.13-0.7 m
 into one only after two rows in a row gave them, at most once per :data:`BUILD_EVERY` rows read the general way,
 and only for :data:`MAX_COLUMNS` columns or fewer: a hostile stream of ever-new names costs little CPU and no
 memory beyond :data:`MAX_SHAPES` decoders. One instance per consumer loop, used by one thread.
+
+Traffic spread over tables of different column names (a company's, not a benchmark's) interleaves its shapes in
+every run, so one current shape reads none of it whole. :meth:`KeyShapes.read_all` reads a run (or one context's
+records of it) by the shape of its first row's names instead, built when those names come again and a budget of
+builds allows (:data:`ROWS_PER_BUILD`): a hundred tables' shapes are built in their first few runs, not one per
+:data:`BUILD_EVERY` rows, and a stream of ever-new names still builds nothing, since names met once are only
+remembered.
 """
 
 from __future__ import annotations
@@ -23,17 +30,25 @@ from typing import Any
 
 import msgspec
 
-MAX_SHAPES = 64  # decoders kept; the oldest goes first
+MAX_SHAPES = 256  # decoders kept (~6 kB each); the oldest goes first
 MAX_COLUMNS = 64  # names beyond this are read the general way (a wide decoder costs more to build than it saves)
 MAX_NAME_BYTES = 4096  # the names of one shape, in all
 BUILD_EVERY = 4096  # rows read between two builds, at least
 WINDOW = 64  # more than MISSES misses before WINDOW right guesses stop the guessing for PAUSE rows
 MISSES = 8
 PAUSE = 256
+# read_all: a shape is built for a run's names only when they were seen before (CANDIDATES names seen once are
+# remembered) and the budget has a build in hand: one is earned per ROWS_PER_BUILD rows read_all is asked about,
+# BUILD_CREDIT at most (and at the start), so builds (0.13-0.7 ms each) cost at most ~2.7 µs a row however the
+# names are made, and a hundred tables' shapes are built in about their second run each
+CANDIDATES = 1024
+ROWS_PER_BUILD = 256
+BUILD_CREDIT = 16.0
 
 # No float: msgspec would read 1.10 as 1.1, and the decoded values are what a COPY sends (kapow.postgres.writer);
 # a row with a JSON float is read the general way, and its exact text goes to PostgreSQL in the JSON statement.
 _Scalar = str | int | bool | None
+_names_decoder = msgspec.json.Decoder(dict[str, _Scalar])  # a flat row's names (and no float), for read_all
 
 
 class KeyShapes:
@@ -48,6 +63,10 @@ class KeyShapes:
         self._hits = 0  # guesses right since the window of misses began
         self._misses = 0
         self._pause = 0
+        self._credit = BUILD_CREDIT  # builds read_all may make now (see ROWS_PER_BUILD)
+        # the last read_all read nothing only because its names' shape is not built yet (it may be later)
+        self.pending = False
+        self._seen: dict[tuple[str, ...], None] = {}  # names read_all met once, not built (oldest first)
 
     def guess(self, doc: bytes) -> tuple[str, ...] | None:
         """The row's names if it has exactly the current shape's (each value a JSON scalar), else None."""
@@ -78,6 +97,56 @@ class KeyShapes:
         self._hits += len(values)
         return current[0], values
 
+    def read_all(self, docs: Sequence[bytes]) -> tuple[tuple[str, ...], list[Any]] | None:
+        """:meth:`guess_all` by the shape of the first row's names rather than the current one: those names and
+        each row's values when every row has exactly them, else None. The shape is built when the names were met
+        here before and the budget allows; it is then made current. Nothing is counted as a hit or a miss.
+        :attr:`pending` tells whether None came only from a shape not built yet."""
+        self.pending = False
+        if not docs:
+            return None
+        self._credit = min(BUILD_CREDIT, self._credit + len(docs) / ROWS_PER_BUILD)
+        try:
+            names = tuple(_names_decoder.decode(docs[0]))
+        except (msgspec.DecodeError, UnicodeDecodeError):  # not a flat object of scalars: read one by one
+            return None
+        current = self._current
+        if current is not None and current[0] == names:
+            keys, decoder = current
+        else:
+            keys, found = names, self._shapes.get(names)
+            if found is None:
+                if not self._may_build(names):
+                    return None
+                self.pending = False  # built now, or never (names a Struct cannot have)
+                found = self._build(names)
+                if found is None:
+                    return None
+                self._credit -= 1
+            decoder = found
+        try:
+            values = list(map(decoder.decode, docs))
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return None
+        self._current = (keys, decoder)
+        return keys, values
+
+    def _may_build(self, names: tuple[str, ...]) -> bool:
+        """Whether read_all may build a shape for ``names`` now: they are not too many or too long, they were met
+        before (else they are remembered, the oldest such names forgotten first), and a build is in hand."""
+        if not names or len(names) > MAX_COLUMNS or sum(map(len, names)) > MAX_NAME_BYTES:
+            return False
+        self.pending = True  # names that may be built later: met for the first time, or no build in hand
+        if self._credit < 1:
+            return False
+        if names in self._seen:
+            del self._seen[names]
+            return True
+        if len(self._seen) >= CANDIDATES:
+            del self._seen[next(iter(self._seen))]
+        self._seen[names] = None
+        return False
+
     def learn(self, keys: tuple[str, ...]) -> None:
         """A flat row's names, read the general way: make its shape current (building it when it repeats)."""
         self._since_build += 1
@@ -91,6 +160,7 @@ class KeyShapes:
             if (self._since_build < BUILD_EVERY or len(keys) > MAX_COLUMNS
                     or sum(map(len, keys)) > MAX_NAME_BYTES):
                 return
+            self._since_build = 0
             found = self._build(keys)
             if found is None:
                 return
@@ -108,7 +178,6 @@ class KeyShapes:
     def _build(self, keys: tuple[str, ...]) -> msgspec.json.Decoder[Any] | None:
         """A decoder for ``keys``, or None for names a Struct cannot have (a quote, a backslash, a control
         character: such rows are read the general way)."""
-        self._since_build = 0
         fields = [(f"f{i}", _Scalar) for i in range(len(keys))]
         try:
             struct = msgspec.defstruct("Shape", fields, rename={f"f{i}": k for i, k in enumerate(keys)},

@@ -135,3 +135,88 @@ def test_interleaved_shapes_stop_the_guessing_for_a_while_then_take_it_up_again(
     assert shapes._pause == 0
     decoder.keys(a)  # known: current again, no build
     assert decoder.keys(a) is shapes._current[0]  # type: ignore[index]
+
+
+# ------------------------------------------------------------------ read_all: a run by its first row's shape
+
+def _count_builds(shapes: KeyShapes) -> list[tuple[str, ...]]:
+    built: list[tuple[str, ...]] = []
+    build = shapes._build
+
+    def counted(keys: tuple[str, ...]) -> Any:
+        built.append(keys)
+        return build(keys)
+
+    shapes._build = counted  # type: ignore[method-assign]
+    return built
+
+
+def test_read_all_builds_a_shape_only_for_names_met_before_and_reads_a_run_by_it() -> None:
+    shapes = KeyShapes()
+    built = _count_builds(shapes)
+    run = [msgspec.json.encode({"id": i, "name": f"n{i}", "ok": True, "gone": None}) for i in range(20)]
+    assert shapes.read_all(run) is None and shapes.pending and not built  # first met: remembered only
+    names, values = shapes.read_all(run) or ((), [])
+    assert names == ("id", "name", "ok", "gone") and built == [names]
+    assert [msgspec.structs.astuple(v) for v in values] == [tuple(msgspec.json.decode(d).values()) for d in run]
+    assert shapes._current is not None and shapes._current[0] is names  # made current: guess_all reads it now
+    assert shapes.guess_all(run) is not None
+    other = [*run[:5], msgspec.json.encode({"id": 1, "name": "x", "ok": True}), *run[5:]]
+    assert shapes.read_all(other) is None and not shapes.pending  # another row's names: not a shape to wait for
+    floats = [msgspec.json.encode({"id": 1.5})] * 3
+    assert shapes.read_all(floats) is None and not shapes.pending  # no float in a shape: never
+    assert shapes.read_all([b'{"a": [1]}']) is None and not shapes.pending
+    assert shapes.read_all([]) is None and len(built) == 1
+    mixed = [msgspec.json.encode({"p": 1}), msgspec.json.encode({"p": 1, "q": 2})]
+    assert shapes.read_all(mixed) is None and shapes.pending  # first met
+    assert shapes.read_all(mixed) is None and not shapes.pending and built[-1] == ("p",)  # built, and not alike
+
+
+def test_read_all_of_ever_new_names_builds_nothing_and_keeps_a_bounded_memory_of_them() -> None:
+    shapes = KeyShapes()
+    built = _count_builds(shapes)
+    for i in range(3 * keyshapes.CANDIDATES):
+        assert shapes.read_all([msgspec.json.encode({f"c{i}": 1, "id": i})] * 8) is None
+    assert not built and len(shapes._seen) == keyshapes.CANDIDATES
+
+
+def test_read_all_builds_at_most_its_credit_and_one_per_rows_per_build() -> None:
+    # the most a hostile stream can ask for: every name twice, in runs of 8 (a run costs its rows to the budget)
+    shapes = KeyShapes()
+    built = _count_builds(shapes)
+    rows = 0
+    for i in range(4000):
+        run = [msgspec.json.encode({f"c{i // 2}": 1})] * 8
+        shapes.read_all(run)
+        rows += len(run)
+    assert keyshapes.BUILD_CREDIT <= len(built) <= keyshapes.BUILD_CREDIT + rows / keyshapes.ROWS_PER_BUILD + 1
+    assert len(shapes._shapes) <= keyshapes.MAX_SHAPES
+
+
+def test_read_all_of_a_hundred_tables_builds_each_shape_once() -> None:
+    shapes = KeyShapes()
+    built = _count_builds(shapes)
+    runs = [[msgspec.json.encode({"id": i, f"a{t}": "x", f"b{t}": i}) for i in range(8)] for t in range(100)]
+    for _ in range(40):  # as a hundred contexts in every run of a partition would come
+        for run in runs:
+            shapes.read_all(run)
+    assert sorted(built) == sorted({tuple(msgspec.json.decode(r[0])) for r in runs})
+    assert all(shapes.read_all(run) is not None for run in runs)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(NAMES), st.integers(0, 14)), min_size=1, max_size=12),
+       st.integers(1, 4))
+def test_what_read_all_reads_is_what_the_general_way_reads(seq: list[tuple[tuple[str, ...], int]],
+                                                           repeat: int) -> None:
+    shapes = KeyShapes()
+    docs = [_doc(names, variant) for names, variant in seq]
+    for _ in range(repeat):
+        got = shapes.read_all(docs)
+        if got is None:
+            continue
+        names, values = got
+        for doc, value in zip(docs, values, strict=True):
+            assert (frozenset(names), len(names)) == _outcome(lambda d: decode_keys(d, max_depth=8), doc), doc
+            whole = msgspec.json.decode(doc)
+            assert msgspec.structs.astuple(value) == tuple(whole[k] for k in names), doc

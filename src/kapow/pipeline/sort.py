@@ -216,25 +216,51 @@ class Sorter:
             if groups is None:
                 return values, contexts, docs
         read = decoder.keys_all(docs)
-        if read is None:  # rows of other names among them: what was read of them is read again, one by one
-            if groups is None:  # (so a stream with such a row in every run is not read twice over)
-                self._skip_runs = RUN_SKIP
-            else:  # tables of other names: only runs of several contexts are not grouped for a while
-                self._skip_groups = RUN_SKIP
-            return values, contexts, docs
-        keys, decoded = read
+        if groups is None:
+            if read is None:  # another table's names (runs of two topics, say), or rows of other names among them
+                read = decoder.keys_by_first(docs)
+            if read is None:  # what was read of them is read again, one by one, so a stream with such a row in
+                if not decoder.shape_pending:  # every run is not read twice over (names only met once or not
+                    self._skip_runs = RUN_SKIP  # built yet do not count: their next run is read whole)
+                return values, contexts, docs
+            counts.passed += len(run)
+            self._file_whole(batch, works, run, values, docs, read[1], self._interned(read[0]), dests)
+            return True
+        counts.passed += len(run)
+        whole = pending = False
+        for indices, routes in groups:  # each in offset order; no table is in two groups, so each keeps its order
+            part = list(map(docs.__getitem__, indices))
+            if read is not None:  # every row of the run has the current shape's names
+                keys, decoded = read[0], list(map(read[1].__getitem__, indices))
+            else:  # tables of different names: each context's rows by their own shape
+                found = decoder.keys_by_first(part)
+                if found is None:  # rows of other names among them: this context's records one by one
+                    pending = pending or decoder.shape_pending
+                    self._file_each(batch, works, run, values, contexts, docs, indices)
+                    continue
+                keys, decoded = found
+            whole = True
+            self._file_whole(batch, works, list(map(run.__getitem__, indices)), list(map(values.__getitem__, indices)),
+                             part, decoded, self._interned(keys), routes)
+        if not whole and not pending:  # no context's rows alike (optional columns, say): runs of several contexts
+            self._skip_groups = RUN_SKIP  # are not tried whole for a while (one context's runs still are)
+        return True
+
+    def _interned(self, keys: tuple[str, ...]) -> tuple[str, ...]:
+        """The one tuple of these names (rows of one shape share it: the lanes group rows by identity)."""
         if keys is not self._names[0]:
             self._names = (keys, intern_keys(self._keysets, keys, MAX_KEYSETS))
-        keys = self._names[1]
-        counts.passed += len(run)
-        if groups is None:
-            self._file_whole(batch, works, run, values, docs, decoded, keys, dests)
-            return True
-        for indices, routes in groups:  # each in offset order; no table is in two groups, so each keeps its order
-            self._file_whole(batch, works, list(map(run.__getitem__, indices)), list(map(values.__getitem__, indices)),
-                             list(map(docs.__getitem__, indices)), list(map(decoded.__getitem__, indices)), keys,
-                             routes)
-        return True
+        return self._names[1]
+
+    def _file_each(self, batch: Batch, works: dict[TableKey, TableWork], run: list[Message], values: list[bytes],
+                   contexts: list[msgspec.Raw], docs: list[msgspec.Raw], indices: list[int]) -> None:
+        """File the records ``indices`` of a split run one by one (counted as passed already), each failing
+        alone."""
+        for i in indices:
+            try:
+                self._file_split(batch, works, run[i], values[i], contexts[i], docs[i])
+            except Exception as exc:  # a bug met on one record fails that record alone
+                _internal(batch, run[i], exc)
 
     def _file_whole(self, batch: Batch, works: dict[TableKey, TableWork], run: list[Message], values: list[bytes],
                     docs: list[msgspec.Raw], decoded: list[Any], keys: tuple[str, ...],
