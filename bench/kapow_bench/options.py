@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--databases", type=int, default=1, help="... in this many databases (one destination)")
     w.add_argument("--skew", type=float, default=0.0,
                    help="0: spread evenly; s > 0: zipf-like, table r gets weight 1/(r+1)^s")
+    w.add_argument("--own-names", action="store_true",
+                   help="with --tables > 1, every table its own column names (one more column each), as a "
+                        "company's tables have; without it every table has the same names")
     w.add_argument("--no-reference", action="store_true",
                    help="with --tables > 1, skip the one-table run of the same workload that it is compared with")
     k = p.add_argument_group("the writer")

@@ -37,7 +37,7 @@ def base_run(kind: str, spec: Spec, *, clock: str, n: int, run_no: int, **knobs:
     """The fields that say which measurement a run repeats (the report takes medians over runs that share them)."""
     return {"kind": kind, "workload": spec.label, "clock": clock, "mode": spec.mode, "route": spec.route,
             "size": spec.size, "tables": spec.tables, "databases": spec.databases, "skew": spec.skew,
-            "version": spec.version,
+            "version": spec.version, "own_names": spec.own_names,
             "packets": n, **knobs, "run": run_no, "load_before": load()}
 
 

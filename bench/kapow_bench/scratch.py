@@ -50,6 +50,7 @@ class Scratch:
             for db in self.databases:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
                 self._made_dbs.append(db)
+        index = {t.name: n for n, t in enumerate(self.tables)}
         for db in self.databases:
             names = [t.name for t in self.tables if t.database == db]
             with connect(db) as conn:
@@ -57,6 +58,8 @@ class Scratch:
                     conn.execute(CLOCK_DDL.encode())
                 for i in range(0, len(names), DDL_CHUNK):
                     ddl = [shape.create(name) for name in names[i:i + DDL_CHUNK]]
+                    ddl += [f'ALTER TABLE "{name}" ADD COLUMN "{tag}" text' for name in names[i:i + DDL_CHUNK]
+                            if (tag := self.spec.tag_column(index[name])) is not None]
                     if not self.spec.stamps_rows:
                         ddl += [CLOCK_TRIGGER.format(table=name) for name in names[i:i + DDL_CHUNK]]
                     conn.execute(";\n".join(ddl).encode())

@@ -26,6 +26,7 @@ class Spec:
     skew: float = 0.0  # 0: traffic spread evenly over the tables; s > 0: zipf-like, table r gets 1/(r+1)^s
     version: bool = False  # upserts and deletes guarded by "version": "rev"
     repeats: int = 4  # upsert and debezium: packets per key, on average
+    own_names: bool = False  # every table its own column names (one more column, tag_<table>), as a company's are
 
     def check(self) -> Spec:
         if self.mode not in MODES:
@@ -42,6 +43,9 @@ class Spec:
             raise KapowError("bench: a route binds one topic to one table: --route takes --tables 1")
         if self.route == "debezium" and self.mode != "insert":
             raise KapowError("bench: a Debezium event says its own operation: --route debezium takes no --mode")
+        if self.own_names and (self.tables == 1 or self.size != 250 or self.route):
+            raise KapowError("bench: --own-names gives each of several tables its own names: add --tables N (N > 1)"
+                             ", with 250 B packets and no --route")
         if self.skew < 0 or self.repeats < 1:
             raise KapowError("bench: --skew must be >= 0 and --repeats >= 1")
         if self.version and self.route == "debezium":
@@ -49,6 +53,10 @@ class Spec:
         if self.version and self.mode == "insert":
             raise KapowError("bench: --version guards upserts and deletes: add --mode upsert or --mode delete")
         return self
+
+    def tag_column(self, table: int) -> str | None:
+        """With ``own_names``, the column only table ``table`` has (and its rows give): else None."""
+        return f"tag_{table:05d}" if self.own_names else None
 
     @property
     def has_rev(self) -> bool:
@@ -69,6 +77,8 @@ class Spec:
         parts = [what, f"{self.size}B" if self.mode != "delete" else "keys"]
         if self.tables > 1:
             parts.append(f"{self.tables}t/{self.databases}db" + (f" zipf{self.skew:g}" if self.skew else ""))
+        if self.own_names:
+            parts.append("own names")
         if self.version:
             parts.append("+version")
         return " ".join(parts)

@@ -44,9 +44,9 @@ def plan(args: argparse.Namespace) -> tuple[list[Spec], list[Spec], list[Spec]]:
     specs: list[Spec] = []
     for size in args.size or [250]:
         spec = Spec(mode=args.mode, route=args.route, size=size, tables=args.tables, databases=args.databases,
-                    skew=args.skew, version=args.version, repeats=args.repeats).check()
+                    skew=args.skew, version=args.version, repeats=args.repeats, own_names=args.own_names).check()
         if spec.tables > 1 and not args.no_reference:
-            specs.append(replace(spec, tables=1, databases=1, skew=0.0))
+            specs.append(replace(spec, tables=1, databases=1, skew=0.0, own_names=False))
         specs.append(spec)
     peer = [s for s in specs if peer_supports(s)] if args.peer else []
     latency = [s for s in specs if s.stamps_rows and s.route is None and s.size == 250] if args.latency else []

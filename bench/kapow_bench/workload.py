@@ -118,7 +118,11 @@ def build(spec: Spec, n: int, tables: list[TableRef], *, source: str = "bench") 
         return Workload(spec, shape, tables, keys, [encode(r) for r in rows], table_of, rows, expect,
                         preload=preload)
     prefixes = [destination(spec, t) for t in tables]
-    values = [prefixes[t] + encode(r) + b"}" for t, r in zip(table_of, rows, strict=True)]
+    if spec.own_names:  # each table's rows give its own column too (the rows kept for checks stay as they are)
+        tags = [spec.tag_column(t) for t in range(spec.tables)]
+        values = [prefixes[t] + encode({**r, tags[t]: "x"}) + b"}" for t, r in zip(table_of, rows, strict=True)]
+    else:
+        values = [prefixes[t] + encode(r) + b"}" for t, r in zip(table_of, rows, strict=True)]
     return Workload(spec, shape, tables, keys, values, table_of, rows, expect, prefixes, preload)
 
 

@@ -85,6 +85,14 @@ def test_spread_over_tables_and_databases_is_compared_with_one_table(tmp_path: P
     assert spread["rows"] == 3000 and spread["vs_one_table"] > 0 and "ceiling_packets_per_s" not in spread
 
 
+def test_tables_of_their_own_names_land_exactly(tmp_path: Path) -> None:
+    result = bench(tmp_path, "-n", "2000", "--tables", "8", "--own-names", "--no-reference",
+                   "--ceiling-connections", "0")
+    (run,) = result["runs"]
+    assert run["workload"] == "insert 250B 8t/1db own names" and run["own_names"] is True
+    assert run["rows"] == 2000 and run["exact"] and run["sample_matches"]
+
+
 def test_bench_fails_in_one_line_when_postgres_is_down() -> None:
     proc = subprocess.run([sys.executable, "-m", "kapow", "bench", "-n", "10", "--runs", "1"],
                           capture_output=True, text=True, timeout=60, check=False,

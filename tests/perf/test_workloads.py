@@ -65,6 +65,15 @@ def test_envelope_packets_carry_mode_version_and_table() -> None:
     assert msgspec.json.decode(routed.values[3]) == routed.rows[3] and not routed.headers
 
 
+def test_own_names_give_each_table_s_rows_its_own_column_and_keep_the_rest() -> None:
+    work = build(Spec(tables=100, databases=4, own_names=True).check(), 300, TABLES)
+    for i in (0, 1, 299):
+        data = msgspec.json.decode(work.values[i])["data"]
+        t = work.table_of[i]
+        assert data == {**work.rows[i], f"tag_{t:05d}": "x"}  # the rows kept for the checks stay as they are
+    assert len({tuple(msgspec.json.decode(v)["data"]) for v in work.values}) == 100
+
+
 def test_spread_is_even_or_skewed_over_every_table() -> None:
     even = Counter(spread(Spec(tables=100, databases=4), 10_000))
     assert len(even) == 100 and set(even.values()) == {100}
@@ -113,6 +122,7 @@ def test_debezium_events_are_shaped_like_the_real_connector_s() -> None:
     (Spec(size=12, mode="upsert"), "inserts only"), (Spec(route="json", tables=2, databases=1), "--tables 1"),
     (Spec(route="debezium", mode="upsert"), "its own operation"), (Spec(version=True), "--mode upsert"),
     (Spec(tables=2, databases=3), "no more databases"), (Spec(mode="merge"), "choose from"),
+    (Spec(own_names=True), "--tables N"), (Spec(tables=2, size=12, own_names=True), "250 B"),
 ])
 def test_impossible_workloads_are_refused_in_one_line(spec: Spec, words: str) -> None:
     with pytest.raises(KapowError, match=words) as exc:
