@@ -20,17 +20,19 @@ every run, so one current shape reads none of it whole. :meth:`KeyShapes.read_al
 records of it) by the shape of its first row's names instead, built when those names come again and a budget of
 builds allows (:data:`ROWS_PER_BUILD`): a hundred tables' shapes are built in their first few runs, not one per
 :data:`BUILD_EVERY` rows, and a stream of ever-new names still builds nothing, since names met once are only
-remembered.
+remembered. The shapes kept are bounded in count and bytes (:func:`shape_bytes`), and dropped ones are collected.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
-MAX_SHAPES = 256  # decoders kept (~6 kB each); the oldest goes first
+MAX_SHAPES = 256  # decoders kept (~6 kB each for 8 columns); the oldest goes first
+MAX_SHAPE_BYTES = 4 * 1024 * 1024  # ... and at most this much of them (shape_bytes): wide shapes make room sooner
 MAX_COLUMNS = 64  # names beyond this are read the general way (a wide decoder costs more to build than it saves)
 MAX_NAME_BYTES = 4096  # the names of one shape, in all
 BUILD_EVERY = 4096  # rows read between two builds, at least
@@ -41,9 +43,10 @@ PAUSE = 256
 # remembered) and the budget has a build in hand: one is earned per ROWS_PER_BUILD rows read_all is asked about,
 # BUILD_CREDIT at most (and at the start), so builds (0.13-0.7 ms each) cost at most ~2.7 µs a row however the
 # names are made, and a hundred tables' shapes are built in about their second run each
-CANDIDATES = 1024
+CANDIDATES = 512  # each at most MAX_COLUMNS names of MAX_NAME_BYTES in all: ~4 MB at most (measured 8.0 at 1,024)
 ROWS_PER_BUILD = 256
 BUILD_CREDIT = 16.0
+BUILD_UNIT_BYTES = 16 * 1024  # a build costs one credit per this much of its shape_bytes, at least one
 
 # No float: msgspec would read 1.10 as 1.1, and the decoded values are what a COPY sends (kapow.postgres.writer);
 # a row with a JSON float is read the general way, and its exact text goes to PostgreSQL in the JSON statement.
@@ -56,6 +59,8 @@ class KeyShapes:
 
     def __init__(self) -> None:
         self._shapes: dict[tuple[str, ...], msgspec.json.Decoder[Any]] = {}
+        self._bytes = 0  # shape_bytes of the shapes kept
+        self._dropped = 0  # ... and of those dropped since the last collection
         self._current: tuple[tuple[str, ...], msgspec.json.Decoder[Any]] | None = None
         self._previous: tuple[str, ...] | None = None  # the names of the last row read the general way
         self._since_build = BUILD_EVERY  # the first shape is built at once
@@ -122,7 +127,7 @@ class KeyShapes:
                 found = self._build(names)
                 if found is None:
                     return None
-                self._credit -= 1
+                self._credit -= max(1.0, shape_bytes(names) / BUILD_UNIT_BYTES)  # a wide shape costs more
             decoder = found
         try:
             values = list(map(decoder.decode, docs))
@@ -184,8 +189,24 @@ class KeyShapes:
                                        forbid_unknown_fields=True, gc=False)
         except (ValueError, TypeError):
             return None
-        if len(self._shapes) >= MAX_SHAPES:
-            del self._shapes[next(iter(self._shapes))]
+        cost = shape_bytes(keys)
+        while self._shapes and (len(self._shapes) >= MAX_SHAPES or self._bytes + cost > MAX_SHAPE_BYTES):
+            oldest = next(iter(self._shapes))
+            del self._shapes[oldest]
+            self._bytes -= shape_bytes(oldest)
+            self._dropped += shape_bytes(oldest)
+        if self._dropped > MAX_SHAPE_BYTES:
+            # A Struct type is freed only by the cyclic collector (a class refers to itself), which the writer
+            # runs rarely (kapow.pipeline.process.tune_gc): without this, dropped shapes would pile up
+            self._dropped = 0
+            gc.collect()
         decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(struct)
         self._shapes[keys] = decoder
+        self._bytes += cost
         return decoder
+
+
+def shape_bytes(keys: tuple[str, ...]) -> int:
+    """What a built shape holds, over-counted (its Struct type, its decoder, its names): 6 kB measured for 8
+    columns of short names, 72 kB for 64 of 63 characters."""
+    return 1024 * (len(keys) + 1) + 8 * sum(map(len, keys))

@@ -220,3 +220,60 @@ def test_what_read_all_reads_is_what_the_general_way_reads(seq: list[tuple[tuple
             assert (frozenset(names), len(names)) == _outcome(lambda d: decode_keys(d, max_depth=8), doc), doc
             whole = msgspec.json.decode(doc)
             assert msgspec.structs.astuple(value) == tuple(whole[k] for k in names), doc
+
+
+def test_wide_shapes_and_names_met_once_stay_within_a_few_megabytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the most memory a stream can make the shapes hold: 64 columns of 63 characters (4,032 of MAX_NAME_BYTES),
+    # each set of names sent twice, with builds always in hand
+    import tracemalloc
+
+    monkeypatch.setattr(keyshapes, "ROWS_PER_BUILD", 0.001)
+    shapes = KeyShapes()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2 * keyshapes.CANDIDATES):
+            doc = msgspec.json.encode({f"{i:08d}{'n' * 53}{j:02d}": 1 for j in range(64)})
+            shapes.read_all([doc])
+            if i % 3:  # two of three sets built (met again), the others only remembered
+                shapes.read_all([doc])
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert shapes._bytes <= keyshapes.MAX_SHAPE_BYTES and len(shapes._seen) <= keyshapes.CANDIDATES
+    assert 0 < len(shapes._shapes) < keyshapes.MAX_SHAPES  # the bytes bound, not the count, made room
+    assert held < 10_000_000, f"{held:,} bytes"
+    one = KeyShapes()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        built = one._build(tuple(f"{j:02d}{'w' * 61}" for j in range(64)))
+        cost = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert built is not None and keyshapes.shape_bytes(next(iter(one._shapes))) >= cost  # counted at least whole
+
+
+def test_dropped_shapes_are_collected_even_when_the_collector_rarely_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a Struct type refers to itself: once dropped it waits for the cyclic collector, which the writer's
+    # thresholds run rarely (tune_gc); ever-new names, each sent twice, build and drop thousands of shapes
+    import gc
+    import tracemalloc
+
+    monkeypatch.setattr(keyshapes, "ROWS_PER_BUILD", 0.001)
+    shapes = KeyShapes()
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(4000):
+            doc = msgspec.json.encode({f"c{i}_{j}": j for j in range(8)})
+            shapes.read_all([doc])
+            shapes.read_all([doc])
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert len(shapes._shapes) == keyshapes.MAX_SHAPES
+    assert held < 12_000_000, f"{held:,} bytes held after 4,000 shapes built"
