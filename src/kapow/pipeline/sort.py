@@ -179,8 +179,9 @@ class Sorter:
 
         Alike: one header list, envelopes that all decode, one ``pipeline_context`` (or several, none of whose
         tables another reaches: :meth:`_groups`; traffic spread over tables interleaves them in every partition),
-        one set of column names read by the current shape (:mod:`kapow.keyshapes`), no packet of
-        :data:`LARGE_PACKET`. Then every step is one call over the run (or each context's records), in C, instead
+        one set of column names (of each context's records, when there are several) read by one shape
+        (:mod:`kapow.keyshapes`), no packet of :data:`LARGE_PACKET`; a context whose rows have other names is filed
+        one by one, alone. Then every step is one call over the run (or each context's records), in C, instead
         of one per record (the sorting thread is a third of the writer's CPU, and most of it was the interpreter's
         work between calls). Returns the split envelopes (values, contexts, docs) when the records are all
         pipeline packets that split but are not otherwise alike: they are filed one by one from there; False when
