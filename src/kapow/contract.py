@@ -227,10 +227,11 @@ class PacketDecoder:
         known yet (then read them one by one)."""
         return self._shapes.guess_all(docs)
 
-    def keys_by_first(self, docs: Sequence[bytes]) -> tuple[tuple[str, ...], list[Any]] | None:
+    def keys_by_first(self, docs: Sequence[bytes], *, tried: bool = False) -> tuple[tuple[str, ...], list[Any]] | None:
         """:meth:`keys_all` by the shape of the first row's names, not the previous rows' (built when those names
-        repeat: :meth:`kapow.keyshapes.KeyShapes.read_all`): what reads a run of another table's names whole."""
-        return self._shapes.read_all(docs)
+        repeat: :meth:`kapow.keyshapes.KeyShapes.read_all`): what reads a run of another table's names whole.
+        ``tried``: :meth:`keys_all` of these very rows just failed."""
+        return self._shapes.read_all(docs, tried=tried)
 
     @property
     def shape_pending(self) -> bool:

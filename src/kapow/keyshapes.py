@@ -102,11 +102,12 @@ class KeyShapes:
         self._hits += len(values)
         return current[0], values
 
-    def read_all(self, docs: Sequence[bytes]) -> tuple[tuple[str, ...], list[Any]] | None:
+    def read_all(self, docs: Sequence[bytes], *, tried: bool = False) -> tuple[tuple[str, ...], list[Any]] | None:
         """:meth:`guess_all` by the shape of the first row's names rather than the current one: those names and
         each row's values when every row has exactly them, else None. The shape is built when the names were met
         here before and the budget allows; it is then made current. Nothing is counted as a hit or a miss.
-        :attr:`pending` tells whether None came only from a shape not built yet."""
+        :attr:`pending` tells whether None came only from a shape not built yet. ``tried``: :meth:`guess_all` of
+        these very rows just failed, so the current shape is not tried again."""
         self.pending = False
         if not docs:
             return None
@@ -117,6 +118,8 @@ class KeyShapes:
             return None
         current = self._current
         if current is not None and current[0] == names:
+            if tried:  # the first row has the current names, and guess_all found another row that has not
+                return None
             keys, decoder = current
         else:
             keys, found = names, self._shapes.get(names)

@@ -161,6 +161,8 @@ def test_read_all_builds_a_shape_only_for_names_met_before_and_reads_a_run_by_it
     assert [msgspec.structs.astuple(v) for v in values] == [tuple(msgspec.json.decode(d).values()) for d in run]
     assert shapes._current is not None and shapes._current[0] is names  # made current: guess_all reads it now
     assert shapes.guess_all(run) is not None
+    # told that guess_all of these rows just failed, the current shape is not tried again (no second decode)
+    assert shapes.read_all(run, tried=True) is None and not shapes.pending
     other = [*run[:5], msgspec.json.encode({"id": 1, "name": "x", "ok": True}), *run[5:]]
     assert shapes.read_all(other) is None and not shapes.pending  # another row's names: not a shape to wait for
     floats = [msgspec.json.encode({"id": 1.5})] * 3

@@ -219,7 +219,7 @@ class Sorter:
         read = decoder.keys_all(docs)
         if groups is None:
             if read is None:  # another table's names (runs of two topics, say), or rows of other names among them
-                read = decoder.keys_by_first(docs)
+                read = decoder.keys_by_first(docs, tried=True)
             if read is None:  # what was read of them is read again, one by one, so a stream with such a row in
                 if not decoder.shape_pending:  # every run is not read twice over (names only met once or not
                     self._skip_runs = RUN_SKIP  # built yet do not count: their next run is read whole)
