@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,9 +31,15 @@ def row(mode: str, data: dict[str, int]) -> RowIn:
     return RowIn(msgspec.json.encode(data), tuple(data), DEST[mode])
 
 
+def canon(value: Any) -> int:
+    """A bigint key as PostgreSQL reads it from JSON: ``2``, ``"2"`` and ``" 2 "`` are one key."""
+    return int(str(value).strip())
+
+
 def apply_one(state: dict[int, dict[str, Any]], kind: str, data: dict[str, Any]) -> int:
     """One element, as PostgreSQL applies it (our model of the three statements); rows changed."""
-    key = data["id"]
+    key = canon(data["id"])
+    data = {**data, "id": key}
     if kind == DELETE:
         return 1 if state.pop(key, None) is not None else 0
     if key not in state:
@@ -47,7 +54,7 @@ def apply_one(state: dict[int, dict[str, Any]], kind: str, data: dict[str, Any])
 def run_plan(statements: list[Statement]) -> dict[int, dict[str, Any]]:
     state: dict[int, dict[str, Any]] = {}
     for stmt in statements:
-        keys = [msgspec.json.decode(e.doc)["id"] for e in stmt.elements]
+        keys = [canon(msgspec.json.decode(e.doc)["id"]) for e in stmt.elements]
         if stmt.kind == UPSERT:
             assert len(keys) == len(set(keys)), "an upsert statement touches one key twice"
         for element in stmt.elements:
@@ -59,15 +66,28 @@ def run_plan(statements: list[Statement]) -> dict[int, dict[str, Any]]:
 ops = st.lists(
     st.tuples(st.sampled_from([INSERT, UPSERT, DELETE]), st.integers(0, 3),
               st.fixed_dictionaries({}, optional={"a": st.integers(0, 9), "b": st.integers(0, 9),
-                                                  "c": st.integers(0, 9)})),
+                                                  "c": st.integers(0, 9)}),
+              st.sampled_from(["number", "number", "string", "spaced", "escaped"])),
     max_size=40,
 )
 
 
+def spelled(mode: str, key: int, cols: dict[str, int], spelling: str) -> RowIn:
+    """A row whose bigint key is spelt as a client may: a number, a string, with spaces, with an escape."""
+    value: Any = {"number": key, "string": str(key), "spaced": f" {key} ", "escaped": str(key)}[spelling]
+    r = row(mode, {"id": value, **cols})
+    if spelling == "escaped":
+        r = RowIn(r.doc.replace(b'"id":"%d"' % key, b'"id":"\\u003%d"' % key), r.keys, r.dest)
+        assert msgspec.json.decode(r.doc)["id"] == str(key)
+    return r
+
+
 @settings(max_examples=500)
 @given(ops)
-def test_planned_statements_end_like_packets_applied_one_by_one(spec: list[tuple[str, int, dict[str, int]]]) -> None:
-    rows = [row(mode, {"id": key, **cols}) for mode, key, cols in spec]
+def test_planned_statements_end_like_packets_applied_one_by_one(
+        spec: list[tuple[str, int, dict[str, int], str]]) -> None:
+    # a key spelt two ways is one key to PostgreSQL: its operations must still take effect in offset order
+    rows = [spelled(mode, key, cols, spelling) for mode, key, cols, spelling in spec]
     expected: dict[int, dict[str, Any]] = {}
     for r in rows:
         apply_one(expected, r.dest.mode, msgspec.json.decode(r.doc))
@@ -289,3 +309,45 @@ def test_a_large_row_without_values_sends_its_statement_as_json() -> None:
     docs = [b'{"id": 1, "a": "y"}', big, b'{"id": 3, "a": "z"}']
     assert _copyable(docs, shape_read=False).copy_payload() is None
     assert _copyable(docs[:1] + docs[2:], shape_read=False).copy_payload() == b'1,"y"\n3,"z"\n'
+
+
+@pytest.mark.parametrize(("sql_type", "first", "second"), [
+    ("numeric(12,2)", b"1", b"1.0"), ("numeric", b"2", b'"2e0"'), ("integer", b'"7"', b'" 7 "'),
+    ("bigint", b"-0", b"0"), ("text", b'"abc"', b'"ab\\u0063"'), ("character varying(10)", b'"x"', b'"\\u0078"'),
+    ("character(5)", b'"ab"', b'"ab   "'), ("citext", b'"Ab"', b'"aB"'),
+    ("uuid", b'"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"', b'"{A0EEBC999C0B4EF8BB6D6BB9BD380A11}"'),
+    ("boolean", b"true", b'"yes"'), ("text", b"12", b'"12"'),
+])
+def test_one_key_spelt_two_ways_keeps_its_order(sql_type: str, first: bytes, second: bytes) -> None:
+    # the same key to PostgreSQL, in two JSON texts: the delete must come after the upsert, and the second upsert
+    # after the delete (one round each), never in one round where the statements' order would decide
+    cols = {"k": Column("k", sql_type, True, False, False), "v": Column("v", "text", False, False, False)}
+    t = Table("public", "t", cols, ("k",), (("k",),), False, True, True, True)
+    rows = [RowIn(b'{"k":%s,"v":"a"}' % first, ("k", "v"), DEST[UPSERT]), RowIn(b'{"k":%s}' % second, ("k",),
+                                                                                  DEST[DELETE]),
+            RowIn(b'{"k":%s,"v":"b"}' % first, ("k", "v"), DEST[UPSERT])]
+    statements = plan(t, rows, {i: ("k",) for i in range(3)})
+    assert [(s.kind, [e.sources for e in s.elements]) for s in statements] == [
+        (UPSERT, [[0]]), (DELETE, [[1]]), (UPSERT, [[2]])]
+
+
+def test_keys_of_other_values_still_share_their_rounds() -> None:
+    cols = {"k": Column("k", "numeric", True, False, False), "v": Column("v", "text", False, False, False)}
+    t = Table("public", "t", cols, ("k",), (("k",),), False, True, True, True)
+    huge = b"9" * 5000  # more digits than int() reads: compared as a decimal, never an error
+    rows = [RowIn(b'{"k":%s,"v":"a"}' % k, ("k", "v"), DEST[UPSERT]) for k in (b"1", b"1.5", b'"x"', huge)]
+    rows += [RowIn(b'{"k":%s}' % k, ("k",), DEST[DELETE]) for k in (b"2", b'"NaN"', b'"Infinity"', b'"9' + huge + b'"')]
+    statements = plan(t, rows, {i: ("k",) for i in range(len(rows))})
+    assert [s.kind for s in statements] == [UPSERT, DELETE], "one round: no key is another's"
+
+
+def test_rows_keyed_by_two_unique_keys_take_effect_in_offset_order() -> None:
+    # a delete by one unique key and an upsert by another may touch one row: neither may overtake the other
+    cols = {c: Column(c, t, c == "id", False, False) for c, t in (("id", "bigint"), ("email", "text"), ("v", "text"))}
+    t = Table("public", "t", cols, ("id",), (("id",), ("email",)), False, True, True, True)
+    by_email = Destination("wh", "db", "t", mode=DELETE, key=("email",))
+    rows = [RowIn(b'{"id":9,"email":"z","v":"a"}', ("id", "email", "v"), DEST[UPSERT]),
+            RowIn(b'{"email":"e1"}', ("email",), by_email),
+            RowIn(b'{"id":1,"email":"e1","v":"new"}', ("id", "email", "v"), DEST[UPSERT])]
+    statements = plan(t, rows, {0: ("id",), 1: ("email",), 2: ("id",)})
+    assert [[i for e in s.elements for i in e.sources] for s in statements] == [[0], [1], [2]]

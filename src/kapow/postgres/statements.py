@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from itertools import repeat
 from typing import Any, Protocol
 
@@ -212,11 +214,18 @@ class _Op(msgspec.Struct, gc=False):
     keys: tuple[str, ...]
     dest: Destination
     sources: list[int]
+    key: Any = None  # its key columns and their JSON text: only operations of equal text fold
 
 
 def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ...]]) -> list[Statement]:
+    """Rounds per key *class*, not per key text: ``2``, ``"2"`` and ``" 2"`` are one bigint to PostgreSQL, so
+    their operations must take effect in offset order too (:func:`_key_class`), while only operations of equal
+    text fold. Rows keyed by two different unique keys in one batch may touch one row by either: they are all
+    one class, each in its own round (a rare layout; correct, not fast)."""
     per_key: dict[Any, list[_Op]] = {}
     decoders: dict[tuple[str, ...], msgspec.json.Decoder[Any]] = {}
+    classes: dict[tuple[str, ...], Any] = {}
+    one_class = len(set(keys_of.values())) > 1
     for i, row in enumerate(rows):
         key_cols = keys_of.get(i)
         if key_cols is None:  # an insert with no resolvable key in a mixed table: its own key, never folded
@@ -225,10 +234,11 @@ def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple
         decoder = decoders.get(key_cols)
         if decoder is None:
             decoder = decoders[key_cols] = _key_decoder(table, key_cols)
+            classes[key_cols] = _key_class(table, key_cols)
         values = _key_values(decoder, row.doc)
-        op = _Op(row.dest.mode, row.doc, row.keys, row.dest, [i])
-        ops = per_key.setdefault((key_cols, values), [])
-        if not ops or not _fold(ops, op):
+        op = _Op(row.dest.mode, row.doc, row.keys, row.dest, [i], (key_cols, values))
+        ops = per_key.setdefault(("all",) if one_class else (key_cols, classes[key_cols](values)), [])
+        if not ops or ops[-1].key != op.key or not _fold(ops, op):
             ops.append(op)
     # Statements per round and shape; looked up by identity first (rows of one shape share their keys and
     # destination objects), so a shape is hashed once per object, not once per row.
@@ -275,6 +285,66 @@ def _key_values(decoder: msgspec.json.Decoder[Any], doc: bytes) -> tuple[bytes, 
     return tuple(bytes(raw).strip() for raw in raws)
 
 
+_NUMBER_TYPES = {"smallint", "integer", "bigint", "real", "double precision"}
+_TRUE = {"t", "true", "y", "yes", "on", "1"}
+_FALSE = {"f", "false", "n", "no", "off", "0"}
+
+
+def _key_class(table: Table, key_cols: tuple[str, ...]) -> Callable[[tuple[bytes, ...]], tuple[Any, ...]]:
+    """What a key's JSON texts are to PostgreSQL, as far as its columns' types tell, cached on the table: numbers
+    by value (``2``, ``2.0``, ``"2"``, ``" 2 "``, ``1e0``), text by its characters (escapes read), ``character(n)``
+    without trailing spaces, ``citext`` in lower case, uuids in one spelling, booleans by truth. A type not named
+    here is compared by its characters, so two spellings of one value of another type (two forms of one
+    timestamp, say) can still share a round: docs/CONTRACT.md asks clients for one spelling of a key."""
+    def build() -> Callable[[tuple[bytes, ...]], tuple[Any, ...]]:
+        kinds = [_type_kind(table.columns[c].sql_type if c in table.columns else "") for c in key_cols]
+        return lambda raws: tuple(map(_class_value, raws, kinds))
+
+    return table.derived(("key-class", key_cols), build)
+
+
+def _type_kind(sql_type: str) -> str:
+    if sql_type in _NUMBER_TYPES or sql_type.startswith("numeric"):
+        return "number"
+    if sql_type == "character" or sql_type.startswith("character("):
+        return "bpchar"
+    if sql_type.endswith("citext"):
+        return "citext"
+    if sql_type in ("uuid", "boolean"):
+        return sql_type
+    return "text"
+
+
+def _class_value(raw: bytes, kind: str) -> Any:
+    """One key value's class (see :func:`_key_class`); its JSON text when it is not what the type reads."""
+    if kind == "number" and raw.isdigit() and len(raw) < 19:  # the common case: a plain non-negative bigint
+        return int(raw)
+    try:
+        value = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):  # b"" (absent)
+        return raw
+    text = value if isinstance(value, str) else raw.decode()
+    if kind == "number" and not isinstance(value, bool):
+        try:
+            number = Decimal(text.strip())
+        except ArithmeticError:
+            return text
+        return number if number.is_finite() else text.strip().lower()
+    if kind == "bpchar":
+        return text.rstrip(" ")
+    if kind == "citext":
+        return text.lower()
+    if kind == "uuid":
+        try:
+            return uuid.UUID(text.strip()).int
+        except ValueError:
+            return text
+    if kind == "boolean":
+        word = text.strip().lower()
+        return True if word in _TRUE else False if word in _FALSE else word
+    return text
+
+
 def _fold(ops: list[_Op], op: _Op) -> bool:
     """Fold ``op`` into the key's last operation when the result is the same as applying both; True if folded."""
     last = ops[-1]
@@ -289,7 +359,7 @@ def _fold(ops: list[_Op], op: _Op) -> bool:
         else:
             last.doc, last.keys = _merge(last.doc, op.doc)
     elif kinds in ((UPSERT, DELETE), (INSERT, DELETE)):
-        ops[-1] = _Op(DELETE, op.doc, op.keys, op.dest, last.sources)
+        ops[-1] = _Op(DELETE, op.doc, op.keys, op.dest, last.sources, last.key)
         last = ops[-1]
     elif kinds not in ((DELETE, DELETE), (INSERT, INSERT), (UPSERT, INSERT)):
         return False  # delete then write, insert then upsert: a new round keeps the order
