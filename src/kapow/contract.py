@@ -24,6 +24,9 @@ from kapow.errors import ErrorCode, Failure, PacketError
 from kapow.keyshapes import KeyShapes
 
 CONTEXT_HEADER = "context"
+# On an error record: the destination that failed (destination_json). On a copy republished from an error topic
+# (redrive, reschedule): the one destination the copy is for; the packet's others took it already.
+DESTINATION_HEADER = "kapow-destination"
 CONTEXT_VALUE = b'{"consumer": {"type": "data_pipeline"}}'
 PIPELINE_CONSUMER_TYPE = "data_pipeline"
 SINK_TYPES = frozenset({"postgres"})
@@ -155,16 +158,22 @@ class PacketDecoder:
         # the last small header value and its verdict: consecutive records nearly always carry the same bytes, and
         # comparing them costs less than hashing them for the cache
         self._last_context: bytes | None = None
+        self.only: bytes | None = None  # the last is_pipeline_packet's kapow-destination header, if any
         self._last_verdict = False
 
     def is_pipeline_packet(self, headers: list[tuple[str, bytes | None]] | None) -> bool:
         """True when the record carries the ``context`` header naming the data pipeline.
 
         A header that is not the expected JSON (garbage, or nested a thousand levels deep) makes the record
-        foreign traffic: it is filtered, never a crash.
+        foreign traffic: it is filtered, never a crash. Sets :attr:`only`: the ``kapow-destination`` header's
+        value, when the record has one (a copy republished from an error topic is for that destination alone).
         """
         if not headers:
+            self.only = None
             return False
+        # a republished copy names the one destination it is for (it has more headers than a client's packet)
+        self.only = None if len(headers) == 1 else next(
+            (v for name, v in headers if name == DESTINATION_HEADER and v is not None), None)
         for name, value in headers:
             if name != CONTEXT_HEADER or value is None:
                 continue

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
@@ -119,6 +120,11 @@ def test_a_locked_table_holds_only_itself_and_parks_nothing(make_env: Make, writ
     assert "circuit opened" not in writer.log()
 
 
+def _batches(log: str) -> list[dict[str, Any]]:
+    """The writer's "batch committed" lines (JSON logs), in order."""
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{") and '"batch committed"' in line]
+
+
 def test_an_outage_shorter_than_hold_parks_nothing_and_a_longer_one_comes_back_by_itself(
         make_env: Make, writers: Start) -> None:
     env = make_env(n_databases=2)
@@ -151,10 +157,15 @@ def test_an_outage_shorter_than_hold_parks_nothing_and_a_longer_one_comes_back_b
         parked = kit.read_all(env.system_errors, expect=1000, timeout=60)
         assert len(parked) == 1000 and codes(parked) == {"database_unavailable": 1000}
         assert count(db, "items") == 500
+        before = _batches(writer.log())
         proxy.start()
         kit.wait_for(lambda: count(db, "items") == 1500, 90, "parked packets redriven by themselves")
         time.sleep(1)
         assert count(db, "items") == 1500 and count(other, "items") == 1500
+        after = _batches(writer.log())[len(before):]
+        # each copy goes to the destination it was parked for, not to the healthy one again (where an old upsert
+        # would move a newer row back)
+        assert sum(b["landed"] for b in after) == 1000 and sum(b["duplicate"] for b in after) == 0, after
         marks = kit.read_all(f"{env.system_errors}.done", expect=1000, timeout=30)
         assert len({r.key for r in marks}) == 1000, "each parked record marked handled exactly once"
         assert writer.alive()

@@ -398,9 +398,10 @@ def test_markers_say_what_happened_one_byte_per_offset() -> None:
     assert handled.count == 1 and handled.action(0, 10) is Action.REPUBLISHED
 
 
-def test_copies_carry_the_client_headers_the_next_attempt_and_the_origin() -> None:
+def test_copies_carry_the_client_headers_the_next_attempt_the_origin_and_the_failed_destination() -> None:
     r = decode_record(parked(written(**{"kapow-mine": b"x"})))
-    assert copy_headers(r) == [("context", b"c"), ("kapow-attempt", b"3"), ("kapow-origin", b"events/0/0")]
+    assert copy_headers(r) == [("context", b"c"), ("kapow-attempt", b"3"), ("kapow-origin", b"events/0/0"),
+                               ("kapow-destination", b'{"vanity":"wh","database":"db","table":"t"}')]
     lost = decode_record(parked([("context", b"c")]))
     assert copy_headers(lost) == [("context", b"c"), ("kapow-attempt", b"2")]
     assert reschedulable(r) and not reschedulable(lost)
@@ -467,11 +468,13 @@ def test_handled_records_and_unhealthy_destinations() -> None:
 
 
 def test_a_redriven_copy_s_headers() -> None:
+    # the destination that failed goes with the copy: it is for that destination alone
     assert republished_headers(redrive_msg(**{"kapow-attempt": b"3"})) == [
-        ("context", b"x"), ("kapow-attempt", b"4"), ("kapow-origin", b"in/2/41")]
+        ("context", b"x"), ("kapow-attempt", b"4"), ("kapow-origin", b"in/2/41"),
+        ("kapow-destination", b'{"type":"postgres","vanity":"wh","database":"db","schema":"s","table":"t"}')]
     plain = republished_headers(redrive_msg(**{"kapow-attempt": None, "kapow-source-offset": None,
                                                "trace": None, "kapow-origin": None}))
-    assert plain == [("context", b"x"), ("trace", None), ("kapow-attempt", b"2"), ("kapow-origin", b"in/2/")]
+    assert plain[:4] == [("context", b"x"), ("trace", None), ("kapow-attempt", b"2"), ("kapow-origin", b"in/2/")]
     empty = republished_headers(redrive_msg(**{"kapow-attempt": b"", "kapow-source-topic": None,
                                                "kapow-source-partition": None}))
     assert ("kapow-attempt", b"2") in empty and ("kapow-origin", b"//41") in empty

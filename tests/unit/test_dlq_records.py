@@ -62,7 +62,7 @@ def test_copies_keep_the_origin_across_hops_and_count_the_attempt() -> None:
     first = decode_record(message(written()))
     headers = dict(copy_headers(first))
     assert headers == {"context": b'{"consumer": {"type": "data_pipeline"}}', "kapow-attempt": b"3",
-                       "kapow-origin": b"events/1/41"}
+                       "kapow-origin": b"events/1/41", "kapow-destination": dict(written())["kapow-destination"]}
     again = decode_record(message(written(**{"kapow-origin": b"events/0/5", "kapow-source-offset": b"900"})))
     assert dict(copy_headers(again))["kapow-origin"] == b"events/0/5"
 

@@ -630,3 +630,41 @@ def test_runs_whose_contexts_never_read_whole_are_not_grouped_for_a_while() -> N
     one_by_one._skip_runs = 10**9
     one_by_one.sort(0, run(0))
     assert _outcome(batch, works) == _outcome(*one_by_one.sort(1, run(1000)))
+
+
+# ------------------------------------------------------------- copies republished for one destination
+
+def _copy_headers(dest: dict[str, str] | None, offset: int) -> list[tuple[str, bytes]]:
+    """A copy's headers as redrive and reschedule write them: the client's, the attempt, the origin, and the
+    destination that failed (as the error record named it)."""
+    from kapow.contract import destination_json
+
+    headers = [("context", CONTEXT_VALUE), ("kapow-attempt", b"2"), ("kapow-origin", b"in/0/%d" % offset)]
+    if dest is not None:
+        decoded = msgspec.convert({"type": "postgres", "schema": "public", **dest}, Destination)
+        headers.append(("kapow-destination", destination_json(decoded)))
+    return headers
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_copy_for_one_destination_lands_there_alone(whole: bool) -> None:
+    # a packet to a and b, parked for b (b's database was down): its copy must not land in a again, where an old
+    # upsert would move a newer row back (a hostile run saw it), nor fail a refused destination twice
+    nope = [msg(packet({"id": i, "name": "x", "ok": True, "gone": None}, _DEST_A, _DEST_B, _NOPE), i,
+                headers=_copy_headers(_DEST_B, i)) for i in range(20)]
+    same = [msg(packet({"id": i, "name": "x", "ok": True, "gone": None}, _DEST_A, _DEST_B), 100 + i,
+                headers=[*_copy_headers(_DEST_B, 0)[:1], ("kapow-destination", _copy_headers(_DEST_B, 0)[3][1])])
+            for i in range(20)]  # the same headers for every record: a run that would be filed whole
+    sorter = Sorter(CONFIG)
+    sorter._skip_runs = 0 if whole else 10**9
+    batch, works = sorter.sort(1, nope + same)
+    assert [(w.key.table, len(w.rows)) for w in works] == [("b", 40)]
+    assert batch.errors == [] and batch.packets == 40
+    unknown = [msg(packet({"id": 1, "name": "x", "ok": True, "gone": None}, _DEST_A, _DEST_B), 0,
+                   headers=_copy_headers({"vanity": "wh", "database": "db", "table": "gone"}, 0))]
+    _, works = Sorter(CONFIG).sort(2, unknown)  # it names none of them (a changed packet?): all, as it says
+    assert sorted(w.key.table for w in works) == ["a", "b"]
+    plain = [msg(packet({"id": 1, "name": "x", "ok": True, "gone": None}, _DEST_A, _DEST_B), 0,
+                 headers=_copy_headers(None, 0))]
+    _, works = Sorter(CONFIG).sort(3, plain)  # a copy of a packet that failed whole: all its destinations
+    assert sorted(w.key.table for w in works) == ["a", "b"]

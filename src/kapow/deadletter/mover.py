@@ -22,7 +22,7 @@ from collections.abc import Callable
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kapow.deadletter.done import ensure_done_topic, marker_key, marker_value
-from kapow.deadletter.publisher import H_ATTEMPT, HEADER_PREFIX
+from kapow.deadletter.publisher import H_ATTEMPT, H_DESTINATION, HEADER_PREFIX
 from kapow.deadletter.reader import quiet_config
 from kapow.deadletter.records import H_ORIGIN, DlqRecord
 from kapow.errors import KapowError
@@ -66,11 +66,15 @@ def reschedulable(item: DlqRecord) -> bool:
 
 
 def copy_headers(item: DlqRecord) -> list[tuple[str, bytes]]:
-    """The original headers without any ``kapow-*`` ones, then the next attempt and the origin."""
+    """The original headers without any ``kapow-*`` ones, then the next attempt, the origin, and the destination
+    that failed: the copy is for it alone (the packet's others took it the first time)."""
     headers = [(k, v) for k, v in item.headers if not k.startswith(HEADER_PREFIX)]
     headers.append((H_ATTEMPT, str(item.attempt + 1).encode()))
     if item.origin:  # the record's own kapow-origin if it had one, else its kapow-source-* coordinates
         headers.append((H_ORIGIN, item.origin.encode()))
+    failed = next((v for k, v in item.headers if k == H_DESTINATION), None)
+    if failed is not None:
+        headers.append((H_DESTINATION, failed))
     return headers
 
 

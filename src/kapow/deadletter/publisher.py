@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from kapow.contract import Destination, destination_json
+from kapow.contract import DESTINATION_HEADER, Destination, destination_json
 from kapow.errors import ErrorClass, Failure
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ HEADER_PREFIX = "kapow-"
 H_CLASS = "kapow-error-class"
 H_CODE = "kapow-error-code"
 H_MESSAGE = "kapow-error-message"
-H_DESTINATION = "kapow-destination"
+H_DESTINATION = DESTINATION_HEADER
 H_TOPIC = "kapow-source-topic"
 H_PARTITION = "kapow-source-partition"
 H_OFFSET = "kapow-source-offset"

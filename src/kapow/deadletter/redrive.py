@@ -106,7 +106,9 @@ def judge(msg: Message, *, topics: frozenset[str], max_attempts: int, delay_s: f
 
 
 def republished_headers(msg: Message) -> list[tuple[str, bytes | None]]:
-    """The client's headers, the attempt count plus one, and the original record's coordinates."""
+    """The client's headers, the attempt count plus one, the original record's coordinates, and the destination
+    that failed: the copy is for it alone (the packet's other destinations took it the first time, and an old
+    upsert landed there again would move their rows back)."""
     headers = safe_headers(msg)
     meta = {k: v for k, v in headers if k in OWN_HEADERS and v is not None}
     attempts = int(meta.get(H_ATTEMPT, b"1")[:20] or 1)
@@ -116,6 +118,8 @@ def republished_headers(msg: Message) -> list[tuple[str, bytes | None]]:
     out: list[tuple[str, bytes | None]] = [(k, v) for k, v in headers if k not in OWN_HEADERS and k != H_ORIGIN]
     out.append((H_ATTEMPT, str(attempts + 1).encode()))
     out.append((H_ORIGIN, origin))
+    if H_DESTINATION in meta:
+        out.append((H_DESTINATION, meta[H_DESTINATION]))
     return out
 
 

@@ -19,7 +19,7 @@ import msgspec
 
 from kapow.bytecache import ByteCache
 from kapow.config import Config
-from kapow.contract import Destination, PacketDecoder, TableKey, intern_keys
+from kapow.contract import Destination, PacketDecoder, TableKey, destination_json, intern_keys
 from kapow.errors import ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.batch import Batch, TopicCounts
 from kapow.pipeline.filter import is_pipeline_record
@@ -194,6 +194,8 @@ class Sorter:
         if not decoder.is_pipeline_packet(headers[0]):  # type: ignore[arg-type]
             counts.filtered += len(run)
             return True
+        if decoder.only is not None:  # copies for one destination each (kapow-destination): one by one
+            return False
         values: list[bytes] = [m.value() for m in run]  # type: ignore[misc]
         if None in values or max(map(len, values)) > min(decoder.max_bytes, ALIKE_MAX_BYTES):
             return False
@@ -370,6 +372,9 @@ class Sorter:
         return True
 
     def _file(self, batch: Batch, works: dict[TableKey, TableWork], msg: Message) -> None:
+        """File one pipeline record, just found one by :func:`is_pipeline_record` (whose headers said whether it
+        is a copy for one destination: ``decoder.only``)."""
+        only = self.decoder.only
         value = msg.value()
         try:
             # views into the value, not copies (PacketDecoder.split_raw): the row keeps its ``data`` as one
@@ -378,13 +383,17 @@ class Sorter:
         except PacketError as exc:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))
             return
-        self._file_split(batch, works, msg, value, view, doc)  # type: ignore[arg-type]  # split refused None
+        self._file_split(batch, works, msg, value, view, doc, only)  # type: ignore[arg-type]  # split refused None
 
     def _file_split(self, batch: Batch, works: dict[TableKey, TableWork], msg: Message, value: bytes,
-                    view: msgspec.Raw, doc: msgspec.Raw) -> None:
-        """File one record whose envelope is split: ``view`` its ``pipeline_context``, ``doc`` its ``data``."""
+                    view: msgspec.Raw, doc: msgspec.Raw, only: bytes | None = None) -> None:
+        """File one record whose envelope is split: ``view`` its ``pipeline_context``, ``doc`` its ``data``;
+        ``only``: the ``kapow-destination`` of a copy republished from an error topic, which goes there alone (to
+        all its destinations when none is that one)."""
         try:
             routes = self._routes_of(view)
+            if only is not None:
+                routes = tuple(r for r in routes if destination_json(r[0]) == only) or routes
             keys = self.decoder.keys(doc)
             # the decoded values a COPY would send, kept with the row; not for a large packet, whose values would
             # hold as much memory again as its value does (the bound counts the value once)
