@@ -88,9 +88,10 @@ KEYS: dict[str, str] = {
                                       "other tables of the same transaction commit.",
     "destinations[].modes": "Write modes packets may ask for: `insert`, `upsert`, `delete` (default: insert and "
                             "upsert); another is the user error `forbidden_mode`.",
-    "destinations[].allow_no_unique_key": "Accept tables without a primary key or unique constraint (replays then "
-                                          "duplicate rows); otherwise their packets are the user error "
-                                          "`no_unique_key`.",
+    "destinations[].allow_no_unique_key": "Accept tables without a primary key or unique constraint, and inserts "
+                                          "that give none of a table's unique keys (a serial key, say): replays "
+                                          "then duplicate rows; otherwise their packets are the user errors "
+                                          "`no_unique_key` and `missing_key`.",
     "destinations[].schemas": "Allowlist of schemas packets may name; unset means any schema the user may write.",
     "destinations[].tables": "Allowlist of tables packets may name (`table` or `schema.table`); unset means any "
                              "table the user may write. Outside either list: the user error "

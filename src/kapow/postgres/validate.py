@@ -67,8 +67,17 @@ def _check(table: Table, config: DestinationConfig, dest: Destination, keys: tup
     where = f"{table.schema}.{table.name}"
     mode = dest.mode
     if mode == "insert":
-        if not table.has_unique_key and not config.allow_no_unique_key:
-            return _no_unique_key(table)
+        if not config.allow_no_unique_key:
+            if not table.has_unique_key:
+                return _no_unique_key(table)
+            if not any(all(c in keys for c in key) for key in table.unique_keys):
+                # a key the table generates (serial, identity, a default): a replay after a crash would insert the
+                # row again under a new key, so the insert would not be idempotent
+                shown = "; ".join(f"({', '.join(key)})" for key in table.unique_keys[:3])
+                return Failure(ErrorCode.MISSING_KEY,
+                               f"insert gives no unique key of {where} ({shorten(shown, 200)}): a replay would add "
+                               "the row again; give the key's columns in data (or set allow_no_unique_key for this "
+                               "destination)")
         if not table.can_insert:
             return Failure(ErrorCode.FORBIDDEN_DESTINATION, f"KaPoW may not insert into {where}")
     else:
