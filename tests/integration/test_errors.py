@@ -158,6 +158,10 @@ def test_malformed_stream_each_bad_packet_once_on_user_errors(make_env: Callable
     # a bad value names its column and type
     qty = keyed[f"bad-{[c for c, _ in bad].index('bad_value') + 1}".encode()][0]
     assert b"column qty (integer)" in qty.headers["kapow-error-message"], qty.headers["kapow-error-message"]
+    # ... and a NUL names its own column, not the first one (PostgreSQL's doc -> name read the whole document)
+    nul_at = next(n for n, (_, value) in enumerate(bad) if b"900013" in value)
+    nul = keyed[f"bad-{nul_at}".encode()][0]
+    assert nul.headers["kapow-error-message"].startswith(b"column name ("), nul.headers["kapow-error-message"]
     assert kit.read_all(env.system_errors) == []
     assert w.alive(), w.log()[-2000:]
     assert kit.sql(db, "SELECT id FROM victim") == [(1,)]  # no table harmed

@@ -120,6 +120,33 @@ def test_a_locked_table_holds_only_itself_and_parks_nothing(make_env: Make, writ
     assert "circuit opened" not in writer.log()
 
 
+def test_a_slow_table_is_written_alone_and_the_others_of_its_database_stop_waiting_for_it(
+        make_env: Make, writers: Start) -> None:
+    """A trigger sleeping 10 s (under statement_timeout) on one table: every table of its database landed every
+    10 s, in lockstep with it, since they shared its units (a hostile run)."""
+    env = make_env()
+    db = env.databases[0]
+    kit.sql(db, PLAIN.format(t="slow") + ";"
+            "CREATE FUNCTION nap() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(3); RETURN NULL;"
+            " END$$; CREATE TRIGGER t_nap AFTER INSERT ON slow FOR EACH STATEMENT EXECUTE FUNCTION nap()")
+    kit.sql(db, PLAIN.format(t="quick"))
+    writer = writers(env)  # (kit gives the destination 4 connections: the slow table can have one to itself)
+    writer.wait_assigned()
+    lags = []
+    for wave in range(6):
+        ids = range(wave * 10, (wave + 1) * 10)
+        kit.publish(env.topic, kit.packets([kit.dest(db, "slow")], rows(ids))
+                    + kit.packets([kit.dest(db, "quick")], rows(ids)))
+        started = time.monotonic()
+        kit.wait_for(lambda n=(wave + 1) * 10: count(db, "quick") == n, 30, f"wave {wave} of the quick table")
+        lags.append(time.monotonic() - started)
+    # the first waves may share a unit with the slow table (3 s each); once it is known slow it goes alone
+    assert max(lags[2:]) < 2.0, [f"{lag:.1f}" for lag in lags]
+    kit.wait_for(lambda: count(db, "slow") == 60, 60, "the slow table")
+    assert "written alone" in writer.log()
+    assert kit.read_all(env.system_errors) == [] and kit.read_all(env.user_errors) == []
+
+
 def _batches(log: str) -> list[dict[str, Any]]:
     """The writer's "batch committed" lines (JSON logs), in order."""
     return [json.loads(line) for line in log.splitlines() if line.startswith("{") and '"batch committed"' in line]

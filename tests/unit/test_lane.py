@@ -63,9 +63,11 @@ class FakePool:
 class Script:
     """The fake writer: records every call; ``rule(key)`` says what a table's write does (None: it lands)."""
 
-    def __init__(self, rule: Callable[[TableKey], Failure | None] = lambda _k: None, delay: float = 0.0) -> None:
+    def __init__(self, rule: Callable[[TableKey], Failure | None] = lambda _k: None, delay: float = 0.0,
+                 seconds: Callable[[TableKey], float] = lambda _k: 0.0) -> None:
         self.rule = rule
         self.delay = delay
+        self.seconds = seconds  # what a table's statements took in the database, as the writer reports it
         self.calls: list[list[tuple[TableKey, list[int]]]] = []
         self.active: dict[TableKey, int] = {}
         self.overlap = False
@@ -83,9 +85,9 @@ class Script:
             failure = self.rule(job.key)
             if failure is None:
                 results = [WorkResult(w, landed=len(w.rows)) for w in job.works]
-                out.append(JobOutcome(job, results=results))
+                out.append(JobOutcome(job, results=results, seconds=self.seconds(job.key)))
             else:
-                out.append(JobOutcome(job, failure=failure))
+                out.append(JobOutcome(job, failure=failure, seconds=self.seconds(job.key)))
         with self._lock:
             for j in jobs:
                 self.active[j.key] -= 1
@@ -165,6 +167,26 @@ def test_tables_of_one_database_share_a_unit_and_queued_works_merge() -> None:
         assert order == list(range(1, 31)), f"{table} applied out of order: {order}"
     assert any(len(call) > 1 for call in script.calls), "tables of one database never shared a unit"
     assert max(len(batches) for call in script.calls for _k, batches in call) > 1, "queued works never merged"
+    h.lane.close()
+
+
+def test_a_slow_table_is_written_alone_and_the_others_no_longer_wait_for_it() -> None:
+    # a hostile run: a trigger sleeping 10 s (under statement_timeout) on one table made every table of its
+    # database land every 10 s, in lockstep with it, since they shared its units
+    from kapow.pipeline.lane import SLOW_TABLE_S
+
+    script = Script(delay=0.01, seconds=lambda k: SLOW_TABLE_S + 0.1 if k.table == "slow" else 0.01)
+    h = Harness(script, max_connections=1)
+    for batch in range(1, 21):  # a batch at a time, each written before the next comes
+        for table in ("slow", "a", "b"):
+            h.lane.submit(work(table, batch))
+        h.wait(lambda rs, n=3 * batch: len(rs) == n)
+    shared = [i for i, call in enumerate(script.calls) if len(call) > 1 and any(k.table == "slow" for k, _ in call)]
+    assert len(shared) <= 1, f"the slow table shared units {shared} of {len(script.calls)}"
+    assert any(len(call) > 1 for call in script.calls), "the other tables still share their units"
+    for table in ("slow", "a", "b"):
+        order = [b for call in script.calls for k, batches in call if k.table == table for b in batches]
+        assert order == list(range(1, 21)), f"{table} applied out of order: {order}"
     h.lane.close()
 
 

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[WorkResult], None]
 WriteUnit = Callable[[Any, Catalog, list[TableJob]], list[JobOutcome]]
 ALONE_S = 30.0  # after a whole unit timed out, its tables are written alone this long to find the slow one
+# a table whose statements took this long in a unit with others is written alone for ALONE_S: a slow trigger (or
+# index, or lock wait under lock_timeout) must not make the other tables of its database wait for it every unit
+SLOW_TABLE_S = 0.5
 
 
 class DatabaseLane:
@@ -298,6 +301,11 @@ class DatabaseLane:
             for outcome in outcomes:
                 queue = self._tables[outcome.job.key]
                 queue.busy = False
+                if outcome.seconds >= SLOW_TABLE_S:  # (kept alone while it stays slow)
+                    if queue.alone_until <= now:
+                        log.info("lane %s: %s took %.1f s of a unit; written alone for %.0f s", self.name,
+                                 outcome.job.key.label, outcome.seconds, ALONE_S)
+                    queue.alone_until = now + ALONE_S
                 if outcome.results is not None:
                     queue.failure = None
                     queue.backoff = 0.0

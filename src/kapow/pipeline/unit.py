@@ -59,6 +59,7 @@ class JobOutcome:
     job: TableJob
     results: list[WorkResult] | None = None
     failure: Failure | None = None
+    seconds: float = 0.0  # what its statements took in the database (kapow.pipeline.lane: a slow one goes alone)
 
 
 @dataclass(slots=True)
@@ -100,9 +101,11 @@ def write_unit(conn: psycopg.Connection[Any], catalog: Catalog, jobs: list[Table
             out.append(JobOutcome(p.job, results=_results(p, 0, [])))
             continue
         if outcome.failure is None:
-            out.append(JobOutcome(p.job, results=_landed(p, outcome.affected)))
+            out.append(JobOutcome(p.job, results=_landed(p, outcome.affected), seconds=outcome.seconds))
             continue
-        out.append(_settle(conn, catalog, p, outcome.failure))
+        settled = _settle(conn, catalog, p, outcome.failure)
+        settled.seconds = outcome.seconds
+        out.append(settled)
     return out
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg import sql
 
@@ -28,6 +29,8 @@ from kapow.errors import ErrorCode, Failure, Scope, classify_exception, classify
 from kapow.postgres.catalog import Table
 from kapow.postgres.statements import Element, RowLike, Statement, plan
 from kapow.postgres.writer import call
+
+_raw_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])  # a row's values, each as its own JSON
 
 
 class IsolationAborted(Exception):
@@ -75,7 +78,7 @@ def _try(conn: psycopg.Connection[Any], statement: Statement, elements: list[Ele
         if failure.scope is Scope.ROW:  # a whole-call error that is a row's would be our own bug: hold the table
             failure = Failure(ErrorCode.INTERNAL, failure.message, Scope.TABLE)
         raise IsolationAborted(failure) from None
-    (_t, _k, affected, state, message, column, _conflicted), = rows
+    (_t, _k, affected, state, message, column, _conflicted, _ms), = rows
     if state is None:
         return int(affected), None, None
     code, scope = classify_sqlstate(state)
@@ -136,15 +139,20 @@ def name_the_column(conn: psycopg.Connection[Any], table: Table, row: RowLike, f
     Only ever run for a row already isolated as bad, so it costs nothing on the hot path; the client gets
     "column amount (numeric(12,2)): invalid input syntax …" instead of a message that names no column.
     """
-    probe = sql.SQL("SELECT json_populate_record(NULL::{tbl}, json_build_object(%s::text, (%s::json) -> %s::text))"
+    probe = sql.SQL("SELECT json_populate_record(NULL::{tbl}, json_build_object(%s::text, %s::json))"
                     ).format(tbl=table.qualified)
-    doc = as_bytes(row.doc).decode()
+    # each value's own JSON, cut out here: PostgreSQL's `doc -> name` reads the whole document, so one value it
+    # cannot take as text (a \u0000) failed every probe, and the first column was blamed
+    try:
+        values = _raw_fields.decode(as_bytes(row.doc))
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return failure
     for name in row.keys:
-        if name not in table.columns:
+        if name not in table.columns or name not in values:
             continue
         try:
             with conn.transaction():
-                conn.execute(probe, (name, doc, name))
+                conn.execute(probe, (name, bytes(values[name]).decode()))
         except psycopg.Error as exc:
             if classify_exception(exc).scope is not Scope.ROW or conn.closed:
                 raise IsolationAborted(classify_exception(exc)) from None

@@ -17,6 +17,7 @@ call; the caller then writes the tables one by one to find the slow one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,9 +33,11 @@ from kapow.postgres.statements import INSERT, Statement
 
 APPLY_FUNCTION = """
 CREATE OR REPLACE FUNCTION pg_temp.kapow_apply(stmts text[], fasts text[], payloads text[], bounds int[])
-RETURNS TABLE (t int, k int, affected bigint, state text, message text, col text, retried boolean)
+RETURNS TABLE (t int, k int, affected bigint, state text, message text, col text, retried boolean,
+               ms double precision)
 LANGUAGE plpgsql AS $fn$
 DECLARE
+  started timestamptz;
   n bigint;
   counts bigint[];
   fast boolean;
@@ -43,6 +46,7 @@ DECLARE
 BEGIN
   SET CONSTRAINTS ALL IMMEDIATE;
   FOR ti IN 1 .. coalesce(array_length(bounds, 1), 1) - 1 LOOP
+    started := clock_timestamp();
     fast := true;
     retried := false;
     LOOP
@@ -69,6 +73,7 @@ BEGIN
       retried := true;
     END LOOP;
     t := ti;
+    ms := 1000 * extract(epoch FROM clock_timestamp() - started);
     IF failed THEN
       k := -1; affected := 0;
       RETURN NEXT;
@@ -87,7 +92,7 @@ $fn$
 # A unit whose statements carry more than this closes its connection afterwards (kapow.postgres.pool.retire):
 # libpq keeps its buffers at the largest message sent, and a few such connections held ~30 MB each for good.
 RETIRE_AFTER_BYTES = 8 * 1024 * 1024
-_CALL = "SELECT t, k, affected, state, message, col, retried FROM pg_temp.kapow_apply(%b, %b::text[], %b, %b)"
+_CALL = "SELECT t, k, affected, state, message, col, retried, ms FROM pg_temp.kapow_apply(%b, %b::text[], %b, %b)"
 
 
 def configure_connection(conn: psycopg.Connection[Any], *, statement_timeout_ms: int, lock_timeout_ms: int) -> None:
@@ -120,6 +125,7 @@ class TableOutcome:
     conflicted: bool = False  # its plain inserts met a duplicate: applied again with ON CONFLICT DO NOTHING
     copied: bool = False  # its inserts went in by COPY
     copy_failed: bool = False  # a COPY of its inserts failed (rolled back) or its rows could not be COPY text
+    seconds: float = 0.0  # what its statements took in the database (a slow table is then written alone)
 
 
 def copy_text(table: Table, statement: Statement) -> str | None:
@@ -228,6 +234,7 @@ def _copies(tables: Sequence[Sequence[Statement]], plain_first: Sequence[bool] |
 def _copy(conn: psycopg.Connection[Any], text: str, payload: bytes, outcome: TableOutcome, *, last: bool) -> None:
     """One COPY behind the savepoint ``kapow_copy`` (set), leaving it set for the next one (and COMMIT to release
     the last): one round trip besides the COPY's own."""
+    started = time.monotonic()
     try:
         with conn.cursor() as cur:
             with cur.copy(text) as copy:
@@ -246,6 +253,7 @@ def _copy(conn: psycopg.Connection[Any], text: str, payload: bytes, outcome: Tab
         conn.execute("RELEASE SAVEPOINT kapow_copy; SAVEPOINT kapow_copy")
     outcome.affected = [count]
     outcome.copied = True
+    outcome.seconds = time.monotonic() - started
 
 
 def _apply(conn: psycopg.Connection[Any], tables: Sequence[Sequence[Statement]], plain_first: Sequence[bool] | None,
@@ -266,10 +274,11 @@ def _apply(conn: psycopg.Connection[Any], tables: Sequence[Sequence[Statement]],
         bounds.append(len(stmts) + 1)
     if sum(map(len, payloads)) > RETIRE_AFTER_BYTES:
         retire(conn)
-    for i, _k, affected, state, message, column, conflicted in call(conn, stmts, payloads, bounds, fasts):
+    for i, _k, affected, state, message, column, conflicted, ms in call(conn, stmts, payloads, bounds, fasts):
         t = which[i - 1]
         outcome = outcomes[t]
         outcome.conflicted = bool(conflicted)
+        outcome.seconds = (ms or 0.0) / 1000  # the table's, on each of its rows
         if state is None:
             outcome.affected.append(int(affected))
         else:
