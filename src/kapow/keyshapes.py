@@ -34,7 +34,7 @@ import msgspec
 MAX_SHAPES = 256  # decoders kept (~6 kB each for 8 columns); the oldest goes first
 MAX_SHAPE_BYTES = 4 * 1024 * 1024  # ... and at most this much of them (shape_bytes): wide shapes make room sooner
 MAX_COLUMNS = 64  # names beyond this are read the general way (a wide decoder costs more to build than it saves)
-MAX_NAME_BYTES = 4096  # the names of one shape, in all
+MAX_NAME_BYTES = 4096  # the names of one shape, in all (characters, as len counts them)
 BUILD_EVERY = 4096  # rows read between two builds, at least
 WINDOW = 64  # more than MISSES misses before WINDOW right guesses stop the guessing for PAUSE rows
 MISSES = 8
@@ -43,7 +43,9 @@ PAUSE = 256
 # remembered) and the budget has a build in hand: one is earned per ROWS_PER_BUILD rows read_all is asked about,
 # BUILD_CREDIT at most (and at the start), so builds (0.13-0.7 ms each) cost at most ~2.7 µs a row however the
 # names are made, and a hundred tables' shapes are built in about their second run each
-CANDIDATES = 512  # each at most MAX_COLUMNS names of MAX_NAME_BYTES in all: ~4 MB at most (measured 8.0 at 1,024)
+# each at most MAX_COLUMNS names of MAX_NAME_BYTES characters in all: 4.0 MB measured for ASCII names, 7.7 MB for
+# names of 4-byte characters (a helper's review), 8.0 MB for ASCII at 1,024
+CANDIDATES = 512
 ROWS_PER_BUILD = 256
 BUILD_CREDIT = 16.0
 BUILD_UNIT_BYTES = 16 * 1024  # a build costs one credit per this much of its shape_bytes, at least one

@@ -290,15 +290,21 @@ _TRUE = {"t", "true", "y", "yes", "on", "1"}
 _FALSE = {"f", "false", "n", "no", "off", "0"}
 
 
-def _key_class(table: Table, key_cols: tuple[str, ...]) -> Callable[[tuple[bytes, ...]], tuple[Any, ...]]:
+def _key_class(table: Table, key_cols: tuple[str, ...]) -> Callable[[tuple[bytes, ...]], Any]:
     """What a key's JSON texts are to PostgreSQL, as far as its columns' types tell, cached on the table: numbers
     by value (``2``, ``2.0``, ``"2"``, ``" 2 "``, ``1e0``), text by its characters (escapes read), ``character(n)``
     without trailing spaces, ``citext`` in lower case, uuids in one spelling, booleans by truth. A type not named
     here is compared by its characters, so two spellings of one value of another type (two forms of one
     timestamp, say) can still share a round: docs/CONTRACT.md asks clients for one spelling of a key."""
-    def build() -> Callable[[tuple[bytes, ...]], tuple[Any, ...]]:
+    def build() -> Callable[[tuple[bytes, ...]], Any]:
         kinds = [_type_kind(table.columns[c].sql_type if c in table.columns else "") for c in key_cols]
-        return lambda raws: tuple(map(_class_value, raws, kinds))
+        if len(kinds) > 1:
+            return lambda raws: tuple(map(_class_value, raws, kinds))
+        kind = kinds[0]
+        if kind == "number":  # the common key: one integer column, its values plain integers (no call, no tuple)
+            return lambda raws: int(raws[0]) if raws[0].isdigit() and len(raws[0]) < 19 else _class_value(
+                raws[0], kind)
+        return lambda raws: _class_value(raws[0], kind)
 
     return table.derived(("key-class", key_cols), build)
 
