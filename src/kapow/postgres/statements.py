@@ -223,22 +223,25 @@ def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple
     text fold. Rows keyed by two different unique keys in one batch may touch one row by either: they are all
     one class, each in its own round (a rare layout; correct, not fast)."""
     per_key: dict[Any, list[_Op]] = {}
-    decoders: dict[tuple[str, ...], msgspec.json.Decoder[Any]] = {}
-    classes: dict[tuple[str, ...], Any] = {}
     one_class = len(set(keys_of.values())) > 1
+    last_cols: tuple[str, ...] | None = None
+    decoder: msgspec.json.Decoder[Any] | None = None
+    klass: Callable[[tuple[bytes, ...]], Any] = tuple  # (set with the first key columns)
     for i, row in enumerate(rows):
         key_cols = keys_of.get(i)
         if key_cols is None:  # an insert with no resolvable key in a mixed table: its own key, never folded
-            per_key[("row", i)] = [_Op(INSERT, row.doc, row.keys, row.dest, [i])]
+            per_key[(_KEYLESS, i)] = [_Op(INSERT, row.doc, row.keys, row.dest, [i])]
             continue
-        decoder = decoders.get(key_cols)
-        if decoder is None:
-            decoder = decoders[key_cols] = _key_decoder(table, key_cols)
-            classes[key_cols] = _key_class(table, key_cols)
+        if key_cols is not last_cols or decoder is None:  # (both cached on the table)
+            decoder, klass, last_cols = _key_decoder(table, key_cols), _key_class(table, key_cols), key_cols
         values = _key_values(decoder, row.doc)
-        op = _Op(row.dest.mode, row.doc, row.keys, row.dest, [i], (key_cols, values))
-        ops = per_key.setdefault(("all",) if one_class else (key_cols, classes[key_cols](values)), [])
-        if not ops or ops[-1].key != op.key or not _fold(ops, op):
+        strict = (key_cols, values) if one_class else values
+        op = _Op(row.dest.mode, row.doc, row.keys, row.dest, [i], strict)
+        group = _ONE if one_class else klass(values)
+        ops = per_key.get(group)
+        if ops is None:
+            per_key[group] = [op]
+        elif ops[-1].key != strict or not _fold(ops, op):
             ops.append(op)
     # Statements per round and shape; looked up by identity first (rows of one shape share their keys and
     # destination objects), so a shape is hashed once per object, not once per row.
@@ -285,6 +288,8 @@ def _key_values(decoder: msgspec.json.Decoder[Any], doc: bytes) -> tuple[bytes, 
     return tuple(bytes(raw).strip() for raw in raws)
 
 
+_KEYLESS = object()  # per_key's mark of an insert without its key (never equal to a key's class)
+_ONE = object()  # per_key's one class when rows reach a table by two unique keys
 _NUMBER_TYPES = {"smallint", "integer", "bigint", "real", "double precision"}
 _TRUE = {"t", "true", "y", "yes", "on", "1"}
 _FALSE = {"f", "false", "n", "no", "off", "0"}
