@@ -25,8 +25,10 @@ from kapow.keyshapes import KeyShapes
 
 CONTEXT_HEADER = "context"
 # On an error record: the destination that failed (destination_json). On a copy republished from an error topic
-# (redrive, reschedule): the one destination the copy is for; the packet's others took it already.
+# (redrive, reschedule), which also carries ORIGIN_HEADER: the one destination the copy is for; the packet's others
+# took it already.
 DESTINATION_HEADER = "kapow-destination"
+ORIGIN_HEADER = "kapow-origin"  # a copy's: topic/partition/offset of the original record
 CONTEXT_VALUE = b'{"consumer": {"type": "data_pipeline"}}'
 PIPELINE_CONSUMER_TYPE = "data_pipeline"
 SINK_TYPES = frozenset({"postgres"})
@@ -128,6 +130,14 @@ _context_half = operator.attrgetter("pipeline_context")
 _data_half = operator.attrgetter("data")
 
 
+def _only_destination(headers: list[tuple[str, bytes | None]]) -> bytes | None:
+    """The ``kapow-destination`` of a copy (a record with ``kapow-origin`` too), else None."""
+    only = next((v for name, v in headers if name == DESTINATION_HEADER and v is not None), None)
+    if only is None or not any(name == ORIGIN_HEADER for name, _ in headers):
+        return None
+    return only
+
+
 class PacketDecoder:
     """Decodes headers and envelopes for one consumer loop, with small caches of what repeats.
 
@@ -171,9 +181,10 @@ class PacketDecoder:
         if not headers:
             self.only = None
             return False
-        # a republished copy names the one destination it is for (it has more headers than a client's packet)
-        self.only = None if len(headers) == 1 else next(
-            (v for name, v in headers if name == DESTINATION_HEADER and v is not None), None)
+        # a republished copy names the one destination it is for (it has more headers than a client's packet); a
+        # kapow-destination without kapow-origin is not a copy's, and is ignored (a helper's run: a client's own
+        # header made its packet skip its other destinations)
+        self.only = None if len(headers) < 3 else _only_destination(headers)
         for name, value in headers:
             if name != CONTEXT_HEADER or value is None:
                 continue

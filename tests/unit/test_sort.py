@@ -656,8 +656,7 @@ def test_a_copy_for_one_destination_lands_there_alone(whole: bool) -> None:
     nope = [msg(packet({"id": i, "name": "x", "ok": True, "gone": None}, _DEST_A, _DEST_B, _NOPE), i,
                 headers=_copy_headers(_DEST_B, i)) for i in range(20)]
     same = [msg(packet({"id": i, "name": "x", "ok": True, "gone": None}, _DEST_A, _DEST_B), 100 + i,
-                headers=[*_copy_headers(_DEST_B, 0)[:1], ("kapow-destination", _copy_headers(_DEST_B, 0)[3][1])])
-            for i in range(20)]  # the same headers for every record: a run that would be filed whole
+                headers=_copy_headers(_DEST_B, 0)) for i in range(20)]  # one header list: a run filed whole
     sorter = Sorter(CONFIG)
     sorter._skip_runs = 0 if whole else 10**9
     batch, works = sorter.sort(1, nope + same)
@@ -671,6 +670,14 @@ def test_a_copy_for_one_destination_lands_there_alone(whole: bool) -> None:
                  headers=_copy_headers(None, 0))]
     _, works = Sorter(CONFIG).sort(3, plain)  # a copy of a packet that failed whole: all its destinations
     assert sorted(w.key.table for w in works) == ["a", "b"]
+    # a client's own kapow-destination (no kapow-origin: not a copy) is ignored, so it cannot make its packet skip
+    # its other destinations (a helper's run: the packet then went to one table, and audit found it missing)
+    forged = [h for h in _copy_headers(_DEST_B, 0) if h[0] != "kapow-origin"]
+    for whole_run in (1, 20):
+        records = [msg(packet({"id": i, "name": "x", "ok": True, "gone": None}, _DEST_A, _DEST_B), i,
+                       headers=forged) for i in range(whole_run)]
+        _, works = Sorter(CONFIG).sort(4, records)
+        assert sorted((w.key.table, len(w.rows)) for w in works) == [("a", whole_run), ("b", whole_run)]
 
 
 def test_more_tables_of_their_own_names_than_shapes_kept_pause_the_grouping(monkeypatch: pytest.MonkeyPatch) -> None:
