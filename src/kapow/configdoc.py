@@ -89,9 +89,9 @@ KEYS: dict[str, str] = {
     "destinations[].modes": "Write modes packets may ask for: `insert`, `upsert`, `delete` (default: insert and "
                             "upsert); another is the user error `forbidden_mode`.",
     "destinations[].allow_no_unique_key": "Accept tables without a primary key or unique constraint, and inserts "
-                                          "that give none of a table's unique keys (a serial key, say): replays "
-                                          "then duplicate rows; otherwise their packets are the user errors "
-                                          "`no_unique_key` and `missing_key`.",
+                                          "that give none of a table's unique keys (a serial key, say) or give it "
+                                          "as null: replays then duplicate rows; otherwise their packets are the "
+                                          "user errors `no_unique_key` and `missing_key`.",
     "destinations[].schemas": "Allowlist of schemas packets may name; unset means any schema the user may write.",
     "destinations[].tables": "Allowlist of tables packets may name (`table` or `schema.table`); unset means any "
                              "table the user may write. Outside either list: the user error "

@@ -154,6 +154,7 @@ _SQLSTATE_EXACT: dict[str, tuple[ErrorCode, Scope]] = {
     "42804": (ErrorCode.BAD_VALUE, Scope.ROW),  # datatype_mismatch
     "42846": (ErrorCode.BAD_VALUE, Scope.ROW),  # cannot_coerce
     "428C9": (ErrorCode.BAD_VALUE, Scope.ROW),  # generated_always
+    "KPW01": (ErrorCode.MISSING_KEY, Scope.ROW),  # kapow.postgres.statements.NULL_KEY_STATE: a unique key is null
     "42501": (ErrorCode.FORBIDDEN_DESTINATION, Scope.ROW),  # insufficient_privilege
     "42809": (ErrorCode.UNSUPPORTED_TABLE, Scope.ROW),  # wrong_object_type (a view, a sequence)
     "21000": (ErrorCode.BAD_VALUE, Scope.ROW),  # cardinality_violation (a key given twice in one upsert)

@@ -30,8 +30,8 @@ from kapow.pipeline.unit import PLAIN_PAUSE_S, JobOutcome, TableJob, write_unit
 from kapow.pipeline.work import Row, TableWork, WorkResult
 from kapow.postgres.catalog import Catalog, Table, load_tables
 from kapow.postgres.isolate import IsolationAborted, isolate
-from kapow.postgres.statements import RowIn, plan
-from kapow.postgres.writer import apply_unit, configure_connection
+from kapow.postgres.statements import RowIn, plan, plan_last_wins
+from kapow.postgres.writer import apply_unit, configure_connection, copy_text
 from tests.integration import kit
 
 pytestmark = pytest.mark.integration
@@ -272,6 +272,73 @@ def test_a_not_null_failure_names_its_column_from_the_server(db: str, conn: psyc
     ((index, failure),) = result.failures
     assert index == 1 and failure.code is ErrorCode.MISSING_COLUMN
     assert failure.message.startswith("column qty: "), failure.message
+
+
+NULLABLE_KEYS = ("CREATE TABLE {name} (id bigserial PRIMARY KEY, email text UNIQUE, code text, part int, note text,"
+                 " UNIQUE (code, part))")
+
+
+def notes(db: str, name: str) -> list[str]:
+    return [n for (n,) in kit.sql(db, f"SELECT note FROM {name} ORDER BY note")]
+
+
+def test_an_insert_whose_unique_key_is_null_is_refused_so_a_replay_adds_nothing(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    # PostgreSQL lets nulls repeat in a unique column: an insert whose only key was null landed again at every
+    # replay (a crash, a rebalance), so the guarantee of no duplicates held only for keys that cannot be null
+    name = new_table(db, NULLABLE_KEYS)
+    table = table_of(conn, name)
+    ins = dest(db, name)
+    rows = [row_in(ins, {"email": "a@x", "note": "1"}), row_in(ins, {"email": None, "note": "2"}),
+            row_in(ins, {"email": None, "code": "c", "part": 1, "note": "3"}),  # its other key is given: lands
+            row_in(ins, {"email": None, "code": "c", "part": None, "note": "4"})]  # neither is: refused
+    for _ in range(2):  # the second time is the replay
+        statements = plan(table, rows, {})
+        assert [copy_text(table, s) for s in statements] == [None, None]  # COPY could not refuse it
+        (outcome,) = apply_unit(conn, [statements], [True])
+        assert outcome.failure is not None and outcome.failure.code is ErrorCode.MISSING_KEY
+        result = isolate(conn, table, plan(table, rows, {}), rows)
+        assert [(i, f.code, f.scope) for i, f in result.failures] == [(1, ErrorCode.MISSING_KEY, Scope.ROW),
+                                                                      (3, ErrorCode.MISSING_KEY, Scope.ROW)]
+        assert notes(db, name) == ["1", "3"]
+    (one, two) = (f.message for _i, f in result.failures)
+    assert one.startswith("column email: insert's unique key of public.") and "(email)" in one, one
+    assert "(email); (code, part)" in two and "replay" in two and "allow_no_unique_key" in two, two
+    assert "\n" not in one + two
+    # allow_no_unique_key: the client accepts that a replay duplicates such rows
+    loose = plan(table, rows, {}, nulls_ok=True)
+    assert copy_text(table, loose[0]) is not None
+    (outcome,) = apply_unit(conn, [loose], [True])
+    assert outcome.failure is None and notes(db, name) == ["1", "2", "3", "4"]
+
+
+def test_an_upsert_or_delete_by_a_null_key_is_refused_not_added_or_ignored(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db, NULLABLE_KEYS)
+    kit.sql(db, f"INSERT INTO {name} (email, note) VALUES ('a@x', 'old')")
+    table = table_of(conn, name)
+    up, gone = dest(db, name, "upsert", key=("email",)), dest(db, name, "delete", key=("email",))
+    rows = [row_in(up, {"email": None, "note": "n1"}), row_in(up, {"email": "a@x", "note": "new"}),
+            row_in(up, {"email": "b@x", "note": "b"})]
+    for statements in (plan_last_wins(table, rows, ("email",)), plan(table, rows, dict.fromkeys(range(3), ("email",)))):
+        assert statements is not None
+        result = isolate(conn, table, statements, rows)
+        assert [(i, f.code) for i, f in result.failures] == [(0, ErrorCode.MISSING_KEY)]  # not a new row each time
+        assert result.failures[0][1].message.startswith("column email: upsert key (email) of public."), result
+        assert notes(db, name) == ["b", "new"]
+    deletes = [row_in(gone, {"email": None}), row_in(gone, {"email": "b@x"})]
+    result = isolate(conn, table, plan(table, deletes, dict.fromkeys(range(2), ("email",))), deletes)
+    assert [(i, f.code) for i, f in result.failures] == [(0, ErrorCode.MISSING_KEY)]  # not silently nothing
+    assert "delete key (email)" in result.failures[0][1].message and notes(db, name) == ["new"]
+
+
+def test_a_primary_key_needs_no_null_guard(db: str, conn: psycopg.Connection[Any]) -> None:
+    # NOT NULL makes a null key impossible: nearly every table pays nothing for the guard, and keeps its COPY
+    name = new_table(db)
+    table = table_of(conn, name)
+    statements = plan(table, [row_in(dest(db, name), good(1))], {})
+    assert "kapow_refuse" not in statements[0].text + str(statements[0].plain)
+    assert copy_text(table, statements[0]) is not None
 
 
 def test_a_bad_value_in_a_column_that_comes_late_is_named(db: str, conn: psycopg.Connection[Any]) -> None:

@@ -35,6 +35,7 @@ CREATE TABLE public.items (
     tags   text[]
 );
 CREATE TABLE public.nokey (id bigint, v text);
+CREATE TABLE public.emails (id bigserial PRIMARY KEY, email text UNIQUE, note text);
 CREATE TABLE public.victim (id int PRIMARY KEY);
 INSERT INTO public.victim VALUES (1);
 """
@@ -93,6 +94,7 @@ def malformed(db: str) -> list[tuple[str, bytes]]:
         ("bad_value", pkt({"id": 900_015, "name": "n", "qty": 1, "price": True})),
         ("constraint_violation", pkt({"id": 900_016, "name": "n", "qty": -1})),
         ("no_unique_key", pkt({"id": 1, "v": "x"}, [{**d, "table": "nokey"}])),
+        ("missing_key", pkt({"email": None, "note": "x"}, [{**d, "table": "emails"}])),  # nulls repeat in a key
     ]
 
 
@@ -166,6 +168,7 @@ def test_malformed_stream_each_bad_packet_once_on_user_errors(make_env: Callable
     assert w.alive(), w.log()[-2000:]
     assert kit.sql(db, "SELECT id FROM victim") == [(1,)]  # no table harmed
     assert kit.scalar(db, "SELECT count(*) FROM nokey") == 0
+    assert kit.scalar(db, "SELECT count(*) FROM emails") == 0
     row = kit.sql(db, "SELECT name, qty, price, active, uid::text, born::text, doc, tags FROM items WHERE id = 10")[0]
     assert row == ("item 10", 3, pytest.approx(10.25), True, "00000000-0000-0000-0000-000000000010", "2020-02-29",
                    {"i": 10, "nested": {"ok": True}}, ["a", "t10"])

@@ -173,7 +173,8 @@ def test_the_pool_is_sized_and_bounded_from_the_destination() -> None:
     assert conn.autocommit
     assert ("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
             ("7000", "900")) in conn.calls
-    assert len(conn.calls) == 3  # the apply function, the timeouts, the client check
+    assert len(conn.calls) == 3  # the apply and refuse functions, the timeouts, the client check
+    assert "kapow_apply" in conn.calls[0][0] and "kapow_refuse" in conn.calls[0][0]
     old = Conn(130000)
     pool._configure(old)  # type: ignore[arg-type]
     assert len(old.calls) == 2, "client_connection_check_interval exists from PostgreSQL 14 only"

@@ -174,11 +174,32 @@ def test_the_sql_of_each_statement_shape() -> None:
     (guarded,) = plan(t, [RowIn(b'{"id":1,"a":1,"c":2}', ("id", "a", "c"), versioned)], {0: ("id",)})
     assert guarded.text.endswith(' ON CONFLICT ("id") DO UPDATE SET "a" = EXCLUDED."a", "c" = EXCLUDED."c"'
                                  ' WHERE t."c" <= EXCLUDED."c"'), guarded.text
-    pair = Table("public", "t", table().columns, ("id", "a"), (("id", "a"),), False, True, True, True)
+    pk = {**table().columns, "a": Column("a", "bigint", True, False, False)}  # a primary key is NOT NULL
+    pair = Table("public", "t", pk, ("id", "a"), (("id", "a"),), False, True, True, True)
     (delete,) = plan(pair, [RowIn(b'{"id":1,"a":1}', ("id", "a"), DEST[DELETE])], {0: ("id", "a")})
     assert delete.text == ('DELETE FROM "public"."t" AS t USING json_populate_recordset(NULL::"public"."t",'
                            ' $1::json) AS r WHERE t."id" = r."id" AND t."a" = r."a"')
     assert (delete.kind, delete.columns, delete.dest) == (DELETE, (), DEST[DELETE])
+
+
+def test_a_key_that_may_be_null_is_guarded_in_the_statement_itself() -> None:
+    # a unique constraint (not a primary key) on a nullable column: nulls repeat there, so a null key is refused
+    t = Table("public", "t", table().columns, ("id",), (("id",), ("a", "b")), False, True, True, True)
+    (ins,) = plan(t, [RowIn(b'{"a":1,"b":null}', ("a", "b"), DEST[INSERT])], {})
+    guard = ('CASE WHEN ("a" IS NOT NULL AND "b" IS NOT NULL) THEN true ELSE pg_temp.kapow_refuse('
+             "'insert''s unique key of public.t holds a null ((a, b)): a replay would add the row again; give the key a"
+             " value (or set allow_no_unique_key for this destination)', '') END")
+    assert ins.text.endswith(f" WHERE {guard} ON CONFLICT DO NOTHING"), ins.text
+    assert ins.plain is not None and ins.plain.endswith(f" WHERE {guard}"), ins.plain
+    (loose,) = plan(t, [RowIn(b'{"a":1,"b":null}', ("a", "b"), DEST[INSERT])], {}, nulls_ok=True)
+    assert "kapow_refuse" not in loose.text + str(loose.plain) and loose.nulls_ok
+    (given,) = plan(t, [RowIn(b'{"id":1,"a":1}', ("id", "a"), DEST[INSERT])], {})  # the primary key is given
+    assert "kapow_refuse" not in given.text + str(given.plain)
+    by_ab = Destination("wh", "db", "t", mode=DELETE, key=("a", "b"))
+    (delete,) = plan(t, [RowIn(b'{"a":1,"b":2}', ("a", "b"), by_ab)], {0: ("a", "b")})
+    assert (' WHERE t."a" = r."a" AND t."b" = r."b" AND CASE WHEN ("r"."a" IS NOT NULL AND "r"."b" IS NOT NULL)'
+            ' THEN true') in delete.text, delete.text
+    assert "delete key (a, b) of public.t holds a null" in delete.text
 
 
 def test_inserts_are_planned_as_inserts_of_their_destination() -> None:

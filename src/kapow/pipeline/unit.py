@@ -140,7 +140,8 @@ def _prepare(conn: psycopg.Connection[Any], catalog: Catalog, job: TableJob, tab
         p = _Prepared(job, fresh)
         _validate(p, encoding, name)
     if p.rows and p.table is not None:
-        p.statements = _last_wins(p.table, p.inputs) or plan(p.table, p.inputs, order_keys(p.table, p.inputs))
+        p.statements = _last_wins(p.table, p.inputs) or plan(
+            p.table, p.inputs, order_keys(p.table, p.inputs), nulls_ok=job.config.allow_no_unique_key)
     if p.table is not None and p.table is table and _derived(table) != derived:  # its caches grew: re-measure
         catalog.refresh_size(job.key)
     return p

@@ -106,7 +106,7 @@ def _bisect(conn: psycopg.Connection[Any], table: Table, statement: Statement, r
             continue
         element = elements[0]
         if len(element.sources) > 1:
-            _unfold(conn, table, element, rows, result)
+            _unfold(conn, table, element, rows, result, statement.nulls_ok)
             continue
         if failure.code is ErrorCode.BAD_VALUE and column is None:
             failure = name_the_column(conn, table, rows[element.sources[0]], failure)
@@ -116,12 +116,12 @@ def _bisect(conn: psycopg.Connection[Any], table: Table, statement: Statement, r
 
 
 def _unfold(conn: psycopg.Connection[Any], table: Table, element: Element, rows: Sequence[RowLike],
-            result: Isolated) -> None:
+            result: Isolated, nulls_ok: bool) -> None:
     """Apply the packets of a folded element one by one, in order, so that only the bad one fails."""
     for index in element.sources:
         single = rows[index]
         keys_of = {0: _key_of(table, single)} if single.dest.mode != "insert" else {}
-        (statement,) = plan(table, [single], keys_of)
+        (statement,) = plan(table, [single], keys_of, nulls_ok=nulls_ok)
         statement.elements[0].sources = [index]
         _bisect(conn, table, statement, rows, result)
 

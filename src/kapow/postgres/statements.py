@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import msgspec
 from psycopg import sql
 
-from kapow.contract import Destination
+from kapow.contract import Destination, shorten
 from kapow.postgres.catalog import Table
 
 INSERT, UPSERT, DELETE = "insert", "upsert", "delete"
@@ -103,6 +103,7 @@ class Statement:
     elements: list[Element] = field(default_factory=list)
     plain: str | None = None  # inserts: the same without ON CONFLICT, tried first (kapow.postgres.writer)
     lands_all: bool = False  # each key's last row is kept by PostgreSQL: every element lands (plan_last_wins)
+    nulls_ok: bool = False  # an insert's null unique key is let through (allow_no_unique_key): see null_guard
 
     def payload(self, lo: int = 0, hi: int | None = None) -> str:
         docs = [e.doc for e in self.elements[lo:hi]]
@@ -151,15 +152,17 @@ class Statement:
         return [e.doc for e in self.elements]
 
 
-def plan(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ...]]) -> list[Statement]:
+def plan(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ...]], *,
+         nulls_ok: bool = False) -> list[Statement]:
     """Statements that apply ``rows`` (in offset order) to ``table``; ``keys_of`` gives each non-insert row's key.
 
     ``keys_of`` maps a row index to the unique key its destination resolved to (only rows of upsert or delete
-    destinations, or every row when the table sees mixed modes, need one).
+    destinations, or every row when the table sees mixed modes, need one). ``nulls_ok``: the destination's
+    ``allow_no_unique_key``, under which an insert whose unique key is null is not refused (:func:`null_guard`).
     """
     if not keys_of:
-        return _plan_inserts(table, rows)
-    return _plan_rounds(table, rows, keys_of)
+        return _plan_inserts(table, rows, nulls_ok)
+    return _plan_rounds(table, rows, keys_of, nulls_ok)
 
 
 def plan_last_wins(table: Table, rows: Sequence[RowLike], key: tuple[str, ...]) -> list[Statement] | None:
@@ -182,7 +185,7 @@ def plan_last_wins(table: Table, rows: Sequence[RowLike], key: tuple[str, ...]) 
     return [stmt]
 
 
-def _plan_inserts(table: Table, rows: Sequence[RowLike]) -> list[Statement]:
+def _plan_inserts(table: Table, rows: Sequence[RowLike], nulls_ok: bool) -> list[Statement]:
     # Looked up by identity first: rows of one shape share their keys and destination objects (sort interns
     # them), so the shape is hashed once per object, not once per row.
     # Consecutive rows nearly always share their shape: the previous row's statement is checked first.
@@ -200,8 +203,8 @@ def _plan_inserts(table: Table, rows: Sequence[RowLike]) -> list[Statement]:
                 stmt = by_shape.get(shape)
                 if stmt is None:
                     stmt = by_shape[shape] = Statement(INSERT, keys, dest,
-                                                       statement_text(table, INSERT, keys, dest, ()),
-                                                       plain=plain_text(table, keys))
+                                                       statement_text(table, INSERT, keys, dest, (), nulls_ok),
+                                                       plain=plain_text(table, keys, nulls_ok), nulls_ok=nulls_ok)
                 by_id[(id(keys), id(dest))] = stmt
             elements, last_keys, last_dest = stmt.elements, keys, dest
         elements.append(Element(row.doc, [i], row.values))
@@ -217,7 +220,8 @@ class _Op(msgspec.Struct, gc=False):
     key: Any = None  # its key columns and their JSON text: only operations of equal text fold
 
 
-def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ...]]) -> list[Statement]:
+def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ...]],
+                 nulls_ok: bool) -> list[Statement]:
     """Rounds per key *class*, not per key text: ``2``, ``"2"`` and ``" 2"`` are one bigint to PostgreSQL, so
     their operations must take effect in offset order too (:func:`_key_class`), while only operations of equal
     text fold. Rows keyed by two different unique keys in one batch may touch one row by either: they are all
@@ -261,9 +265,10 @@ def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple
                 if stmt is None:
                     key = keys_of.get(op.sources[0], ())
                     stmt = rounds[r][shape] = Statement(op.kind, columns, op.dest,
-                                                        statement_text(table, op.kind, columns, op.dest, key))
+                                                        statement_text(table, op.kind, columns, op.dest, key,
+                                                                       nulls_ok), nulls_ok=nulls_ok)
                     if op.kind == INSERT:
-                        stmt.plain = plain_text(table, columns)
+                        stmt.plain = plain_text(table, columns, nulls_ok)
                 by_id[r][ident] = stmt
             stmt.elements.append(Element(op.doc, op.sources))
     return [stmt for shapes in rounds for stmt in shapes.values()]
@@ -386,39 +391,89 @@ def _merge(first: bytes, second: bytes) -> tuple[bytes, tuple[str, ...]]:
 
 
 def statement_text(table: Table, kind: str, columns: tuple[str, ...], dest: Destination,
-                   key: tuple[str, ...]) -> str:
+                   key: tuple[str, ...], nulls_ok: bool = False) -> str:
     """The SQL of one statement shape, built once per table and cached on its catalog entry."""
-    return table.derived((kind, columns, key, dest.version),
-                         lambda: _build(table, kind, columns, key, dest.version).as_string(None))
+    return table.derived((kind, columns, key, dest.version, nulls_ok and kind == INSERT),
+                         lambda: _build(table, kind, columns, key, dest.version, nulls_ok).as_string(None))
 
 
-def plain_text(table: Table, columns: tuple[str, ...]) -> str:
+def plain_text(table: Table, columns: tuple[str, ...], nulls_ok: bool = False) -> str:
     """An insert of ``columns`` without ``ON CONFLICT``: cheaper per row, and refused at the first duplicate."""
-    return table.derived(("plain", columns), lambda: _insert_head(table, columns).as_string(None))
+    return table.derived(("plain", columns, nulls_ok), lambda: _insert_head(
+        table, columns, None if nulls_ok else null_guard(table, INSERT, columns, ())).as_string(None))
 
 
-def _insert_head(table: Table, columns: tuple[str, ...]) -> sql.Composed:
+# The SQLSTATE of pg_temp.kapow_refuse (kapow.postgres.writer): a row whose unique key is null, refused in the
+# statement itself so that the writer's isolation finds the row and the client gets the reason (missing_key).
+NULL_KEY_STATE = "KPW01"
+
+
+def null_guard(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ...],
+               qualifier: str | None = None) -> sql.Composable | None:
+    """A ``WHERE`` condition that raises :data:`NULL_KEY_STATE` for a row whose unique key is null, or None when
+    the table's own ``NOT NULL`` makes that impossible (a primary key: nearly every table, at no cost).
+
+    PostgreSQL lets nulls repeat in a unique column: an insert whose only unique key is null lands again at every
+    replay (a crash, a rebalance, a client resending), an upsert by a null key adds a row every time, and a delete
+    by one deletes nothing. An insert needs ONE unique key of the columns it gives that is wholly non-null (its
+    ``ON CONFLICT DO NOTHING`` catches a conflict on any); an upsert or delete needs its own key.
+    """
+    where = f"{table.schema}.{table.name}"
+    if kind == INSERT:
+        candidates = [k for k in table.unique_keys if all(c in columns for c in k)]
+        if not candidates or any(all(table.columns[c].not_null for c in k if c in table.columns) for k in candidates):
+            return None
+        shown = "; ".join(f"({', '.join(k)})" for k in candidates[:3])
+        message = (f"insert's unique key of {where} holds a null ({shorten(shown, 200)}): a replay would add the"
+                   " row again; give the key a value (or set allow_no_unique_key for this destination)")
+    else:
+        candidates = [key]
+        if not key or all(table.columns[c].not_null for c in key if c in table.columns):
+            return None
+        message = (f"{'upsert' if kind == LAST_WINS else kind} key ({shorten(', '.join(key), 200)}) of {where}"
+                   " holds a null, which matches no row; give the key a value")
+    nullable = [[c for c in k if c in table.columns and not table.columns[c].not_null] for k in candidates]
+    column = nullable[0][0] if len(nullable) == 1 and len(nullable[0]) == 1 else ""
+
+    def named(c: str) -> sql.Composable:
+        return sql.Identifier(qualifier, c) if qualifier else sql.Identifier(c)
+
+    given = sql.SQL(" OR ").join(
+        sql.SQL("({})").format(sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(named(c)) for c in cols))
+        for cols in nullable)
+    return sql.SQL("CASE WHEN {given} THEN true ELSE pg_temp.kapow_refuse({message}, {column}) END").format(
+        given=given, message=sql.Literal(message), column=sql.Literal(column))
+
+
+def _insert_head(table: Table, columns: tuple[str, ...], guard: sql.Composable | None = None) -> sql.Composed:
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     source = sql.SQL("json_populate_recordset(NULL::{tbl}, $1::json)").format(tbl=table.qualified)
-    return sql.SQL("INSERT INTO {tbl} AS t ({cols}) SELECT {cols} FROM {source}").format(
-        tbl=table.qualified, cols=cols, source=source)
+    where = sql.SQL(" WHERE {}").format(guard) if guard is not None else sql.SQL("")
+    return sql.SQL("INSERT INTO {tbl} AS t ({cols}) SELECT {cols} FROM {source}{where}").format(
+        tbl=table.qualified, cols=cols, source=source, where=where)
 
 
 def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ...],
-           version: str | None) -> sql.Composed:
+           version: str | None, nulls_ok: bool = False) -> sql.Composed:
     tbl = table.qualified
     source = sql.SQL("json_populate_recordset(NULL::{tbl}, $1::json)").format(tbl=tbl)
     if kind == DELETE:
         match = sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in key)
         guard = sql.SQL(" AND t.{v} <= r.{v}").format(v=sql.Identifier(version)) if version else sql.SQL("")
+        refuse = null_guard(table, DELETE, columns, key, "r")
+        if refuse is not None:
+            guard = sql.SQL(" AND {}{}").format(refuse, guard)
         return sql.SQL("DELETE FROM {tbl} AS t USING {source} AS r WHERE {match}{guard}").format(
             tbl=tbl, source=source, match=match, guard=guard)
-    head = _insert_head(table, columns)
+    refuse = None if kind == INSERT and nulls_ok else null_guard(table, kind, columns, key)
+    head = _insert_head(table, columns, refuse)
     if kind == LAST_WINS:
         by = sql.SQL(", ").join(sql.SQL("r.{c}").format(c=sql.Identifier(c)) for c in key)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        where = sql.SQL(" WHERE {}").format(refuse) if refuse is not None else sql.SQL("")
         head = sql.SQL("INSERT INTO {tbl} AS t ({cols}) SELECT DISTINCT ON ({by}) {cols} FROM {source} WITH ORDINALITY"
-                       " AS r ORDER BY {by}, r.ordinality DESC").format(tbl=tbl, cols=cols, by=by, source=source)
+                       " AS r{where} ORDER BY {by}, r.ordinality DESC").format(tbl=tbl, cols=cols, by=by,
+                                                                             source=source, where=where)
     if kind == INSERT:
         return sql.SQL("{head} ON CONFLICT DO NOTHING").format(head=head)
     updates = [c for c in columns if c not in key]

@@ -29,7 +29,7 @@ from psycopg.pq import TransactionStatus
 from kapow.errors import Failure, Scope, classify_sqlstate, one_line
 from kapow.postgres.catalog import Table
 from kapow.postgres.pool import retire
-from kapow.postgres.statements import INSERT, Statement
+from kapow.postgres.statements import INSERT, NULL_KEY_STATE, Statement, null_guard
 
 APPLY_FUNCTION = """
 CREATE OR REPLACE FUNCTION pg_temp.kapow_apply(stmts text[], fasts text[], payloads text[], bounds int[])
@@ -89,6 +89,17 @@ END
 $fn$
 """
 
+# Raised by the statements' null guard (kapow.postgres.statements.null_guard) for a row whose unique key is null:
+# inside the table's fence, so that the row is isolated and refused as the client's (missing_key).
+REFUSE_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION pg_temp.kapow_refuse(reason text, colname text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = '{NULL_KEY_STATE}', MESSAGE = reason, COLUMN = colname;
+END
+$fn$
+"""
+
 # A unit whose statements carry more than this closes its connection afterwards (kapow.postgres.pool.retire):
 # libpq keeps its buffers at the largest message sent, and a few such connections held ~30 MB each for good.
 RETIRE_AFTER_BYTES = 8 * 1024 * 1024
@@ -98,7 +109,7 @@ _CALL = "SELECT t, k, affected, state, message, col, retried, ms FROM pg_temp.ka
 def configure_connection(conn: psycopg.Connection[Any], *, statement_timeout_ms: int, lock_timeout_ms: int) -> None:
     """Run once per new connection: autocommit, the apply function and the timeouts live as long as it does."""
     conn.autocommit = True
-    conn.execute(APPLY_FUNCTION)
+    conn.execute(f"{APPLY_FUNCTION};{REFUSE_FUNCTION}")  # no parameters: several statements, one round trip
     conn.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
                  (str(statement_timeout_ms), str(lock_timeout_ms)))
     if conn.info.server_version >= 140000:
@@ -131,18 +142,20 @@ class TableOutcome:
 def copy_text(table: Table, statement: Statement) -> str | None:
     """The COPY of ``statement``'s columns into ``table``, or None when a column's type cannot take COPY's text
     as ``json_populate_recordset`` takes JSON (json, arrays, composites: kapow.postgres.catalog)."""
-    columns = statement.columns
+    columns, nulls_ok = statement.columns, statement.nulls_ok
 
     def build() -> str | None:
         if not columns or not all(c in table.columns and table.columns[c].copy_safe for c in columns):
             return None
+        if not nulls_ok and null_guard(table, INSERT, columns, ()) is not None:
+            return None  # a null unique key must be refused, which COPY cannot
         if any(c.domain and c.name not in columns for c in table.columns.values()):
             return None  # json_populate_recordset checks a domain's constraints on NULL for a column not given
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
         return sql.SQL("COPY {tbl} ({cols}) FROM STDIN (FORMAT csv, NULL 'null')").format(
             tbl=table.qualified, cols=cols).as_string(None)
 
-    return table.derived(("copy", columns), build)
+    return table.derived(("copy", columns, nulls_ok), build)
 
 
 def call(conn: psycopg.Connection[Any], stmts: list[str], payloads: list[str], bounds: list[int],
