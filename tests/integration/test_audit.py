@@ -189,3 +189,34 @@ def test_modes_decide_what_landed_means(make_env: Callable[..., kit.Env], tmp_pa
     kit.sql(db, "INSERT INTO events VALUES (1, 'a')")  # the delete did not happen: both records of key 1 missing
     report = audit(config)
     assert (report.counts["landed"], report.missing) == (3, 2)
+
+
+def test_a_row_deleted_by_one_key_and_put_back_by_another_is_not_missing(make_env: Callable[..., kit.Env]) -> None:
+    """A delete by ``email``, then an upsert by ``id`` of the same row: the row is there, rightly. Each key was
+    judged alone, so the delete was reported missing (a false alarm); the upsert's data gives ``email`` too."""
+    env = make_env(partitions=1)
+    db = env.databases[0]
+    kit.sql(db, "CREATE TABLE public.people (id bigint PRIMARY KEY, email text NOT NULL UNIQUE, v text)")
+    wh = kit.dest(db, "people")
+    by_email = {**wh, "mode": "delete", "key": ["email"]}
+    upsert = {**wh, "mode": "upsert"}
+    kit.publish(env.topic, [make_packet([wh], {"id": 1, "email": "x@y", "v": "a"}),
+                            make_packet([by_email], {"email": "x@y"}),
+                            make_packet([upsert], {"id": 1, "email": "x@y", "v": "b"}),
+                            make_packet([wh], {"id": 2, "email": "z@y", "v": "c"}),
+                            make_packet([by_email], {"email": "z@y"})])
+    c = Consumer({"bootstrap.servers": kit.BOOTSTRAP, "group.id": env.group, "enable.auto.commit": False})
+    try:
+        c.commit(offsets=[TopicPartition(env.topic, 0, 5)], asynchronous=False)
+    finally:
+        c.close()
+    kit.sql(db, "INSERT INTO people VALUES (1, 'x@y', 'b')")  # as the writer leaves them (2 inserted, deleted)
+    config = load_config(env.write_config())
+    assert counts(audit(config)) == {"total": 5, "filtered": 0, "landed": 5, "user_errors": 0, "parked": 0,
+                                     "purged": 0, "pending": 0, "missing": 0}
+    kit.sql(db, "INSERT INTO people VALUES (2, 'z@y', 'c')")  # the delete by email of row 2 did not happen
+    report = audit(config)
+    assert (report.counts["landed"], report.missing) == (4, 1)  # that delete; the insert before it did land
+    kit.sql(db, "DELETE FROM people")  # and now row 1, put back by the upsert, is gone too
+    report = audit(config)
+    assert (report.counts["landed"], report.missing) == (2, 3)

@@ -2,7 +2,8 @@
 
 The items that need a look (:data:`kapow.audit.scratch.CHECK_ROWS`) are streamed from the scratch session into
 a temporary table of the destination database (``COPY`` to ``COPY``, bytes passed through untouched; nothing to
-do when the scratch database is that database), and each table is checked with one statement:
+do when the scratch database is that database), and each table is checked with one statement per unique key
+(nearly always one):
 
 * the key values are cut out of the record's ``data`` with the table's own types (``json_populate_record`` of a
   JSON object holding the key columns only), exactly as the writer casts them;
@@ -10,6 +11,10 @@ do when the scratch database is that database), and each table is checked with o
   (or first, by name) unique constraint;
 * the *last* operation applied to each key, in topic order (record timestamp, then topic, partition, offset),
   decides what the table must hold: the row after an insert or upsert, no row after a delete;
+* an item is judged under every unique key of its table that its data gives, and the inserts and upserts made
+  by any key count under each (their data is the row they put in place; a delete's data is its own key only):
+  a delete by ``email`` and then an upsert by ``id`` of the same row leave it there, rightly, which ``id`` alone
+  cannot tell (the delete gives no ``id``); an item is ``ok`` when one of its keys says so;
 * a record whose key the table holds as it must is ``ok``; one whose key was changed by a later record still
   pending (past the committed offset) is ``p``; one whose key cannot be known (no unique key on the table, or a
   key column the packet does not give) is ``u`` (unverified: counted as landed, and reported); else ``m``.
@@ -53,21 +58,33 @@ _KEYS = """
 """
 
 
-def key_columns(conn: psycopg.Connection[Any], schema: str, table: str, override: str) -> tuple[bool, list[str]]:
-    """(table exists, its key columns: [] when it has no usable unique key)."""
+# A table's unique keys judged at most: each is one statement over the table's items (nearly every table has one).
+MAX_KEYS = 8
+_KV_DDL = "CREATE TEMP TABLE IF NOT EXISTS audit_kv (seq int8, st text)"
+
+
+def table_keys(conn: psycopg.Connection[Any], schema: str, table: str) -> tuple[list[str], list[list[str]]] | None:
+    """(its columns, its usable unique keys, the primary key first), or None when the table does not exist."""
     found = conn.execute(_TABLE.encode(), (schema, table)).fetchone()
     if found is None:
-        return False, []
+        return None
     oid, columns = found
-    wanted = [c for c in override.split(",") if c] if override else []
-    if wanted and all(c in (columns or []) for c in wanted):
-        return True, wanted
     keys = conn.execute(_KEYS.encode(), (oid,)).fetchall()
-    return True, list(keys[0][1]) if keys else []
+    return list(columns or []), [list(k) for _primary, k in keys]
 
 
-def _verdicts(table: sql.Composable, keys: list[str], grp: int) -> sql.Composed:
-    """The one statement that judges every item of one table (see the module docstring)."""
+def own_key(columns: list[str], keys: list[list[str]], override: str) -> list[str]:
+    """The key a destination's writes go by: its ``key`` when the table has those columns, else the first key."""
+    wanted = [c for c in override.split(",") if c] if override else []
+    if wanted and all(c in columns for c in wanted):
+        return wanted
+    return keys[0] if keys else []
+
+
+def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this_key: list[int]) -> sql.Composed:
+    """The one statement that judges, under one key, every item of one table whose data gives that key (see the
+    module docstring): ``groups`` are the table's groups, ``by_this_key`` those whose writes go by this key (their
+    deletes count; a delete's data is its key only)."""
     ks = [sql.Identifier(f"k{i}") for i in range(len(keys))]
     pairs = sql.SQL(", ").join(sql.SQL("{}, d -> {}").format(sql.Literal(k), sql.Literal(k)) for k in keys)
     picked = sql.SQL(", ").join(sql.SQL("r.{} AS {}").format(sql.Identifier(k), kn) for k, kn in zip(keys, ks,
@@ -78,13 +95,13 @@ def _verdicts(table: sql.Composable, keys: list[str], grp: int) -> sql.Composed:
     in_table = sql.SQL(" AND ").join(sql.SQL("x.{} = k.{}").format(sql.Identifier(k), kn)
                                      for k, kn in zip(keys, ks, strict=True))
     return sql.SQL("""
-        INSERT INTO audit_res (seq, st)
+        INSERT INTO audit_kv (seq, st)
         WITH ops AS (
             SELECT c.seq, c.mode, c.eff, ARRAY[c.ts, c.t, c.p, c.o]::int8[] AS at, {picked}
             FROM audit_chk c
             CROSS JOIN LATERAL (SELECT c.keydoc::json AS d) j
             CROSS JOIN LATERAL json_populate_record(NULL::{table}, json_build_object({pairs})) r
-            WHERE c.grp = {grp}
+            WHERE c.grp = ANY({groups}::int4[]) AND (c.mode <> {delete} OR c.grp = ANY({by_this_key}::int4[]))
         ),
         keyed AS (SELECT * FROM ops o WHERE NOT ({null})),
         last AS (SELECT DISTINCT ON ({klist}) {klist}, mode, at FROM keyed WHERE eff = 1
@@ -98,15 +115,26 @@ def _verdicts(table: sql.Composable, keys: list[str], grp: int) -> sql.Composed:
             LEFT JOIN pend pd USING ({klist})
         )
         SELECT o.seq,
-               CASE WHEN {null} THEN 'u'
-                    WHEN (coalesce(s.lmode, o.mode) <> {delete}) = s.have THEN 'ok'
+               CASE WHEN (coalesce(s.lmode, o.mode) <> {delete}) = s.have THEN 'ok'
                     WHEN s.pat IS NOT NULL AND (s.lat IS NULL OR s.pat > s.lat) THEN 'p'
                     ELSE 'm' END
-        FROM ops o LEFT JOIN state s ON {same}
+        FROM keyed o JOIN state s ON {same}
         WHERE o.eff IN (0, 1)
-    """).format(picked=picked, table=table, pairs=pairs, grp=sql.Literal(grp), null=null, klist=klist,
-                in_table=in_table, delete=sql.Literal(int(Mode.DELETE)), same=same)
+    """).format(picked=picked, table=table, pairs=pairs, groups=sql.Literal(groups), null=null, klist=klist,
+                in_table=in_table, delete=sql.Literal(int(Mode.DELETE)), same=same,
+                by_this_key=sql.Literal(by_this_key))
 
+
+# An item judged under several keys takes the best verdict; one that gives none of its table's keys is unverified.
+# Once per database, after every table: one pass over the items.
+_BEST = """
+    INSERT INTO audit_res (seq, st)
+    SELECT c.seq, CASE WHEN bool_or(k.st = 'ok') THEN 'ok' WHEN bool_or(k.st = 'p') THEN 'p'
+                       WHEN bool_or(k.st = 'm') THEN 'm' ELSE 'u' END
+    FROM audit_chk c LEFT JOIN audit_kv k ON k.seq = c.seq
+    WHERE c.eff IN (0, 1)
+    GROUP BY c.seq
+"""
 
 _SAFE_POPULATE = """
     CREATE OR REPLACE FUNCTION pg_temp.audit_populate(base anyelement, doc json) RETURNS anyelement
@@ -119,26 +147,37 @@ _SAFE_POPULATE = """
 """
 
 
-def check_table(conn: psycopg.Connection[Any], grp: int, schema: str, table: str, override: str) -> None:
-    """Verdicts for every item of one table into ``audit_res``."""
-    exists, keys = key_columns(conn, schema, table, override)
-    if not exists:
-        conn.execute(b"INSERT INTO audit_res SELECT seq, 'm' FROM audit_chk WHERE grp = %s AND eff IN (0, 1)", (grp,))
+def check_table(conn: psycopg.Connection[Any], schema: str, table: str, groups: list[tuple[int, str]]) -> None:
+    """Verdicts for the items of one table into ``audit_kv`` (none: unverified); ``groups``: (group, its ``key``
+    override), one per key the table's destinations name.
+
+    Each item is judged under every unique key its data gives, and counts as landed when one of them says so:
+    a delete by ``email`` and then an upsert by ``id`` of the same row leave it there, which the ``id`` key alone
+    cannot see (the delete gives no ``id``), and the ``email`` key can (the upsert's data gives it)."""
+    ids = [g for g, _ in groups]
+    found = table_keys(conn, schema, table)
+    if found is None:
+        conn.execute(b"INSERT INTO audit_kv SELECT seq, 'm' FROM audit_chk WHERE grp = ANY(%s::int4[])"
+                     b" AND eff IN (0, 1)", (ids,))
         return
-    if not keys:
-        conn.execute(b"INSERT INTO audit_res SELECT seq, 'u' FROM audit_chk WHERE grp = %s AND eff IN (0, 1)", (grp,))
-        return
+    columns, keys = found
+    owns = [(g, own_key(columns, keys, override)) for g, override in groups]
+    judged: list[list[str]] = []
+    for key in [k for _g, k in owns] + keys:
+        if key and key not in judged and len(judged) < MAX_KEYS:
+            judged.append(key)
     qualified = sql.Identifier(schema, table)
-    statement = _verdicts(qualified, keys, grp)
-    try:
-        with conn.transaction():
-            conn.execute(statement)
-    except psycopg.errors.DataError:  # a bad key value (a pending record's): the slow, careful way
-        log.info("audit: a key value of %s.%s does not cast; checking row by row", schema, table)
-        conn.execute(_SAFE_POPULATE.encode())
-        careful = statement.as_string(conn).replace("CROSS JOIN LATERAL json_populate_record(",
-                                                    "CROSS JOIN LATERAL pg_temp.audit_populate(", 1)
-        conn.execute(careful.encode())
+    for key in judged:
+        statement = _verdicts(qualified, key, ids, [g for g, k in owns if k == key])
+        try:
+            with conn.transaction():
+                conn.execute(statement)
+        except psycopg.errors.DataError:  # a bad key value (a pending record's): the slow, careful way
+            log.info("audit: a key value of %s.%s does not cast; checking row by row", schema, table)
+            conn.execute(_SAFE_POPULATE.encode())
+            careful = statement.as_string(conn).replace("CROSS JOIN LATERAL json_populate_record(",
+                                                        "CROSS JOIN LATERAL pg_temp.audit_populate(", 1)
+            conn.execute(careful.encode())
 
 
 def check_database(scratch: psycopg.Connection[Any], target: psycopg.Connection[Any] | None, db: int,
@@ -155,8 +194,14 @@ def check_database(scratch: psycopg.Connection[Any], target: psycopg.Connection[
         conn.execute(b"TRUNCATE audit_res")
         _pipe(scratch, sql.SQL("COPY ({}) TO STDOUT").format(rows), target, sql.SQL("COPY audit_chk FROM STDIN"))
     conn.execute(b"ANALYZE audit_chk")
+    conn.execute(_KV_DDL.encode())
+    conn.execute(b"TRUNCATE audit_kv")
+    tables: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for grp, schema, table, override in groups:
-        check_table(conn, grp, schema, table, override)
+        tables.setdefault((schema, table), []).append((grp, override))
+    for (schema, table), its_groups in tables.items():
+        check_table(conn, schema, table, its_groups)
+    conn.execute(_BEST.encode())
     if target is not None:
         _pipe(target, sql.SQL("COPY audit_res TO STDOUT"), scratch, sql.SQL("COPY audit_res FROM STDIN"))
 
