@@ -12,6 +12,7 @@ Everything here is written for a hostile client: any input, however large, deep 
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import re
 from collections.abc import Sequence
@@ -426,10 +427,17 @@ def destination_label(vanity: str, database: str, schema: str, table: str) -> st
 
 
 def destination_json(dest: Destination, *, limit: int = 256) -> bytes:
-    """One destination as JSON, for the ``kapow-destination`` error header; each name is cut to ``limit``."""
+    """One destination as JSON, for the ``kapow-destination`` error header; each name is cut to ``limit``.
+
+    A destination with a ``key``, ``version`` or ``metadata`` also gets ``variant``, a short digest of all of
+    it: a packet may name one table twice (an upsert, and the same with metadata), and the copy republished for
+    one of them must land there alone (kapow.pipeline.sort), which the names and mode cannot tell apart. The
+    digest keeps the header small whatever the client's key lists hold."""
     out: dict[str, Any] = {"type": shorten(dest.type, limit), "vanity": shorten(dest.vanity, limit),
                            "database": shorten(dest.database, limit), "schema": shorten(dest.schema, limit),
                            "table": shorten(dest.table, limit)}
     if dest.mode != "insert":
         out["mode"] = shorten(dest.mode, limit)
+    if dest.key is not None or dest.version is not None or dest.metadata is not None:
+        out["variant"] = hashlib.blake2b(msgspec.json.encode(dest), digest_size=8).hexdigest()
     return msgspec.json.encode(out)

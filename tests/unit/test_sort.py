@@ -680,6 +680,32 @@ def test_a_copy_for_one_destination_lands_there_alone(whole: bool) -> None:
         assert sorted((w.key.table, len(w.rows)) for w in works) == [("a", whole_run), ("b", whole_run)]
 
 
+def test_a_copy_for_one_of_two_destinations_of_one_table_lands_in_that_one_alone() -> None:
+    # a packet may name one table twice (an insert, and the same with a key or metadata): both encoded to one
+    # kapow-destination, so the copy parked for one of them landed in both (with metadata: the copy's offset)
+    keyed = {**_DEST_B, "key": ["id"]}
+    copies = [msg(packet({"id": i, "name": "x", "ok": True, "gone": None}, _DEST_B, keyed), i,
+                  headers=_copy_headers(keyed, i)) for i in range(5)]
+    batch, works = Sorter(CONFIG).sort(1, copies)
+    assert batch.errors == [] and [(w.key.table, len(w.rows)) for w in works] == [("b", 5)]
+    assert {w.rows[0].dest.key for w in works} == {("id",)}
+    plain = [msg(packet({"id": 1, "name": "x", "ok": True, "gone": None}, _DEST_B, keyed), 0,
+                 headers=_copy_headers(_DEST_B, 0))]
+    _, works = Sorter(CONFIG).sort(2, plain)
+    assert [(w.key.table, [r.dest.key for r in w.rows]) for w in works] == [("b", [None])]
+
+
+def test_the_destination_header_tells_variants_apart_and_stays_small() -> None:
+    from kapow.contract import destination_json
+
+    base = Destination("wh", "db", "t")
+    assert b"variant" not in destination_json(base)  # as before: old parked copies still match
+    variants = [base, Destination("wh", "db", "t", key=("id",)), Destination("wh", "db", "t", key=("id", "v")),
+                Destination("wh", "db", "t", version="v"), Destination("wh", "db", "t", key=("x" * 100_000,))]
+    headers = [destination_json(d) for d in variants]
+    assert len(set(headers)) == len(variants) and max(map(len, headers)) < 200
+
+
 def test_more_tables_of_their_own_names_than_shapes_kept_pause_the_grouping(monkeypatch: pytest.MonkeyPatch) -> None:
     # a helper's review: 1,250 tables of their own names in one partition went round faster than the names met
     # once are remembered, so every group waited for a shape never built, and sort cost 1.1-1.2x the old one
