@@ -326,7 +326,7 @@ def _decode(decoder: msgspec.json.Decoder[T], raw: bytes, what: str) -> T:
         prefix = "" if what == "packet" else f"{what}."
         raise PacketError(ErrorCode.BAD_PACKET, f"bad packet shape: {prefix}{describe(exc)}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise PacketError(ErrorCode.NOT_JSON, f"value is not UTF-8 JSON: {describe(exc)}") from None
+        raise PacketError(ErrorCode.NOT_JSON, f"value is not UTF-8 JSON: {describe(exc, raw)}") from None
     except RecursionError:
         raise PacketError(ErrorCode.BAD_PACKET, f"{what} is nested too deeply") from None
 
@@ -363,7 +363,7 @@ def decode_keys(doc: bytes, *, max_depth: int) -> tuple[str, ...]:
     except msgspec.ValidationError:
         raise PacketError(ErrorCode.BAD_PACKET, "data must be a JSON object of column -> value") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # e.g. invalid UTF-8 inside the raw data
-        raise PacketError(ErrorCode.NOT_JSON, f"data is not JSON: {describe(exc)}") from None
+        raise PacketError(ErrorCode.NOT_JSON, f"data is not JSON: {describe(exc, doc)}") from None
     except RecursionError:
         raise PacketError(ErrorCode.BAD_PACKET, f"data is nested deeper than {max_depth} levels") from None
     if not keys:
@@ -412,8 +412,20 @@ def check_identifier(kind: str, name: str, code: ErrorCode = ErrorCode.UNKNOWN_T
         raise PacketError(code, f"invalid {kind} name {shorten(name)!r}: use letters, digits and _")
 
 
-def describe(exc: Exception) -> str:
-    return shorten(str(exc).replace("`", "").replace("$.", "").replace(" - at $", ""), 200)
+# A \u escape of a high surrogate not followed by the escape of a low one: msgspec says "Input data was
+# truncated" for it, which sends a client looking for a cut packet. Searched only once a decode has failed.
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+
+
+def describe(exc: Exception, doc: bytes | None = None) -> str:
+    """msgspec's message for a decode error, for a client; ``doc``: what failed, to name a lone surrogate."""
+    text = str(exc)
+    if doc is not None and "truncated" in text:
+        found = _LONE_SURROGATE.search(as_bytes(doc))
+        if found is not None:
+            return (f"invalid string escape {found.group().decode()} at byte {found.start()}: a UTF-16 high"
+                    " surrogate without its low one (not a character)")
+    return shorten(text.replace("`", "").replace("$.", "").replace(" - at $", ""), 200)
 
 
 def make_packet(destinations: list[dict[str, Any]], data: Any) -> bytes:

@@ -311,3 +311,21 @@ def test_sets_of_column_names_are_interned_within_a_bound_in_count_and_bytes() -
     b = intern_keys(keysets, ("b",), 2)
     assert intern_keys(keysets, ("c",), 2) == ("c",) and ("c",) not in keysets  # over the count: never kept
     assert keysets == {("id", "name"): a, ("b",): b}
+
+
+@pytest.mark.parametrize("escape", [b"\\ud800", b"\\uDBFF", b"\\ud83d\\u0041"])
+def test_a_lone_surrogate_is_named_not_called_truncated(escape: bytes) -> None:
+    # msgspec says "Input data was truncated" for a high surrogate without its low one: a client then looks for
+    # a cut packet that is not there
+    doc = b'{"id": 1, "name": "x' + escape + b'"}'
+    with pytest.raises(PacketError) as raised:
+        decode_keys(doc, max_depth=64)
+    message = str(raised.value)
+    assert "surrogate" in message and "truncated" not in message, message
+    with pytest.raises(PacketError) as whole:  # the whole packet read: the same
+        decoder().split_raw(make_packet([{"vanity": "v", "database": "d", "table": "t"}], {}).replace(
+            b'"data":{}', b'"data":' + doc))
+    assert whole.value.failure.code is ErrorCode.NOT_JSON and "surrogate" in str(whole.value), whole.value
+    with pytest.raises(PacketError) as cut:
+        decode_keys(b'{"id": 1, "name": "\\ud83d\\ude00', max_depth=64)  # truly cut: still says so
+    assert "truncated" in str(cut.value)

@@ -143,6 +143,11 @@ def test_malformed_events_raise_packet_errors_with_a_user_code(value: bytes, cod
     assert got is code and message
 
 
+def test_a_lone_surrogate_is_named_not_called_truncated() -> None:
+    code, message = failure(b'{"op": "c", "after": {"a": "\\ud800"}}')
+    assert code is ErrorCode.NOT_JSON and "surrogate" in message and "truncated" not in message, message
+
+
 def test_nul_escaped_as_text_is_not_a_nul() -> None:
     assert row(decode(b'{"op": "c", "after": {"a": "back\\\\u0000slash"}}')) == {"a": "back\\u0000slash"}
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from kapow.contract import intern_keys
+from kapow.contract import describe, intern_keys
 from kapow.errors import ErrorCode, PacketError
 from kapow.formats.debezium_types import Plan, SchemaField, column_plan, depth, schema_plan
 from kapow.formats.values import BadValue
@@ -147,9 +147,9 @@ class ChangeDecoder:
         except BadValue as exc:
             raise _bad(str(exc)) from None
         except msgspec.ValidationError as exc:
-            raise _bad(f"not a Debezium change event: {_describe(exc)}") from None
+            raise _bad(f"not a Debezium change event: {describe(exc)}") from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise PacketError(ErrorCode.NOT_JSON, f"change event is not UTF-8 JSON: {_describe(exc)}") from None
+            raise PacketError(ErrorCode.NOT_JSON, f"change event is not UTF-8 JSON: {describe(exc, value)}") from None
         except RecursionError:
             raise _bad("change event is nested too deeply") from None
 
@@ -308,10 +308,6 @@ def _has_nul(value: Any) -> bool:
         elif type(item) is list:
             stack.extend(item)
     return False
-
-
-def _describe(exc: Exception) -> str:
-    return str(exc).replace("`", "").replace("$.", "").replace(" - at $", "")
 
 
 def decode_change(value: bytes | None, key: bytes | None, *, column_types: Mapping[str, str] | None = None,
