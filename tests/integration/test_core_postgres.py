@@ -349,6 +349,16 @@ def test_a_bad_value_in_a_column_that_comes_late_is_named(db: str, conn: psycopg
     assert failure.message.startswith("column c (integer): "), failure.message
 
 
+def test_a_bad_value_names_the_type_the_column_has_now_not_the_one_cached(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, qty text)")
+    table = table_of(conn, name)  # read while qty is text
+    kit.sql(db, f"ALTER TABLE {name} ALTER COLUMN qty TYPE integer USING qty::integer")
+    rows = [row_in(dest(db, name), {"id": 1, "qty": "abc"})]
+    ((_i, failure),) = isolate(conn, table, plan(table, rows, {}), rows).failures
+    assert failure.message.startswith("column qty (integer): "), failure.message
+
+
 def test_isolation_stops_at_a_locked_table_and_says_why(db: str, conn: psycopg.Connection[Any]) -> None:
     name = new_table(db)
     table = table_of(conn, name)

@@ -156,6 +156,21 @@ def name_the_column(conn: psycopg.Connection[Any], table: Table, row: RowLike, f
         except psycopg.Error as exc:
             if classify_exception(exc).scope is not Scope.ROW or conn.closed:
                 raise IsolationAborted(classify_exception(exc)) from None
-            column = table.columns[name]
-            return Failure(failure.code, f"column {name} ({column.sql_type}): {one_line(exc)}", failure.scope)
+            return Failure(failure.code, f"column {name} ({_type_now(conn, table, name)}): {one_line(exc)}",
+                           failure.scope)
     return failure
+
+
+_TYPE_NOW = ("SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+             " WHERE attrelid = %s::regclass AND attname = %s AND NOT attisdropped")
+
+
+def _type_now(conn: psycopg.Connection[Any], table: Table, name: str) -> str:
+    """The column's type as the server has it now: the catalog entry may predate an ALTER COLUMN … TYPE (the very
+    reason a value is refused), and the message must name the type that refused it."""
+    try:
+        with conn.transaction():
+            found = conn.execute(_TYPE_NOW, (table.qualified.as_string(conn), name)).fetchone()
+    except psycopg.Error:
+        found = None
+    return str(found[0]) if found else table.columns[name].sql_type
