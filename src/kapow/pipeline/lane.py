@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[WorkResult], None]
 WriteUnit = Callable[[Any, Catalog, list[TableJob]], list[JobOutcome]]
 ALONE_S = 30.0  # after a whole unit timed out, its tables are written alone this long to find the slow one
-# a table whose statements took this long in a unit with others is written alone for ALONE_S: a slow trigger (or
-# index, or lock wait under lock_timeout) must not make the other tables of its database wait for it every unit
+# a table whose statements took this long in a unit is written alone for ALONE_S, renewed while it stays this slow
+# on its own: a slow trigger (or index, or lock wait under lock_timeout) must not make the other tables of its
+# database wait for it every unit
 SLOW_TABLE_S = 0.5
 
 
