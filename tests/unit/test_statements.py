@@ -372,3 +372,19 @@ def test_rows_keyed_by_two_unique_keys_take_effect_in_offset_order() -> None:
             RowIn(b'{"id":1,"email":"e1","v":"new"}', ("id", "email", "v"), DEST[UPSERT])]
     statements = plan(t, rows, {0: ("id",), 1: ("email",), 2: ("id",)})
     assert [[i for e in s.elements for i in e.sources] for s in statements] == [[0], [1], [2]]
+
+
+def test_a_table_of_two_unique_keys_is_planned_in_offset_order_runs() -> None:
+    # rows of different ids interact through the other key: nothing folded or reordered; consecutive rows of one
+    # operation and shape share a statement, and an upsert run is cut where its key comes again
+    t = Table("public", "t", table().columns, ("id",), (("id",), ("a",)), False, True, True, True)
+    rows = [row(INSERT, {"id": 1, "a": 1}), row(INSERT, {"id": 2, "a": 2}), row(DELETE, {"id": 1}),
+            row(INSERT, {"id": 1, "a": 2}), row(UPSERT, {"id": 3, "a": 3}), row(UPSERT, {"id": 4, "a": 4}),
+            row(UPSERT, {"id": "3", "a": 5}), row(UPSERT, {"id": 5, "a": 6})]
+    keys_of = {i: ("id",) for i in range(len(rows))}
+    statements = plan(t, rows, keys_of)
+    assert [(s.kind, [e.sources for e in s.elements]) for s in statements] == [
+        (INSERT, [[0], [1]]), (DELETE, [[2]]), (INSERT, [[3]]), (UPSERT, [[4], [5]]), (UPSERT, [[6], [7]])]
+    assert all(s.plain is not None for s in statements if s.kind == INSERT)
+    one_key = plan(table(), rows, keys_of)  # one unique key: rounds per key, folded (1's insert-delete-insert)
+    assert [s.kind for s in one_key] != [s.kind for s in statements]

@@ -278,8 +278,8 @@ def _row_in(row: Row) -> RowLike:
 def _last_wins(table: Table, inputs: list[RowLike]) -> list[Statement] | None:
     """Upserts of one shape to one unguarded destination: one statement that folds them in PostgreSQL."""
     dest = inputs[0].dest
-    if dest.mode != "upsert" or dest.version is not None:
-        return None
+    if dest.mode != "upsert" or dest.version is not None or len(table.unique_keys) > 1:
+        return None  # (a table with two unique keys: its upserts interact through both, in offset order only)
     key = key_columns(table, dest)
     if not isinstance(key, tuple) or key not in table.folding_keys:
         return None  # an index with its own collation or operator class: equal keys are the index's to say
