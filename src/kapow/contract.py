@@ -131,7 +131,7 @@ _context_half = operator.attrgetter("pipeline_context")
 _data_half = operator.attrgetter("data")
 
 
-def _only_destination(headers: list[tuple[str, bytes | None]]) -> bytes | None:
+def copy_destination(headers: list[tuple[str, bytes | None]]) -> bytes | None:
     """The ``kapow-destination`` of a copy (a record with ``kapow-origin`` too), else None."""
     only = next((v for name, v in headers if name == DESTINATION_HEADER and v is not None), None)
     if only is None or not any(name == ORIGIN_HEADER for name, _ in headers):
@@ -185,7 +185,7 @@ class PacketDecoder:
         # a republished copy names the one destination it is for (it has more headers than a client's packet); a
         # kapow-destination without kapow-origin is not a copy's, and is ignored (a helper's run: a client's own
         # header made its packet skip its other destinations)
-        self.only = None if len(headers) < 3 else _only_destination(headers)
+        self.only = None if len(headers) < 3 else copy_destination(headers)
         for name, value in headers:
             if name != CONTEXT_HEADER or value is None:
                 continue

@@ -25,6 +25,30 @@ def test_destinations_modes_and_keys_are_read() -> None:
     assert msgspec.json.decode(asked.keydoc) == {"a": 1, "b": "x"}
 
 
+def test_a_copy_asks_for_the_destination_it_was_republished_for_alone() -> None:
+    # a hostile run: redriven copies land only where they were parked (kapow.pipeline.sort), and the audit, which
+    # read them as asking for every destination of their packet, reported them missing in the others
+    from kapow.audit.asks import Asked
+    from kapow.contract import Destination, destination_json
+
+    keyed = {**WH, "key": ["a"]}
+    value = make_packet([WH, {**WH, "table": "u"}, keyed], {"a": 1})
+
+    def asked_for(headers: list[tuple[str, bytes | None]]) -> list[tuple[str, tuple[str, ...]]]:
+        asked = Asker().ask("in", [(CONTEXT_HEADER, CONTEXT_VALUE), *headers], value, None)
+        assert isinstance(asked, Asked)
+        return [(a.table, a.key) for a in asked.asks]
+
+    for parked, expected in ((WH, [("t", ())]), ({**WH, "table": "u"}, [("u", ())]), (keyed, [("t", ("a",))])):
+        header = destination_json(msgspec.convert(parked, Destination))
+        assert asked_for([("kapow-attempt", b"2"), ("kapow-origin", b"in/0/5"),
+                          ("kapow-destination", header)]) == expected
+        # not a copy (no kapow-origin): the header is the client's own, and ignored
+        assert len(asked_for([("kapow-attempt", b"2"), ("kapow-destination", header)])) == 3
+    elsewhere = destination_json(Destination("wh", "db", "gone"))  # names none of them: all, as the writer does
+    assert len(asked_for([("kapow-origin", b"in/0/5"), ("kapow-destination", elsewhere)])) == 3
+
+
 def test_what_the_writer_cannot_read_asks_for_nothing() -> None:
     asker = Asker()
     for value in (None, b"{not json", b'{"pipeline_context": {"destinations": []}, "data": {"a": 1}}',

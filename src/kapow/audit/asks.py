@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from kapow.config import Config
-from kapow.contract import PacketDecoder, PipelineContext, destination_label
+from kapow.contract import PacketDecoder, PipelineContext, copy_destination, destination_json, destination_label
 from kapow.errors import PacketError
 
 MAX_KEYDOC_RAW = 4096  # data up to this many bytes travels as it is
@@ -101,7 +101,16 @@ class Asker:
             return self._routed(route, value, key)
         if not self.is_packet(headers):
             return FILTERED
-        return self.asks(value)
+        asked = self.asks(value)
+        only = copy_destination(headers)
+        if only is None or value is None or not isinstance(asked, Asked) or len(asked.asks) < 2:
+            return asked
+        # a copy republished for one destination (kapow-destination) lands there alone, as the writer files it
+        # (kapow.pipeline.sort): to all of them only when it names none of them
+        envelope = _envelope.decode(value)  # (decoded already by asks: cannot fail)
+        found = _context.decode(bytes(envelope.pipeline_context)).destinations
+        mine = tuple(a for a, d in zip(asked.asks, found, strict=True) if destination_json(d) == only)
+        return Asked(mine, asked.keydoc) if mine else asked
 
     def _routed(self, route: Any, value: bytes | None, key: bytes | None) -> Asked | Any | None:
         r = route.config

@@ -11,10 +11,15 @@ do when the scratch database is that database), and each table is checked with o
   (or first, by name) unique constraint;
 * the *last* operation applied to each key, in topic order (record timestamp, then topic, partition, offset),
   decides what the table must hold: the row after an insert or upsert, no row after a delete;
-* an item is judged under every unique key of its table that its data gives, and the inserts and upserts made
-  by any key count under each (their data is the row they put in place; a delete's data is its own key only):
-  a delete by ``email`` and then an upsert by ``id`` of the same row leave it there, rightly, which ``id`` alone
-  cannot tell (the delete gives no ``id``); an item is ``ok`` when one of its keys says so;
+* a table with several unique keys: under each key, the last operation on a value may be another key's insert
+  or upsert that gives it (their data is the row they put in place; a delete's data is its own key only). A
+  delete by ``email`` and then an upsert by ``id`` of the same row leave it there, rightly. Another key's
+  upsert is trusted (it puts its row in place); another key's insert is not (it may have done nothing, its row
+  taken by its own key): an item whose key's last operation is one is ``u``, unverified;
+* an insert or upsert is also judged under the other keys its data gives, where it can only be confirmed: it is
+  the last operation on that value and the row is there, or a later delete by that key took its row (an insert
+  by ``id`` of a row then deleted by ``email``, whose ``id`` the delete does not give). It is ``ok`` when its own
+  key or one of those says so;
 * a record whose key the table holds as it must is ``ok``; one whose key was changed by a later record still
   pending (past the committed offset) is ``p``; one whose key cannot be known (no unique key on the table, or a
   key column the packet does not give) is ``u`` (unverified: counted as landed, and reported); else ``m``.
@@ -97,32 +102,45 @@ def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this
     return sql.SQL("""
         INSERT INTO audit_kv (seq, st)
         WITH ops AS (
-            SELECT c.seq, c.mode, c.eff, ARRAY[c.ts, c.t, c.p, c.o]::int8[] AS at, {picked}
+            SELECT c.seq, c.mode, c.eff, c.grp = ANY({by_this_key}::int4[]) AS native,
+                   ARRAY[c.ts, c.t, c.p, c.o]::int8[] AS at, {picked}
             FROM audit_chk c
             CROSS JOIN LATERAL (SELECT c.keydoc::json AS d) j
             CROSS JOIN LATERAL json_populate_record(NULL::{table}, json_build_object({pairs})) r
             WHERE c.grp = ANY({groups}::int4[]) AND (c.mode <> {delete} OR c.grp = ANY({by_this_key}::int4[]))
         ),
         keyed AS (SELECT * FROM ops o WHERE NOT ({null})),
-        last AS (SELECT DISTINCT ON ({klist}) {klist}, mode, at FROM keyed WHERE eff = 1
+        last AS (SELECT DISTINCT ON ({klist}) {klist}, seq, mode, native, at FROM keyed WHERE eff = 1
                  ORDER BY {klist}, at DESC),
         pend AS (SELECT {klist}, max(at) AS at FROM keyed WHERE eff = 2 GROUP BY {klist}),
+        dels AS (SELECT {klist}, max(at) AS at FROM keyed WHERE eff = 1 AND native AND mode = {delete}
+                 GROUP BY {klist}),
         state AS (
-            SELECT k.*, l.mode AS lmode, l.at AS lat, pd.at AS pat,
-                   EXISTS (SELECT 1 FROM {table} x WHERE {in_table}) AS have
+            SELECT k.*, l.seq AS lseq, l.mode AS lmode, l.native AS lnative, l.at AS lat, pd.at AS pat,
+                   dl.at AS dat, EXISTS (SELECT 1 FROM {table} x WHERE {in_table}) AS have
             FROM (SELECT DISTINCT {klist} FROM keyed WHERE eff IN (0, 1)) k
             LEFT JOIN last l USING ({klist})
             LEFT JOIN pend pd USING ({klist})
+            LEFT JOIN dels dl USING ({klist})
+        ),
+        judged AS (
+            SELECT o.seq,
+                   CASE WHEN NOT o.native THEN  -- another key's insert or upsert: it can only confirm
+                            CASE WHEN s.lseq = o.seq AND s.have THEN 'ok'
+                                 WHEN s.dat > o.at THEN 'ok'  -- a later delete by this key took its row
+                            END
+                        WHEN s.lmode IS NOT NULL AND NOT s.lnative AND s.lmode <> {upsert} AND s.lseq <> o.seq
+                            THEN CASE WHEN s.pat IS NOT NULL AND s.pat > s.lat THEN 'p' ELSE 'u' END
+                        WHEN (coalesce(s.lmode, o.mode) <> {delete}) = s.have THEN 'ok'
+                        WHEN s.pat IS NOT NULL AND (s.lat IS NULL OR s.pat > s.lat) THEN 'p'
+                        ELSE 'm' END AS st
+            FROM keyed o JOIN state s ON {same}
+            WHERE o.eff IN (0, 1)
         )
-        SELECT o.seq,
-               CASE WHEN (coalesce(s.lmode, o.mode) <> {delete}) = s.have THEN 'ok'
-                    WHEN s.pat IS NOT NULL AND (s.lat IS NULL OR s.pat > s.lat) THEN 'p'
-                    ELSE 'm' END
-        FROM keyed o JOIN state s ON {same}
-        WHERE o.eff IN (0, 1)
+        SELECT seq, st FROM judged WHERE st IS NOT NULL
     """).format(picked=picked, table=table, pairs=pairs, groups=sql.Literal(groups), null=null, klist=klist,
-                in_table=in_table, delete=sql.Literal(int(Mode.DELETE)), same=same,
-                by_this_key=sql.Literal(by_this_key))
+                in_table=in_table, delete=sql.Literal(int(Mode.DELETE)), upsert=sql.Literal(int(Mode.UPSERT)),
+                same=same, by_this_key=sql.Literal(by_this_key))
 
 
 # An item judged under several keys takes the best verdict; one that gives none of its table's keys is unverified.
