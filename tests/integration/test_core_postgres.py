@@ -332,6 +332,28 @@ def test_an_upsert_or_delete_by_a_null_key_is_refused_not_added_or_ignored(
     assert "delete key (email)" in result.failures[0][1].message and notes(db, name) == ["new"]
 
 
+def test_a_null_is_a_key_under_unique_nulls_not_distinct(db: str, conn: psycopg.Connection[Any]) -> None:
+    # a hostile run: such an index makes a null a real key (a replay conflicts), yet it was refused as missing_key
+    if conn.info.server_version < 150000:
+        pytest.skip("UNIQUE NULLS NOT DISTINCT is PostgreSQL 15's")
+    name = new_table(db, "CREATE TABLE {name} (id bigserial PRIMARY KEY, email text UNIQUE NULLS NOT DISTINCT,"
+                         " note text)")
+    table = table_of(conn, name)
+    assert table.null_keys == frozenset({("email",)})
+    rows = [row_in(dest(db, name), {"email": None, "note": "1"})]
+    for _ in range(2):  # the second time is the replay: it conflicts on the null, nothing is added
+        (outcome,) = apply_unit(conn, [plan(table, rows, {})], [True])
+        assert outcome.failure is None, outcome.failure
+    assert notes(db, name) == ["1"]
+    up = dest(db, name, "upsert", key=("email",))
+    ups = [row_in(up, {"email": None, "note": "2"})]
+    (outcome,) = apply_unit(conn, [plan(table, ups, {0: ("email",)})])
+    assert outcome.failure is None and notes(db, name) == ["2"]
+    gone = [row_in(dest(db, name, "delete", key=("email",)), {"email": None})]
+    (outcome,) = apply_unit(conn, [plan(table, gone, {0: ("email",)})])
+    assert outcome.failure is None and outcome.affected == [1] and notes(db, name) == []
+
+
 def test_a_primary_key_needs_no_null_guard(db: str, conn: psycopg.Connection[Any]) -> None:
     # NOT NULL makes a null key impossible: nearly every table pays nothing for the guard, and keeps its COPY
     name = new_table(db)

@@ -39,7 +39,9 @@ SELECT w.nspname, w.relname, c.oid IS NOT NULL, coalesce(c.relkind::text, ''),
                                        AND d.opcintype = a.atttypid)))
                     FROM unnest(i.indkey, i.indclass, i.indcollation) AS k(attnum, cls, coll)
                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-                    JOIN pg_opclass o ON o.oid = k.cls)))
+                    JOIN pg_opclass o ON o.oid = k.cls),
+                   -- UNIQUE NULLS NOT DISTINCT (PostgreSQL 15; read so that older servers answer false)
+                   coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false)))
                  FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
                    AND i.indexprs IS NULL), '[]'),
        -- ON CONFLICT refuses tables with a deferrable unique or exclusion constraint, or with rules: such a table
@@ -110,6 +112,7 @@ class Table:
     plain_inserts: bool = True  # ON CONFLICT works on it: plain inserts may be tried first (no deferrable key)
     folding_keys: frozenset[tuple[str, ...]] = frozenset()  # keys PostgreSQL may fold on (DISTINCT ON = the index)
     row_security: bool = False  # COPY FROM refuses a table with row-level security
+    null_keys: frozenset[tuple[str, ...]] = frozenset()  # UNIQUE NULLS NOT DISTINCT: a null is a key value there
     copy_from: float = 0.0  # monotonic time from which its inserts may be COPYed again (kapow.postgres.writer)
 
     MAX_DERIVED = 64  # entries per cache: a table sees a few keysets, not thousands
@@ -162,9 +165,11 @@ def load_tables(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> 
         unique = tuple(tuple(k[2]) for k in keys if k[1])
         # a column set PostgreSQL may fold on: every immediate unique index over it compares as the columns do
         folding = frozenset(key for key in unique if all(k[3] for k in keys if k[1] and tuple(k[2]) == key))
+        # a null is a value there: every immediate unique index over the columns says so
+        null_keys = frozenset(key for key in unique if all(k[4] for k in keys if k[1] and tuple(k[2]) == key))
         out[(schema, name)] = Table(schema, name, columns, primary, unique, bool(keys) and not unique,
                                     can_insert, can_update, can_delete, plain_inserts=bool(plain_ok),
-                                    folding_keys=folding, row_security=bool(rls))
+                                    folding_keys=folding, row_security=bool(rls), null_keys=null_keys)
     return out
 
 

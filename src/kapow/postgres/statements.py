@@ -461,15 +461,16 @@ def null_guard(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str
     where = f"{table.schema}.{table.name}"
     if kind == INSERT:
         candidates = [k for k in table.unique_keys if all(c in columns for c in k)]
-        if not candidates or any(all(table.columns[c].not_null for c in k if c in table.columns) for k in candidates):
+        if not candidates or any(k in table.null_keys or all(table.columns[c].not_null for c in k
+                                                              if c in table.columns) for k in candidates):
             return None
         shown = "; ".join(f"({', '.join(k)})" for k in candidates[:3])
         message = (f"insert's unique key of {where} holds a null ({shorten(shown, 200)}): a replay would add the"
                    " row again; give the key a value (or set allow_no_unique_key for this destination)")
     else:
         candidates = [key]
-        if not key or all(table.columns[c].not_null for c in key if c in table.columns):
-            return None
+        if not key or key in table.null_keys or all(table.columns[c].not_null for c in key if c in table.columns):
+            return None  # (UNIQUE NULLS NOT DISTINCT: a null is a key, matched and conflicting as any value)
         message = (f"{'upsert' if kind == LAST_WINS else kind} key ({shorten(', '.join(key), 200)}) of {where}"
                    " holds a null, which matches no row; give the key a value")
     nullable = [[c for c in k if c in table.columns and not table.columns[c].not_null] for k in candidates]
@@ -498,7 +499,11 @@ def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ..
     tbl = table.qualified
     source = sql.SQL("json_populate_recordset(NULL::{tbl}, $1::json)").format(tbl=tbl)
     if kind == DELETE:
-        match = sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in key)
+        nulls_match = key in table.null_keys  # a null key deletes the row whose key is null (not = : IS NULL)
+        match = sql.SQL(" AND ").join(
+            (sql.SQL("(t.{c} = r.{c} OR (t.{c} IS NULL AND r.{c} IS NULL))") if nulls_match and c in table.columns
+             and not table.columns[c].not_null else sql.SQL("t.{c} = r.{c}")).format(c=sql.Identifier(c))
+            for c in key)
         guard = sql.SQL(" AND t.{v} <= r.{v}").format(v=sql.Identifier(version)) if version else sql.SQL("")
         refuse = null_guard(table, DELETE, columns, key, "r")
         if refuse is not None:
