@@ -326,6 +326,10 @@ def test_an_upsert_or_delete_by_a_null_key_is_refused_not_added_or_ignored(
         assert [(i, f.code) for i, f in result.failures] == [(0, ErrorCode.MISSING_KEY)]  # not a new row each time
         assert result.failures[0][1].message.startswith("column email: upsert key (email) of public."), result
         assert notes(db, name) == ["b", "new"]
+    empty = new_table(db, NULLABLE_KEYS)  # a table with no row to match: the delete is refused all the same
+    alone = [row_in(dest(db, empty, "delete", key=("email",)), {"email": None})]
+    result = isolate(conn, table_of(conn, empty), plan(table_of(conn, empty), alone, {0: ("email",)}), alone)
+    assert [(i, f.code) for i, f in result.failures] == [(0, ErrorCode.MISSING_KEY)]
     deletes = [row_in(gone, {"email": None}), row_in(gone, {"email": "b@x"})]
     result = isolate(conn, table, plan(table, deletes, dict.fromkeys(range(2), ("email",))), deletes)
     assert [(i, f.code) for i, f in result.failures] == [(0, ErrorCode.MISSING_KEY)]  # not silently nothing

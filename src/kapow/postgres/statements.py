@@ -505,9 +505,11 @@ def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ..
              and not table.columns[c].not_null else sql.SQL("t.{c} = r.{c}")).format(c=sql.Identifier(c))
             for c in key)
         guard = sql.SQL(" AND t.{v} <= r.{v}").format(v=sql.Identifier(version)) if version else sql.SQL("")
-        refuse = null_guard(table, DELETE, columns, key, "r")
-        if refuse is not None:
-            guard = sql.SQL(" AND {}{}").format(refuse, guard)
+        refuse = null_guard(table, DELETE, columns, key, "q")
+        if refuse is not None:  # a gate read before the join (PostgreSQL's one-time filter): in the join, it was
+            # never evaluated when the table had no row to match, and the delete by a null key counted as done
+            guard = sql.SQL(" AND NOT EXISTS (SELECT FROM {source} AS q WHERE NOT {refuse}){guard}").format(
+                source=source, refuse=refuse, guard=guard)
         return sql.SQL("DELETE FROM {tbl} AS t USING {source} AS r WHERE {match}{guard}").format(
             tbl=tbl, source=source, match=match, guard=guard)
     refuse = None if kind == INSERT and nulls_ok else null_guard(table, kind, columns, key)
