@@ -931,3 +931,21 @@ def test_a_batch_to_a_table_of_two_unique_keys_lands_what_the_packets_one_by_one
         state_one = kit.sql(db, f"SELECT id, email, v FROM {one} ORDER BY id")
         state_batch = kit.sql(db, f"SELECT id, email, v FROM {batch} ORDER BY id")
         assert (state_batch, failed_batch) == (state_one, failed_one), ops
+
+
+def test_a_timestamp_key_spelt_two_ways_keeps_its_order_in_a_batch(db: str, conn: psycopg.Connection[Any]) -> None:
+    # the rounds class keys by what their column types make of them, and a timestamp was compared as text: three
+    # spellings of one instant were three keys, and the delete could undo the upsert after it
+    ddl = "CREATE TABLE {name} (at timestamptz PRIMARY KEY, v text)"
+    one, batch = new_table(db, ddl), new_table(db, ddl)
+    ops = [("upsert", {"at": "2026-01-01T00:00:00Z", "v": "1"}), ("delete", {"at": "2026-01-01 00:00:00+00"}),
+           ("upsert", {"at": "2026-01-01T01:00:00+01:00", "v": "2"}), ("upsert", {"at": "2026-01-02", "v": "3"}),
+           ("delete", {"at": "2026-01-02T00:00:00.000+00:00"})]
+    catalog = Catalog()
+    for mode, data in ops:
+        write_unit(conn, catalog, [job(db, one, [packet_row(dest(db, one, mode), data)])])
+    outcomes = write_unit(conn, catalog, [job(db, batch, [packet_row(dest(db, batch, mode), d) for mode, d in ops])])
+    assert _failed_offsets(outcomes) == []
+    expected = kit.sql(db, f"SELECT at, v FROM {one} ORDER BY at")
+    assert len(expected) == 1 and expected[0][1] == "2"  # the premise: one row, the last upsert's
+    assert kit.sql(db, f"SELECT at, v FROM {batch} ORDER BY at") == expected

@@ -162,9 +162,21 @@ def plan(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ..
     """
     if not keys_of:
         return _plan_inserts(table, rows, nulls_ok)
-    if len(table.unique_keys) > 1:
+    if len(table.unique_keys) > 1 or not all(_classed(table, key) for key in set(keys_of.values())):
         return _plan_in_order(table, rows, keys_of, nulls_ok)
     return _plan_rounds(table, rows, keys_of, nulls_ok)
+
+
+def _classed(table: Table, key_cols: tuple[str, ...]) -> bool:
+    """True when every column of the key has a type whose values :func:`_key_class` tells apart exactly as
+    PostgreSQL does; a key of another type (a timestamp, a date, an inet) is planned in offset order instead,
+    since two spellings of one of its values (``2026-01-01T00:00Z``, ``2026-01-01 00:00+00``) would otherwise be
+    two keys to the rounds, and an upsert after a delete of one row could share the delete's round."""
+    def build() -> bool:
+        types = [table.columns[c].sql_type if c in table.columns else "" for c in key_cols]
+        return all(_type_kind(t) != "text" or t == "text" or t.startswith("character varying") for t in types)
+
+    return table.derived(("classed", key_cols), build)
 
 
 def plan_last_wins(table: Table, rows: Sequence[RowLike], key: tuple[str, ...]) -> list[Statement] | None:
@@ -343,9 +355,8 @@ _FALSE = {"f", "false", "n", "no", "off", "0"}
 def _key_class(table: Table, key_cols: tuple[str, ...]) -> Callable[[tuple[bytes, ...]], Any]:
     """What a key's JSON texts are to PostgreSQL, as far as its columns' types tell, cached on the table: numbers
     by value (``2``, ``2.0``, ``"2"``, ``" 2 "``, ``1e0``), text by its characters (escapes read), ``character(n)``
-    without trailing spaces, ``citext`` in lower case, uuids in one spelling, booleans by truth. A type not named
-    here is compared by its characters, so two spellings of one value of another type (two forms of one
-    timestamp, say) can still share a round: docs/CONTRACT.md asks clients for one spelling of a key."""
+    without trailing spaces, ``citext`` in lower case, uuids in one spelling, booleans by truth. A key of a type
+    not named here is not planned in rounds at all (:func:`_classed`)."""
     def build() -> Callable[[tuple[bytes, ...]], Any]:
         kinds = [_type_kind(table.columns[c].sql_type if c in table.columns else "") for c in key_cols]
         if len(kinds) > 1:
