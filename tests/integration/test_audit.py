@@ -253,3 +253,28 @@ def test_a_table_of_two_keys_is_judged_without_false_alarms_or_false_landings(ma
     report = audit(load_config(env.write_config()))
     assert (report.total, report.counts["landed"], report.missing) == (10, 9, 1), report
     assert [m.offset for m in report.missing_examples] == [4]
+
+
+def test_a_version_guard_that_skipped_a_stale_delete_is_not_a_false_alarm(make_env: Callable[..., kit.Env]) -> None:
+    """A delete older than the row's version is rightly skipped by its guard: unverified, not missing (a hostile
+    run). The same delete without a guard, with the row still there, is missing."""
+    env = make_env(partitions=1)
+    db = env.databases[0]
+    kit.sql(db, "CREATE TABLE public.docs (id bigint PRIMARY KEY, rev int NOT NULL, v text)")
+    wh = kit.dest(db, "docs")
+    up = {**wh, "mode": "upsert", "version": "rev"}
+    stale = {**wh, "mode": "delete", "version": "rev"}
+    kit.publish(env.topic, [make_packet([up], {"id": 1, "rev": 5, "v": "new"}),
+                            make_packet([stale], {"id": 1, "rev": 3}),  # skipped: rev 3 < 5
+                            make_packet([wh], {"id": 2, "rev": 1, "v": "x"}),
+                            make_packet([{**wh, "mode": "delete"}], {"id": 2})])  # not done: missing
+    c = Consumer({"bootstrap.servers": kit.BOOTSTRAP, "group.id": env.group, "enable.auto.commit": False})
+    try:
+        c.commit(offsets=[TopicPartition(env.topic, 0, 4)], asynchronous=False)
+    finally:
+        c.close()
+    kit.sql(db, "INSERT INTO docs VALUES (1, 5, 'new'), (2, 1, 'x')")
+    report = audit(load_config(env.write_config()))
+    # the guarded upsert and delete of row 1 are unverified (the guard may have skipped the delete), not missing
+    assert (report.total, report.missing, report.unverified) == (4, 2, 2), report
+    assert sorted(m.offset for m in report.missing_examples) == [2, 3]  # row 2 should be gone: its insert too

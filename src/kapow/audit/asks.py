@@ -37,6 +37,7 @@ class Mode(enum.IntEnum):
 
 
 _MODES = {"insert": Mode.INSERT, "upsert": Mode.UPSERT, "delete": Mode.DELETE}
+GUARDED = 10  # added to a mode guarded by a version column (kapow.audit.checks reads it back with % and >=)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,12 @@ class Ask:
     table: str
     mode: Mode
     key: tuple[str, ...]
+    guarded: bool = False  # a version guard: the writer may rightly make it a no-op (an older version)
+
+    @property
+    def code(self) -> int:
+        """The mode as the scratch tables hold it: :data:`GUARDED` added for a guarded one."""
+        return int(self.mode) + (GUARDED if self.guarded else 0)
 
     @property
     def label(self) -> str:
@@ -114,7 +121,7 @@ class Asker:
 
     def _routed(self, route: Any, value: bytes | None, key: bytes | None) -> Asked | Any | None:
         r = route.config
-        ask = Ask(r.vanity, r.database, r.schema, r.table, _MODES[r.mode], tuple(r.key or ()))
+        ask = Ask(r.vanity, r.database, r.schema, r.table, _MODES[r.mode], tuple(r.key or ()), r.version is not None)
         if r.format == "debezium":
             if value is None:
                 return FILTERED
@@ -185,11 +192,11 @@ class Asker:
         if not found:
             return None
         return tuple(Ask(d.vanity, d.database, d.schema, d.table, _MODES.get(d.mode, Mode.INSERT),
-                         tuple(d.key or ())) for d in found)
+                         tuple(d.key or ()), d.version is not None) for d in found)
 
 
 def _with_mode(ask: Ask, mode: Mode) -> Ask:
-    return Ask(ask.vanity, ask.database, ask.schema, ask.table, mode, ask.key)
+    return Ask(ask.vanity, ask.database, ask.schema, ask.table, mode, ask.key, ask.guarded)
 
 
 def keydoc_of(data: bytes) -> bytes | None:

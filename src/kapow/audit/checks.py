@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from kapow.audit.asks import Mode
+from kapow.audit.asks import GUARDED, Mode
 from kapow.audit.scratch import CHECK_ROWS
 
 log = logging.getLogger(__name__)
@@ -102,21 +102,23 @@ def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this
     return sql.SQL("""
         INSERT INTO audit_kv (seq, st)
         WITH ops AS (
-            SELECT c.seq, c.mode, c.eff, c.grp = ANY({by_this_key}::int4[]) AS native,
-                   ARRAY[c.ts, c.t, c.p, c.o]::int8[] AS at, {picked}
+            SELECT c.seq, c.mode % {guarded} AS mode, c.mode >= {guarded} AS guarded, c.eff,
+                   c.grp = ANY({by_this_key}::int4[]) AS native, ARRAY[c.ts, c.t, c.p, c.o]::int8[] AS at, {picked}
             FROM audit_chk c
             CROSS JOIN LATERAL (SELECT c.keydoc::json AS d) j
             CROSS JOIN LATERAL json_populate_record(NULL::{table}, json_build_object({pairs})) r
-            WHERE c.grp = ANY({groups}::int4[]) AND (c.mode <> {delete} OR c.grp = ANY({by_this_key}::int4[]))
+            WHERE c.grp = ANY({groups}::int4[])
+              AND (c.mode % {guarded} <> {delete} OR c.grp = ANY({by_this_key}::int4[]))
         ),
         keyed AS (SELECT * FROM ops o WHERE NOT ({null})),
-        last AS (SELECT DISTINCT ON ({klist}) {klist}, seq, mode, native, at FROM keyed WHERE eff = 1
+        last AS (SELECT DISTINCT ON ({klist}) {klist}, seq, mode, guarded, native, at FROM keyed WHERE eff = 1
                  ORDER BY {klist}, at DESC),
         pend AS (SELECT {klist}, max(at) AS at FROM keyed WHERE eff = 2 GROUP BY {klist}),
         dels AS (SELECT {klist}, max(at) AS at FROM keyed WHERE eff = 1 AND native AND mode = {delete}
                  GROUP BY {klist}),
         state AS (
-            SELECT k.*, l.seq AS lseq, l.mode AS lmode, l.native AS lnative, l.at AS lat, pd.at AS pat,
+            SELECT k.*, l.seq AS lseq, l.mode AS lmode, l.guarded AS lguarded, l.native AS lnative, l.at AS lat,
+                   pd.at AS pat,
                    dl.at AS dat, EXISTS (SELECT 1 FROM {table} x WHERE {in_table}) AS have
             FROM (SELECT DISTINCT {klist} FROM keyed WHERE eff IN (0, 1)) k
             LEFT JOIN last l USING ({klist})
@@ -129,10 +131,12 @@ def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this
                             CASE WHEN s.lseq = o.seq AND s.have THEN 'ok'
                                  WHEN s.dat > o.at THEN 'ok'  -- a later delete by this key took its row
                             END
-                        WHEN s.lmode IS NOT NULL AND NOT s.lnative AND s.lmode <> {upsert} AND s.lseq <> o.seq
+                        WHEN s.lmode IS NOT NULL AND NOT s.lnative AND (s.lmode <> {upsert} OR s.lguarded)
+                             AND s.lseq <> o.seq
                             THEN CASE WHEN s.pat IS NOT NULL AND s.pat > s.lat THEN 'p' ELSE 'u' END
                         WHEN (coalesce(s.lmode, o.mode) <> {delete}) = s.have THEN 'ok'
                         WHEN s.pat IS NOT NULL AND (s.lat IS NULL OR s.pat > s.lat) THEN 'p'
+                        WHEN coalesce(s.lguarded, o.guarded) THEN 'u'  -- a version guard may rightly skip it
                         ELSE 'm' END AS st
             FROM keyed o JOIN state s ON {same}
             WHERE o.eff IN (0, 1)
@@ -140,6 +144,7 @@ def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this
         SELECT seq, st FROM judged WHERE st IS NOT NULL
     """).format(picked=picked, table=table, pairs=pairs, groups=sql.Literal(groups), null=null, klist=klist,
                 in_table=in_table, delete=sql.Literal(int(Mode.DELETE)), upsert=sql.Literal(int(Mode.UPSERT)),
+                guarded=sql.Literal(GUARDED),
                 same=same, by_this_key=sql.Literal(by_this_key))
 
 

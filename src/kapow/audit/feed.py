@@ -184,7 +184,7 @@ class Feeder:
             db = self._databases.get((ask.vanity, ask.database), -1)
             run = b"%b\t%d\t%b\t%b\t%b\t%d" % (esc(ask.label.encode()), db, esc(ask.schema.encode()),
                                               esc(ask.table.encode()), esc(",".join(ask.key).encode()),
-                                              int(ask.mode))
+                                              ask.code)
             if len(self._runs) < _CACHE_LIMIT:
                 self._runs[ask] = run
         return run
