@@ -17,9 +17,9 @@ do when the scratch database is that database), and each table is checked with o
   upsert is trusted (it puts its row in place); another key's insert is not (it may have done nothing, its row
   taken by its own key): an item whose key's last operation is one is ``u``, unverified;
 * an insert or upsert is also judged under the other keys its data gives, where it can only be confirmed: it is
-  the last operation on that value and the row is there, or a later delete by that key took its row (an insert
-  by ``id`` of a row then deleted by ``email``, whose ``id`` the delete does not give). It is ``ok`` when its own
-  key or one of those says so;
+  the last operation on that value and the row there holds the other keys' values it gives (its ``id``: not
+  another row's), or a later delete by that key took its row (an insert by ``id`` of a row then deleted by
+  ``email``, whose ``id`` the delete does not give). It is ``ok`` when its own key or one of those says so;
 * a record whose key the table holds as it must is ``ok``; one whose key was changed by a later record still
   pending (past the committed offset) is ``p``; one whose key cannot be known (no unique key on the table, or a
   key column the packet does not give) is ``u`` (unverified: counted as landed, and reported); else ``m``.
@@ -86,14 +86,22 @@ def own_key(columns: list[str], keys: list[list[str]], override: str) -> list[st
     return keys[0] if keys else []
 
 
-def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this_key: list[int]) -> sql.Composed:
+def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this_key: list[int],
+              others: list[str] | None = None) -> sql.Composed:
     """The one statement that judges, under one key, every item of one table whose data gives that key (see the
     module docstring): ``groups`` are the table's groups, ``by_this_key`` those whose writes go by this key (their
-    deletes count; a delete's data is its key only)."""
+    deletes count; a delete's data is its key only); ``others``: the columns of the table's other keys, which the
+    row found by this key must hold as an item gives them for this key to confirm that item."""
+    others = [c for c in others or [] if c not in keys]
     ks = [sql.Identifier(f"k{i}") for i in range(len(keys))]
-    pairs = sql.SQL(", ").join(sql.SQL("{}, d -> {}").format(sql.Literal(k), sql.Literal(k)) for k in keys)
-    picked = sql.SQL(", ").join(sql.SQL("r.{} AS {}").format(sql.Identifier(k), kn) for k, kn in zip(keys, ks,
-                                                                                                  strict=True))
+    os_ = [sql.Identifier(f"x{i}") for i in range(len(others))]
+    pairs = sql.SQL(", ").join(sql.SQL("{}, d -> {}").format(sql.Literal(k), sql.Literal(k)) for k in keys + others)
+    picked = sql.SQL(", ").join(sql.SQL("r.{} AS {}").format(sql.Identifier(k), kn)
+                                for k, kn in zip(keys + others, ks + os_, strict=True))
+    mine = sql.SQL("").join(sql.SQL(" AND (o.{on} IS NULL OR x.{c} = o.{on})").format(c=sql.Identifier(c), on=on)
+                            for c, on in zip(others, os_, strict=True))
+    in_row = sql.SQL(" AND ").join(sql.SQL("x.{} = o.{}").format(sql.Identifier(k), kn)
+                                   for k, kn in zip(keys, ks, strict=True))
     klist = sql.SQL(", ").join(ks)
     null = sql.SQL(" OR ").join(sql.SQL("o.{} IS NULL").format(kn) for kn in ks)
     same = sql.SQL(" AND ").join(sql.SQL("s.{k} = o.{k}").format(k=kn) for kn in ks)
@@ -128,7 +136,8 @@ def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this
         judged AS (
             SELECT o.seq,
                    CASE WHEN NOT o.native THEN  -- another key's insert or upsert: it can only confirm
-                            CASE WHEN s.lseq = o.seq AND s.have THEN 'ok'
+                            CASE WHEN s.lseq = o.seq AND EXISTS (SELECT 1 FROM {table} x WHERE {in_row}{mine})
+                                     THEN 'ok'  -- the row this key finds is its row (its other keys' values)
                                  WHEN s.dat > o.at THEN 'ok'  -- a later delete by this key took its row
                             END
                         WHEN s.lmode IS NOT NULL AND NOT s.lnative AND (s.lmode <> {upsert} OR s.lguarded)
@@ -144,7 +153,7 @@ def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this
         SELECT seq, st FROM judged WHERE st IS NOT NULL
     """).format(picked=picked, table=table, pairs=pairs, groups=sql.Literal(groups), null=null, klist=klist,
                 in_table=in_table, delete=sql.Literal(int(Mode.DELETE)), upsert=sql.Literal(int(Mode.UPSERT)),
-                guarded=sql.Literal(GUARDED),
+                guarded=sql.Literal(GUARDED), in_row=in_row, mine=mine,
                 same=same, by_this_key=sql.Literal(by_this_key))
 
 
@@ -191,7 +200,8 @@ def check_table(conn: psycopg.Connection[Any], schema: str, table: str, groups: 
             judged.append(key)
     qualified = sql.Identifier(schema, table)
     for key in judged:
-        statement = _verdicts(qualified, key, ids, [g for g, k in owns if k == key])
+        others = list(dict.fromkeys(c for k in judged if k != key for c in k))
+        statement = _verdicts(qualified, key, ids, [g for g, k in owns if k == key], others)
         try:
             with conn.transaction():
                 conn.execute(statement)
