@@ -949,3 +949,48 @@ def test_a_timestamp_key_spelt_two_ways_keeps_its_order_in_a_batch(db: str, conn
     expected = kit.sql(db, f"SELECT at, v FROM {one} ORDER BY at")
     assert len(expected) == 1 and expected[0][1] == "2"  # the premise: one row, the last upsert's
     assert kit.sql(db, f"SELECT at, v FROM {batch} ORDER BY at") == expected
+
+
+ONE_KEY = "CREATE TABLE {name} (id bigint PRIMARY KEY, v int CHECK (v >= 0), note text)"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_batch_with_refused_values_lands_and_refuses_what_the_packets_one_by_one_do(
+        db: str, conn: psycopg.Connection[Any], seed: int) -> None:
+    # a hostile run: folding an upsert into a later one (or a delete) never checked its values, and merging two
+    # upserts of different columns landed a refused packet's other columns ({v: "bad", note: "BAD"}, {v: 5})
+    rnd = random.Random(seed)
+    for _ in range(25):
+        one, batch = new_table(db, ONE_KEY), new_table(db, ONE_KEY)
+        ops: list[tuple[str, dict[str, Any]]] = []
+        for _ in range(rnd.randint(2, 12)):
+            mode = rnd.choice(["insert", "upsert", "upsert", "delete"])
+            data: dict[str, Any] = {"id": rnd.randint(1, 3)}
+            if mode != "delete":
+                data["v"] = rnd.choice([1, 5, -1, "bad"])
+                if rnd.random() < 0.5:
+                    data["note"] = rnd.choice(["n1", "n2", "BAD"])
+            ops.append((mode, data))
+        catalog = Catalog()
+        failed_one = []
+        for n, (mode, data) in enumerate(ops):
+            alone = write_unit(conn, catalog, [job(db, one, [packet_row(dest(db, one, mode), data)])])
+            failed_one += [(n, code) for _o, code in _failed_offsets(alone)]
+        rows = [packet_row(dest(db, batch, mode), data) for mode, data in ops]
+        outcomes = write_unit(conn, catalog, [job(db, batch, rows)])
+        failed_batch = [(o - rows[0].msg.offset(), code) for o, code in _failed_offsets(outcomes)]
+        state_one = kit.sql(db, f"SELECT id, v, note FROM {one} ORDER BY id")
+        state_batch = kit.sql(db, f"SELECT id, v, note FROM {batch} ORDER BY id")
+        assert (state_batch, failed_batch) == (state_one, failed_one), ops
+
+
+def test_inserts_of_two_shapes_to_a_table_of_two_keys_keep_their_order(db: str, conn: psycopg.Connection[Any]) -> None:
+    # a hostile run: inserts giving only the second key were grouped by shape, and the second of each token won
+    name = new_table(db, "CREATE TABLE {name} (sid bigserial PRIMARY KEY, token text UNIQUE, v int, note text)")
+    rows = [packet_row(dest(db, name), {"token": "z", "v": 1})]  # the shorter shape comes first in the batch
+    for i in range(5):
+        rows += [packet_row(dest(db, name), {"token": f"t{i}", "v": 1, "note": "first"}),
+                 packet_row(dest(db, name), {"token": f"t{i}", "v": 2})]
+    _failed_offsets(write_unit(conn, Catalog(), [job(db, name, rows)]))
+    assert kit.sql(db, f"SELECT DISTINCT v, note FROM {name} WHERE token <> 'z'") == [(1, "first")]
+    assert kit.scalar(db, f"SELECT count(*) FROM {name}") == 6

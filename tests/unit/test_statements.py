@@ -105,18 +105,18 @@ def test_inserts_share_one_statement_per_shape_in_first_seen_order() -> None:
     assert 'INSERT INTO "public"."t"' in statements[0].text
 
 
-def test_two_upserts_of_a_key_merge_into_one_element() -> None:
+def test_two_upserts_of_a_key_are_two_rounds_not_merged() -> None:
+    # merged, a refused value of the first was never checked, and its other columns landed (a hostile run)
     rows = [row(UPSERT, {"id": 1, "a": 1}), row(UPSERT, {"id": 1, "b": 2})]
-    (stmt,) = plan(table(), rows, {0: ("id",), 1: ("id",)})
-    assert msgspec.json.decode(stmt.elements[0].doc) == {"id": 1, "a": 1, "b": 2}
-    assert stmt.elements[0].sources == [0, 1]
-    assert 'ON CONFLICT ("id") DO UPDATE SET "a" = EXCLUDED."a", "b" = EXCLUDED."b"' in stmt.text
+    statements = plan(table(), rows, {0: ("id",), 1: ("id",)})
+    assert [[e.sources for e in s.elements] for s in statements] == [[[0]], [[1]]]
+    assert run_plan(statements) == {1: {"id": 1, "a": 1, "b": 2, "c": None}}
 
 
 def test_delete_then_upsert_is_two_rounds_in_order() -> None:
     rows = [row(UPSERT, {"id": 1, "a": 1}), row(DELETE, {"id": 1}), row(UPSERT, {"id": 1, "b": 2})]
     statements = plan(table(), rows, {i: ("id",) for i in range(3)})
-    assert [s.kind for s in statements] == [DELETE, UPSERT]
+    assert [s.kind for s in statements] == [UPSERT, DELETE, UPSERT]
     assert run_plan(statements) == {1: {"id": 1, "a": None, "b": 2, "c": None}}
 
 
@@ -221,11 +221,14 @@ def test_folding_keeps_apart_what_a_version_guard_or_another_key_decides() -> No
     assert len(plan(t, rows, {0: ("id",), 1: ("id",)})) == 2, "folded across destinations naming other keys"
 
 
-def test_an_upsert_then_a_delete_of_a_key_is_one_delete_of_both_packets() -> None:
-    rows = [row(UPSERT, {"id": 1, "a": 1}), row(DELETE, {"id": 1, "b": 2})]
-    (stmt,) = plan(table(), rows, {0: ("id",), 1: ("id",)})
-    assert stmt.kind == DELETE and stmt.columns == ()
-    assert stmt.elements[0].sources == [0, 1] and stmt.elements[0].doc == b'{"id":1,"b":2}'
+def test_an_upsert_then_a_delete_of_a_key_are_both_applied_and_a_repeated_delete_folds() -> None:
+    # folded into the delete, the upsert's values were never checked: a refused one went unreported
+    rows = [row(UPSERT, {"id": 1, "a": 1}), row(DELETE, {"id": 1, "b": 2}), row(DELETE, {"id": 1})]
+    statements = plan(table(), rows, {i: ("id",) for i in range(3)})
+    assert [(s.kind, [e.sources for e in s.elements]) for s in statements] == [(UPSERT, [[0]]), (DELETE, [[1, 2]])]
+    guarded = Destination("wh", "db", "t", mode=DELETE, version="c")
+    versions = [RowIn(b'{"id":1,"c":3}', ("id", "c"), guarded), RowIn(b'{"id":1,"c":5}', ("id", "c"), guarded)]
+    assert len(plan(table(), versions, {0: ("id",), 1: ("id",)})) == 2  # each guarded delete decides alone
 
 
 def test_rows_of_one_shape_and_destination_keep_the_fast_path() -> None:

@@ -8,9 +8,10 @@ they do not give take their defaults).
 
 Inserts are the common case and need no planning beyond that. Upserts and deletes must take effect in offset
 order, even inside one batch, and PostgreSQL refuses to touch one row twice in one statement, so the operations
-on each key are first *folded* (two upserts merge, an upsert then a delete is a delete, ...), and what cannot be
-folded is split into *rounds* applied one after the other: round 1 holds every key's first operation, round 2
-its second, and so on. A replay of the same packets therefore converges to the same final table.
+on each key are split into *rounds* applied one after the other: round 1 holds every key's first operation,
+round 2 its second, and so on (only a repeated delete is folded away: :func:`_fold`). A replay of the same
+packets therefore converges to the same final table. Upserts of one shape alone are folded by PostgreSQL
+(:func:`plan_last_wins`); a table of more than one unique key is written in offset order (:func:`_plan_in_order`).
 
 Names reach SQL only as :class:`psycopg.sql.Identifier`; the SQL text of each shape is cached on the table's
 catalog entry, so it is bounded and dies with it.
@@ -36,7 +37,6 @@ from kapow.postgres.catalog import Table
 INSERT, UPSERT, DELETE = "insert", "upsert", "delete"
 LAST_WINS = "upsert-last"  # the SQL of plan_last_wins
 ORDINALITY = "ordinality"  # plan_last_wins' array position (a table with such a column folds in Python)
-_raw_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _lines_encoder = msgspec.json.Encoder()
 _copy_row_decoder = msgspec.json.Decoder(dict[str, str | int | bool | None])  # what kapow.keyshapes decodes
 _NEGATIVE_ZERO = re.compile(rb":\s*-0\s*[,}]")  # a value -0 in a flat document (or in a string: no matter)
@@ -160,8 +160,11 @@ def plan(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ..
     destinations, or every row when the table sees mixed modes, need one). ``nulls_ok``: the destination's
     ``allow_no_unique_key``, under which an insert whose unique key is null is not refused (:func:`null_guard`).
     """
-    if not keys_of:
-        return _plan_inserts(table, rows, nulls_ok)
+    if not keys_of:  # inserts of one shape, or none giving the key their destination goes by
+        statements = _plan_inserts(table, rows, nulls_ok)
+        if len(statements) > 1 and len(table.unique_keys) > 1:  # shapes apart would reorder them: an insert of
+            return _plan_in_order(table, rows, keys_of, nulls_ok)  # {token, note} before {token} must win
+        return statements
     if len(table.unique_keys) > 1 or not all(_classed(table, key) for key in set(keys_of.values())):
         return _plan_in_order(table, rows, keys_of, nulls_ok)
     return _plan_rounds(table, rows, keys_of, nulls_ok)
@@ -413,32 +416,19 @@ def _class_value(raw: bytes, kind: str) -> Any:
 
 
 def _fold(ops: list[_Op], op: _Op) -> bool:
-    """Fold ``op`` into the key's last operation when the result is the same as applying both; True if folded."""
+    """Fold ``op`` into the key's last operation when applying it would change nothing and could fail in no way
+    the last one does not: a second delete of the same key text. True if folded.
+
+    Nothing else is folded, though the table would end the same: a packet's values are checked only when it is
+    applied, so an upsert folded into a later one (or into a delete) hid a value its column refuses, and merging two
+    upserts of different columns landed the refused packet's other columns (a hostile run: ``{v: "bad", note:
+    "BAD"}`` then ``{v: 5}`` left note BAD with no error). Each operation is its own round instead; upserts of one
+    shape are still folded by PostgreSQL after typing every value (:func:`plan_last_wins`)."""
     last = ops[-1]
-    if last.dest.version is not None or op.dest.version is not None:
-        return False  # a version guard decides per packet against the stored row: never merge across it
-    if last.dest.key != op.dest.key:
-        return False
-    kinds = (last.kind, op.kind)
-    if kinds == (UPSERT, UPSERT):
-        if op.keys is last.keys or op.keys == last.keys:  # same columns: the second's values are the merge
-            last.doc = op.doc
-        else:
-            last.doc, last.keys = _merge(last.doc, op.doc)
-    elif kinds in ((UPSERT, DELETE), (INSERT, DELETE)):
-        ops[-1] = _Op(DELETE, op.doc, op.keys, op.dest, last.sources, last.key)
-        last = ops[-1]
-    elif kinds not in ((DELETE, DELETE), (INSERT, INSERT), (UPSERT, INSERT)):
-        return False  # delete then write, insert then upsert: a new round keeps the order
+    if (last.kind, op.kind) != (DELETE, DELETE) or last.dest != op.dest or op.dest.version is not None:
+        return False  # (a guarded delete's version is its own: never dropped)
     last.sources.append(op.sources[0])
     return True
-
-
-def _merge(first: bytes, second: bytes) -> tuple[bytes, tuple[str, ...]]:
-    """Two upserts of one key as one: the second's columns win, the first's others stay."""
-    merged = _raw_decoder.decode(first)
-    merged.update(_raw_decoder.decode(second))
-    return msgspec.json.encode(merged), tuple(merged)
 
 
 def statement_text(table: Table, kind: str, columns: tuple[str, ...], dest: Destination,
