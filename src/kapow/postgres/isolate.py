@@ -55,8 +55,7 @@ def isolate(conn: psycopg.Connection[Any], table: Table, statements: Sequence[St
     result = Isolated()
     try:
         with conn.transaction():
-            for statement in statements:
-                _bisect(conn, table, statement, rows, result)
+            _apply_in_turn(conn, table, statements, rows, result)
     except IsolationAborted:
         raise
     except psycopg.Error as exc:  # the commit itself, or the connection
@@ -65,6 +64,55 @@ def isolate(conn: psycopg.Connection[Any], table: Table, statements: Sequence[St
                                Failure(ErrorCode.DATABASE_UNAVAILABLE, f"connection lost: {failure.message}",
                                        Scope.DATABASE)) from None
     return result
+
+
+def _apply_in_turn(conn: psycopg.Connection[Any], table: Table, statements: Sequence[Statement],
+                   rows: Sequence[RowLike], result: Isolated) -> None:
+    """Apply the statements in order, bisecting only the ones that fail.
+
+    The statements from the first not yet applied go in ONE call; the apply function names the one that failed
+    (its fence rolled the call back), so the ones before it go again in one call, that one is bisected, and the
+    rest go on the same way. A table written in offset order (kapow.postgres.statements._plan_in_order) has a
+    statement per switch of operation, thousands in a batch: tried one by one, a bad row among them cost a round
+    trip per statement (a hostile run: ~1,000 rows/s).
+    """
+    pos = 0
+    while pos < len(statements):
+        failed = _try_from(conn, statements, pos, len(statements), result)
+        if failed is None:
+            return
+        failed_at, known = failed
+        if failed_at > pos and _try_from(conn, statements, pos, failed_at, result) is not None:
+            for statement in statements[pos:failed_at]:  # (not expected: what failed did so after them)
+                _bisect(conn, table, statement, rows, result)
+        _bisect(conn, table, statements[failed_at], rows, result, known)
+        pos = failed_at + 1
+
+
+def _try_from(conn: psycopg.Connection[Any], statements: Sequence[Statement], lo: int, hi: int,
+              result: Isolated) -> tuple[int, tuple[Failure, str | None]] | None:
+    """Apply ``statements[lo:hi]`` in one call: None when all landed (counted), else the index of the one that
+    failed with a row's error, and that error (nothing of the call applied)."""
+    result.probes += 1
+    part = statements[lo:hi]
+    try:
+        answer = call(conn, [s.text for s in part], [s.payload() for s in part], [1, len(part) + 1])
+    except psycopg.Error as exc:
+        failure = classify_exception(exc)
+        if failure.scope is Scope.ROW:  # a whole-call error that is a row's would be our own bug: hold the table
+            failure = Failure(ErrorCode.INTERNAL, failure.message, Scope.TABLE)
+        raise IsolationAborted(failure) from None
+    if len(answer) == 1 and answer[0][3] is not None:
+        (_t, k, _affected, state, message, column, _conflicted, _ms), = answer
+        code, scope = classify_sqlstate(state)
+        failure = Failure(code, one_line(message or state), scope)
+        if scope is not Scope.ROW:
+            raise IsolationAborted(failure)
+        return lo + int(k) - 1, (failure, column or None)
+    for statement, (_t, _k, affected, *_rest) in zip(part, answer, strict=True):
+        result.affected += len(statement.elements) if statement.lands_all else int(affected)
+        result.landed_sources += statement.sources
+    return None
 
 
 def _try(conn: psycopg.Connection[Any], statement: Statement, elements: list[Element],
@@ -89,12 +137,17 @@ def _try(conn: psycopg.Connection[Any], statement: Statement, elements: list[Ele
 
 
 def _bisect(conn: psycopg.Connection[Any], table: Table, statement: Statement, rows: Sequence[RowLike],
-            result: Isolated) -> None:
+            result: Isolated, known: tuple[Failure, str | None] | None = None) -> None:
+    """``known``: the statement is known to fail whole, so: its error (it is not tried whole again)."""
     pending = [(0, len(statement.elements))]
     while pending:
         lo, hi = pending.pop()
         elements = statement.elements[lo:hi]
-        affected, failure, column = _try(conn, statement, elements, result)
+        failure: Failure | None
+        if known is not None:
+            affected, (failure, column), known = 0, known, None
+        else:
+            affected, failure, column = _try(conn, statement, elements, result)
         if failure is None:
             result.affected += len(elements) if statement.lands_all else affected
             result.landed_sources += sum(len(e.sources) for e in elements)

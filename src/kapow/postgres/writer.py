@@ -43,6 +43,7 @@ DECLARE
   fast boolean;
   used_fast boolean;
   failed boolean;
+  at int;
 BEGIN
   SET CONSTRAINTS ALL IMMEDIATE;
   FOR ti IN 1 .. coalesce(array_length(bounds, 1), 1) - 1 LOOP
@@ -55,6 +56,7 @@ BEGIN
       failed := false;
       BEGIN
         FOR ki IN bounds[ti] .. bounds[ti + 1] - 1 LOOP
+          at := ki;
           IF fast AND fasts[ki] IS NOT NULL THEN
             used_fast := true;
             EXECUTE fasts[ki] USING payloads[ki];
@@ -75,7 +77,7 @@ BEGIN
     t := ti;
     ms := 1000 * extract(epoch FROM clock_timestamp() - started);
     IF failed THEN
-      k := -1; affected := 0;
+      k := at; affected := 0;  -- the statement that failed (kapow.postgres.isolate starts there)
       RETURN NEXT;
     ELSE
       state := NULL; message := NULL; col := NULL;
