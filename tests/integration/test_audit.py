@@ -46,6 +46,15 @@ def all_committed(env: kit.Env) -> bool:
     return all(committed.get(p, -1) >= end for p, end in data_ends(env.topic).items() if end > 0)
 
 
+def commit(env: kit.Env, ends: dict[int, int]) -> None:
+    """Commit the group's offsets as a writer would, without one: the audit reads only the packets and these."""
+    c = Consumer({"bootstrap.servers": kit.BOOTSTRAP, "group.id": env.group, "enable.auto.commit": False})
+    try:
+        c.commit(offsets=[TopicPartition(env.topic, p, end) for p, end in ends.items()], asynchronous=False)
+    finally:
+        c.close()
+
+
 def land(env: kit.Env, writers: Callable[[kit.Env], kit.WriterProcess]) -> None:
     """Run a writer until every offset of the topic is committed, then stop it (SIGTERM, exit 0)."""
     w = writers(env)
@@ -128,11 +137,7 @@ def test_a_record_past_the_committed_offset_that_never_landed_is_missing(
     assert (before.counts["landed"], before.counts["pending"], before.missing) == (6, 4, 0)
 
     ends = kit.end_offsets(env.topic)  # the group claims everything is done: nothing of it landed
-    c = Consumer({"bootstrap.servers": kit.BOOTSTRAP, "group.id": env.group, "enable.auto.commit": False})
-    try:
-        c.commit(offsets=[TopicPartition(env.topic, p, end) for p, end in ends.items()], asynchronous=False)
-    finally:
-        c.close()
+    commit(env, ends)
     after = audit(config)
     assert (after.counts["landed"], after.counts["pending"], after.missing) == (6, 0, 4)
     assert len(after.missing_examples) == 4
@@ -177,11 +182,7 @@ def test_modes_decide_what_landed_means(make_env: Callable[..., kit.Env], tmp_pa
     kit.publish(env.topic, [make_packet([wh], {"id": 1, "v": "a"}), make_packet([delete], {"id": 1}),
                             make_packet([wh], {"id": 2, "v": "b"}), make_packet([upsert], {"id": 2, "v": "c"}),
                             make_packet([wh], {"id": 3, "v": "d"})])
-    c = Consumer({"bootstrap.servers": kit.BOOTSTRAP, "group.id": env.group, "enable.auto.commit": False})
-    try:
-        c.commit(offsets=[TopicPartition(env.topic, 0, 5)], asynchronous=False)
-    finally:
-        c.close()
+    commit(env, {0: 5})
     kit.sql(db, "INSERT INTO events VALUES (2, 'c'), (3, 'd')")  # as the writer leaves them
     config = load_config(env.write_config())
     assert counts(audit(config)) == {"total": 5, "filtered": 0, "landed": 5, "user_errors": 0, "parked": 0,
@@ -205,11 +206,7 @@ def test_a_row_deleted_by_one_key_and_put_back_by_another_is_not_missing(make_en
                             make_packet([upsert], {"id": 1, "email": "x@y", "v": "b"}),
                             make_packet([wh], {"id": 2, "email": "z@y", "v": "c"}),
                             make_packet([by_email], {"email": "z@y"})])
-    c = Consumer({"bootstrap.servers": kit.BOOTSTRAP, "group.id": env.group, "enable.auto.commit": False})
-    try:
-        c.commit(offsets=[TopicPartition(env.topic, 0, 5)], asynchronous=False)
-    finally:
-        c.close()
+    commit(env, {0: 5})
     kit.sql(db, "INSERT INTO people VALUES (1, 'x@y', 'b')")  # as the writer leaves them (2 inserted, deleted)
     config = load_config(env.write_config())
     assert counts(audit(config)) == {"total": 5, "filtered": 0, "landed": 5, "user_errors": 0, "parked": 0,
@@ -247,11 +244,7 @@ def test_a_table_of_two_keys_is_judged_without_false_alarms_or_false_landings(ma
         make_packet([upsert], {"id": 7, "email": "f", "v": "7"}),  # 11: never landed, so 12 did nothing:
         make_packet([wh], {"id": 8, "email": "e", "v": "8"}),  # 12: a row holds its email, but not its id
     ])
-    c = Consumer({"bootstrap.servers": kit.BOOTSTRAP, "group.id": env.group, "enable.auto.commit": False})
-    try:
-        c.commit(offsets=[TopicPartition(env.topic, 0, 13)], asynchronous=False)
-    finally:
-        c.close()
+    commit(env, {0: 13})
     kit.sql(db, "INSERT INTO people VALUES (2, 'b', '2'), (4, 'c', '4'), (5, 'x', '5'), (7, 'e', '7')")
     report = audit(load_config(env.write_config()))
     # 12 is flagged for 11's loss (a row holding its email is not its row: the first version took it for landed)
@@ -272,11 +265,7 @@ def test_a_version_guard_that_skipped_a_stale_delete_is_not_a_false_alarm(make_e
                             make_packet([stale], {"id": 1, "rev": 3}),  # skipped: rev 3 < 5
                             make_packet([wh], {"id": 2, "rev": 1, "v": "x"}),
                             make_packet([{**wh, "mode": "delete"}], {"id": 2})])  # not done: missing
-    c = Consumer({"bootstrap.servers": kit.BOOTSTRAP, "group.id": env.group, "enable.auto.commit": False})
-    try:
-        c.commit(offsets=[TopicPartition(env.topic, 0, 4)], asynchronous=False)
-    finally:
-        c.close()
+    commit(env, {0: 4})
     kit.sql(db, "INSERT INTO docs VALUES (1, 5, 'new'), (2, 1, 'x')")
     report = audit(load_config(env.write_config()))
     # the guarded upsert and delete of row 1 are unverified (the guard may have skipped the delete), not missing
