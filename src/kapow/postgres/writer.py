@@ -27,17 +27,19 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from kapow.errors import Failure, Scope, classify_sqlstate, one_line
+from kapow.postgres import plans
 from kapow.postgres.catalog import Table
 from kapow.postgres.pool import retire
 from kapow.postgres.statements import INSERT, NULL_KEY_STATE, Statement, null_guard
 
-APPLY_FUNCTION = """
+APPLY_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION pg_temp.kapow_apply(stmts text[], fasts text[], payloads text[], bounds int[])
 RETURNS TABLE (t int, k int, affected bigint, state text, message text, col text, retried boolean,
                ms double precision)
 LANGUAGE plpgsql AS $fn$
 DECLARE
   started timestamptz;
+  stmt text;
   n bigint;
   counts bigint[];
   fast boolean;
@@ -51,7 +53,7 @@ BEGIN
     fast := true;
     retried := false;
     LOOP
-      counts := '{}';
+      counts := '{{}}';
       used_fast := false;
       failed := false;
       BEGIN
@@ -59,11 +61,16 @@ BEGIN
           at := ki;
           IF fast AND fasts[ki] IS NOT NULL THEN
             used_fast := true;
-            EXECUTE fasts[ki] USING payloads[ki];
+            stmt := fasts[ki];
           ELSE
-            EXECUTE stmts[ki] USING payloads[ki];
+            stmt := stmts[ki];
           END IF;
-          GET DIAGNOSTICS n = ROW_COUNT;
+          IF starts_with(stmt, '{plans.CALL_PREFIX}') THEN  -- a shape's own function (kapow.postgres.plans): its count
+            EXECUTE stmt INTO n USING payloads[ki];
+          ELSE
+            EXECUTE stmt USING payloads[ki];
+            GET DIAGNOSTICS n = ROW_COUNT;
+          END IF;
           counts := counts || n;
         END LOOP;
       EXCEPTION WHEN OTHERS THEN
@@ -111,8 +118,12 @@ _CALL = "SELECT t, k, affected, state, message, col, retried, ms FROM pg_temp.ka
 def configure_connection(conn: psycopg.Connection[Any], *, statement_timeout_ms: int, lock_timeout_ms: int) -> None:
     """Run once per new connection: autocommit, the apply function and the timeouts live as long as it does."""
     conn.autocommit = True
-    conn.execute(f"{APPLY_FUNCTION};{REFUSE_FUNCTION}")  # no parameters: several statements, one round trip
-    conn.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
+    conn.execute(f"{APPLY_FUNCTION};{REFUSE_FUNCTION}")
+    plans.attach(conn)  # no parameters: several statements, one round trip
+    # plan_cache_mode: a shape's function (kapow.postgres.plans) would otherwise plan its statement anew at each of
+    # its first five calls, as text does; every statement here takes one JSON array, whose contents no plan reads
+    conn.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false),"
+                 " set_config('plan_cache_mode', 'force_generic_plan', false)",
                  (str(statement_timeout_ms), str(lock_timeout_ms)))
     if conn.info.server_version >= 140000:
         # a writer killed while its statement waits (on a lock, say) must not have that statement land later:
@@ -162,7 +173,16 @@ def copy_text(table: Table, statement: Statement) -> str | None:
 
 def call(conn: psycopg.Connection[Any], stmts: list[str], payloads: list[str], bounds: list[int],
          fasts: list[str | None] | None = None) -> list[Any]:
-    """One call of the apply function; raises the database's exception when the call itself fails."""
+    """One call of the apply function; raises the database's exception when the call itself fails. The texts
+    the connection runs often go as calls of their own functions (:mod:`kapow.postgres.plans`)."""
+    known = plans.of(conn)
+    if known is not None and fasts is None:
+        stmts = known.texts(conn, stmts)
+    elif known is not None and fasts is not None:  # what runs first is counted (not the fallback of a plain insert)
+        first = known.texts(conn, [s if f is None else f for s, f in zip(stmts, fasts, strict=True)])
+        fallback = known.texts(conn, stmts, count=False)
+        stmts = [r if f is None else b for r, b, f in zip(first, fallback, fasts, strict=True)]
+        fasts = [r if f is not None else None for r, f in zip(first, fasts, strict=True)]
     with conn.cursor() as cur:
         cur.execute(_CALL, (stmts, fasts if fasts is not None else [None] * len(stmts), payloads, bounds))
         return cur.fetchall()
