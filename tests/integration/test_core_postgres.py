@@ -478,6 +478,11 @@ def test_a_unit_writes_many_tables_and_answers_each_work(db: str, conn: psycopg.
         w.enqueued_at -= 5  # queued five seconds ago
     out = write_unit(conn, catalog, [missing, ja, jb])
     assert [o.job for o in out] == [missing, ja, jb]
+    # b's bad row is not bisected in a unit with other tables (they would wait for it): b goes back, alone
+    assert out[2].alone and out[2].failure is not None and out[2].failure.scope is Scope.ROW
+    assert kit.scalar(db, f"SELECT count(*) FROM {b}") == 0
+    out[2] = write_unit(conn, catalog, [jb])[0]
+    assert not out[2].alone
     out = [out[1], out[2], out[0]]
     assert results(out[0]) == [(1, 1, []), (1, 0, ["unknown_column"])]
     assert out[0].results is not None and out[0].results[1].failed[0].destination == dest(db, a)
@@ -644,6 +649,21 @@ def test_metadata_columns_are_filled_from_the_record(db: str, conn: psycopg.Conn
     got = kit.sql(db, f"SELECT src_offset, src_partition, src_topic, src_ts = '2023-11-14T22:13:20.045Z', src_key"
                       f" FROM {name} WHERE id = 1")
     assert got == [(77, 4, "in", True, "k-\ufffd")]
+
+
+def test_a_column_both_data_and_metadata_give_is_refused_not_overwritten(db: str,
+                                                                        conn: psycopg.Connection[Any]) -> None:
+    """The JSON's last key won, silently: ``{"id": 500}`` with the offset into ``id`` landed as id 0, and the
+    audit then missed the record (a hostile run)."""
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, v text)")
+    m = Message(topic="in", partition=0, offset=0, key=None, value=b"{}", timestamp=(1, 1))
+    clash = Row(m, b'{"id":500,"v":"data"}', ("id", "v"), dest(db, name, metadata=Metadata(offset="id")))
+    fine = Row(m, b'{"id":7}', ("id",), dest(db, name, metadata=Metadata(topic="v")))
+    out = write_unit(conn, Catalog(), [job(db, name, [clash, fine])])
+    assert results(out[0]) == [(1, 0, ["bad_packet"])]
+    assert out[0].results is not None and "data gives column 'id', which metadata fills from the record's offset" \
+        in out[0].results[0].failed[0].failure.message
+    assert kit.sql(db, f"SELECT id, v FROM {name}") == [(7, "in")]
 
 
 def test_upserts_of_one_shape_are_folded_by_postgresql_in_one_statement_and_the_last_wins(

@@ -23,6 +23,7 @@ from kapow.config import parse_config
 from kapow.contract import Destination, TableKey
 from kapow.errors import ErrorCode, Failure, Scope
 from kapow.pipeline.lane import ALONE_S, DatabaseLane
+from kapow.pipeline.persist import FRESH_S, Persister
 from kapow.pipeline.schedule import MAX_TABLES_PER_UNIT, TableQueue
 from kapow.pipeline.unit import JobOutcome, TableJob
 from kapow.pipeline.work import Row, TableWork, WorkResult
@@ -385,7 +386,7 @@ def test_a_held_table_backs_off_doubling_to_the_cap_and_recovers(caplog: pytest.
     del s.outcome["a"]
     s.clock.now = s.queue("a").held_until
     s.step()
-    assert s.queue("a").failure is None and s.queue("a").backoff == 0.0
+    assert key("a") not in s.lane._tables and s.lane.healthy(key("a"))  # recovered, and nothing left to keep
     assert s.delivered[-1].landed == 2 and s.lane.last_success == s.clock.now and s.lane.recently_ok()
     s.clock.now += 30
     assert not s.lane.recently_ok() and s.lane.recently_ok(within_s=31)
@@ -589,3 +590,63 @@ def test_close_waits_for_its_threads_but_at_most_the_timeout() -> None:
     assert s.lane._closed and s.pool.closed
     gate.set()
     stuck.join(5)
+
+
+def test_the_redrive_asks_a_database_that_may_have_gone_down_and_believes_a_failed_probe() -> None:
+    """A success up to 30 s old passed for health without a probe, and a failed probe was not the answer (the
+    circuit opens after a few failures only): the redrive republished parked packets into a database still down,
+    spending their redrive attempts (a hostile run)."""
+    s = Stepped()
+    persister = Persister(CONFIG, lane_factory=lambda **_kw: s.lane)
+    assert s.lane.probe() and persister.healthy(key("a"))
+    s.clock.now += FRESH_S + 1
+    s.pool.down = True
+    assert not persister.healthy(key("a")), "a failed probe must answer no"
+    assert s.lane.circuit.closed and not s.lane.recently_ok(within_s=60), "one failure: the circuit still closed"
+    s.pool.down = False
+    s.clock.now += 1
+    assert persister.healthy(key("a")) and s.lane.recently_ok(), "a probe that answers makes it healthy again"
+    s.outcome["a"] = DOWN
+    s.lane.submit(work("a"))
+    s.clock.now += 0.5
+    s.step()  # a write that met the database down, within FRESH_S of the success: no longer taken as up
+    assert not s.lane.recently_ok(within_s=FRESH_S)
+
+
+def test_tables_written_alone_take_every_worker_but_one() -> None:
+    """Four slow tables on four workers made every other table of the database wait for them (a hostile run:
+    p99 37 s): tables written alone may take every worker but the last."""
+    s = Stepped()
+    for table in ("s1", "s2", "s3", "s4"):
+        s.lane.submit(work(table))
+        s.queue(table).alone_until = s.clock.now + 60
+    s.lane.submit(work("ok"))
+    workers = CONFIG.destinations[0].max_connections
+    taken = [s.pick() for _ in range(workers)]  # as many workers take a unit, none of them done yet
+    alone = [jobs[0].key.table for jobs in taken if len(jobs) == 1 and jobs[0].key.table.startswith("s")]
+    assert len(alone) == workers - 1, taken
+    assert any(j.key.table == "ok" for jobs in taken for j in jobs), "the last worker must be kept for the others"
+    assert s.pick() == [], "nothing else is ready: the slow tables wait for a worker written alone"
+
+
+def test_a_table_whose_rows_need_isolating_goes_back_alone_and_its_neighbours_are_answered() -> None:
+    s = Stepped()
+    s.lane.submit_all([work("bad", rows=3), work("ok", rows=2)])
+    jobs = s.pick()
+    assert sorted(j.key.table for j in jobs) == ["bad", "ok"]
+    bad_value = Failure(ErrorCode.BAD_VALUE, "invalid input syntax for type bigint", Scope.ROW)
+    s.lane._settle([JobOutcome(j, failure=bad_value, alone=True) if j.key.table == "bad" else
+                    JobOutcome(j, results=[WorkResult(w, landed=len(w.rows)) for w in j.works]) for j in jobs])
+    assert [r.work.key.table for r in s.delivered] == ["ok"]
+    assert s.queue("bad").failure is None and s.queue("bad").alone(s.clock.now), "requeued alone, held by nothing"
+    assert [[j.key.table for j in s.pick()]] == [["bad"]]
+
+
+def test_a_table_with_nothing_left_is_forgotten() -> None:
+    """A stream of ever-new table names grew the lane by a queue per name, for good (~70 MB a 50,000 names)."""
+    s = Stepped()
+    for i in range(50):
+        s.lane.submit(work(f"t{i}"))
+    while s.step():
+        pass
+    assert len(s.delivered) == 50 and s.lane._tables == {} and s.lane._pending == {}

@@ -11,6 +11,7 @@ from kapow.config import parse_config
 from kapow.contract import CONTEXT_VALUE, Destination, Metadata, TableKey
 from kapow.errors import ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.route import Router, route_specs
+from kapow.pipeline.route import _cost as route_cost
 from kapow.pipeline.sort import Sorter, tombstone_row, values_bytes
 from kapow.pipeline.work import PACKET_OVERHEAD
 
@@ -108,10 +109,13 @@ def test_the_router_caches_verdicts_both_ways_and_skips_huge_names(monkeypatch: 
     router.route(edge)
     router.route(longer)
     assert edge in router._cache and longer not in router._cache
-    router.MAX_ENTRIES = len(router._cache)  # type: ignore[misc]
-    router.route(Destination("wh", "db", "other"))
-    assert Destination("wh", "db", "other") not in router._cache, "the cache grew past its bound"
-    assert Router.MAX_ENTRIES == 100_000 and Router.MAX_NAME == 256
+    assert Router.MAX_BYTES == 16 * 1024 * 1024 and Router.MAX_NAME == 256
+    router.MAX_BYTES = 20_000  # type: ignore[misc]
+    for i in range(200):  # ever-new table names: the cache keeps its bound, and the newest entries
+        router.route(Destination("wh", "db", f"new_{i}"))
+        assert router._cache_bytes <= 20_000 and router._cache_bytes == sum(map(route_cost, router._cache))
+    assert Destination("wh", "db", "new_199") in router._cache and ok not in router._cache
+    assert 10 <= len(router._cache) < 20
 
 
 @pytest.mark.parametrize(("dest", "code"), [
@@ -131,6 +135,7 @@ def test_the_router_caches_verdicts_both_ways_and_skips_huge_names(monkeypatch: 
     (Destination("wh", "db", "t", mode="upsert", version="v;"), ErrorCode.BAD_PACKET),
     (Destination("wh", "db", "t", mode="upsert", key=()), ErrorCode.BAD_PACKET),
     (Destination("wh", "db", "t", metadata=Metadata(offset="o-o")), ErrorCode.BAD_PACKET),
+    (Destination("wh", "db", "t", metadata=Metadata(offset="c", partition="c")), ErrorCode.BAD_PACKET),  # one column
 ])
 def test_the_router_refuses_with_the_code_that_says_why(dest: Destination, code: ErrorCode) -> None:
     verdict = Router(CONFIG).route(dest)

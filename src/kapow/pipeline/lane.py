@@ -82,6 +82,7 @@ class DatabaseLane:
         self.circuit = Circuit(self.name, failures_to_open=pipeline.circuit_failures_to_open,
                                open_s=pipeline.circuit_open_s, clock=clock)
         self._tables: dict[TableKey, TableQueue] = {}
+        self._alone: set[TableKey] = set()  # tables being written in units of their own now
         self._pending: dict[TableKey, TableQueue] = {}  # tables with queued works, in order of arrival
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -91,6 +92,7 @@ class DatabaseLane:
         self._backoff = 0.0
         self.queued_bytes = 0
         self.last_success = 0.0  # monotonic time of the last successful write or probe
+        self.last_failure = 0.0  # ... and of the last failure of the database itself (a write's or a probe's)
 
     # ------------------------------------------------------------------ the loop's side
     def submit(self, work: TableWork) -> None:
@@ -184,7 +186,10 @@ class DatabaseLane:
         return True
 
     def recently_ok(self, within_s: float = 30.0) -> bool:
-        return self.last_success > 0 and self._clock() - self.last_success < within_s
+        """The database answered within ``within_s`` and has not failed since (a failure since, while the circuit
+        still counts toward opening, must not pass for health: the redrive asks this)."""
+        return self.last_success > 0 and self.last_success > self.last_failure and \
+            self._clock() - self.last_success < within_s
 
     def probe(self) -> bool:
         """Try the database now (one connection, ``SELECT 1``); the circuit learns the outcome."""
@@ -192,7 +197,11 @@ class DatabaseLane:
             with self.pool.connection() as conn:
                 conn.execute("SELECT 1")
         except Exception as exc:
-            self.circuit.failure(classify_exception(exc))
+            failure = classify_exception(exc)
+            if failure.scope is Scope.DATABASE:
+                with self._cond:
+                    self.last_failure = self._clock()
+            self.circuit.failure(failure)
             return False
         self.circuit.success()
         with self._cond:
@@ -266,7 +275,13 @@ class DatabaseLane:
             return None
 
     def _pick_locked(self, now: float) -> list[TableJob]:
-        jobs = pick(self._pending, now, self._pipeline.unit_max_rows)
+        # Tables written alone (slow, held, or with bad rows to isolate) may take every worker but one: four slow
+        # triggers on four workers made every other table of the database wait (a hostile run, p99 37 s)
+        workers = self.config.max_connections
+        jobs = pick(self._pending, now, self._pipeline.unit_max_rows,
+                    alone_ok=workers <= 1 or len(self._alone) < workers - 1)
+        if len(jobs) == 1 and self._tables[jobs[0].key].alone(now):
+            self._alone.add(jobs[0].key)
         for job in jobs:
             self.queued_bytes -= sum(w.nbytes for w in job.works)
         return jobs
@@ -302,6 +317,9 @@ class DatabaseLane:
             for outcome in outcomes:
                 queue = self._tables[outcome.job.key]
                 queue.busy = False
+                self._alone.discard(queue.key)
+                if outcome.alone:
+                    queue.alone_until = max(queue.alone_until, now + ALONE_S)
                 if outcome.seconds >= SLOW_TABLE_S:  # (kept alone while it stays slow)
                     if queue.alone_until <= now:
                         log.info("lane %s: %s took %.1f s of a unit; written alone for %.0f s", self.name,
@@ -313,6 +331,8 @@ class DatabaseLane:
                     for result in outcome.results:
                         if result.work.epoch == self._epoch:
                             self._deliver(result)
+                    if not queue.works and queue.alone_until <= now:  # nothing left to know of it: a stream of
+                        self._tables.pop(queue.key, None)  # ever-new table names must not grow the lane
                     continue
                 failure = outcome.failure
                 assert failure is not None
@@ -331,6 +351,7 @@ class DatabaseLane:
                 self.last_success = now
                 self._backoff = 0.0
             if database_failure is not None:
+                self.last_failure = now
                 self._backoff = min(max(self._backoff * 2, self._pipeline.retry_initial_backoff_s),
                                     self._pipeline.retry_max_backoff_s)
                 self._backoff_until = now + self._backoff

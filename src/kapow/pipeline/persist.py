@@ -29,6 +29,11 @@ from kapow.postgres.catalog import Catalog
 log = logging.getLogger(__name__)
 
 
+# A lane that answered (a write or a probe) this recently, with no failure since, is taken as up without a probe:
+# the redrive asks once per parked record. 30 s let it republish into a database that had just gone down.
+FRESH_S = 2.0
+
+
 class Persister:
     """The lanes of every configured database, the catalog they share, and the queue of their answers."""
 
@@ -108,15 +113,17 @@ class Persister:
     def healthy(self, key: TableKey) -> bool:
         """Would a write to ``key`` go ahead now? (Unconfigured destinations are never healthy.)
 
-        A lane that has not written for a while is probed first (one connection, bounded by its connect
-        timeout), so the redrive never republishes into a database that is still down.
+        A lane that has not written for a while, or has failed since it last did, is probed first (one connection,
+        bounded by its connect timeout), and a failed probe answers no: the redrive never republishes into a
+        database that is still down (it did while the circuit counted its first failures, spending the packets'
+        redrive attempts: a hostile run).
         """
         try:
             lane = self.lane(key.vanity, key.database)
         except KeyError:
             return False
-        if lane.healthy() and not lane.recently_ok():
-            lane.probe()
+        if lane.healthy() and not lane.recently_ok(within_s=FRESH_S) and not lane.probe():
+            return False  # (the circuit opens only after a few failures: a failed probe is the answer now)
         if lane.healthy() and not lane.healthy(key):
             return lane.probe_table(key)  # a held table with nothing queued: still locked?
         return lane.healthy(key)

@@ -68,15 +68,25 @@ def route_specs(config: Config) -> dict[str, RouteSpec]:
     return out
 
 
+def _cost(dest: Destination) -> int:
+    """What a cached route holds, roughly, in bytes: the destination's names twice (in it, and in the refusal's
+    message or the route's table key) and ~1 kB of objects around them."""
+    names = len(dest.vanity) + len(dest.database) + len(dest.schema) + len(dest.table) + len(dest.mode)
+    return 1024 + 2 * names + sum(map(len, dest.key or ())) + len(dest.version or "")
+
+
 class Router:
     """Destination -> (table key, its server's config), or the user :class:`Failure` that refuses it."""
 
-    MAX_ENTRIES = 100_000
+    # What the cache may hold, in bytes as counted by _cost: ~1 kB an entry for ordinary names. A count alone
+    # (100,000 entries) let a stream of ever-new table names hold ~130 MB here (a hostile run, 2026-11-27).
+    MAX_BYTES = 16 * 1024 * 1024
     MAX_NAME = 256  # entries with longer names are resolved every time, never cached
 
     def __init__(self, config: Config) -> None:
         self._config = config
         self._cache: dict[Destination, Route | Failure] = {}
+        self._cache_bytes = 0
         self.routes = route_specs(config)
 
     def route(self, dest: Destination) -> Route | Failure:
@@ -89,9 +99,18 @@ class Router:
             verdict = exc.failure
         longest = max(len(dest.vanity), len(dest.database), len(dest.schema), len(dest.table), len(dest.type),
                       len(dest.mode))
-        if len(self._cache) < self.MAX_ENTRIES and longest <= self.MAX_NAME:
-            self._cache[dest] = verdict
+        if longest <= self.MAX_NAME:
+            cache, cost = self._cache, _cost(dest)
+            while cache and self._cache_bytes + cost > self.MAX_BYTES:  # the oldest go first (insertion order)
+                self._cache_bytes -= self._evict_oldest()
+            cache[dest] = verdict
+            self._cache_bytes += cost
         return verdict
+
+    def _evict_oldest(self) -> int:
+        oldest = next(iter(self._cache))
+        del self._cache[oldest]
+        return _cost(oldest)
 
     def _resolve(self, dest: Destination) -> Route:
         if dest.type not in SINK_TYPES:
@@ -133,6 +152,12 @@ class Router:
         if dest.key is not None and not dest.key:
             raise PacketError(ErrorCode.BAD_PACKET, "key must name at least one column")
         if dest.metadata is not None:
-            for _field, column in dest.metadata.columns():
+            filled: dict[str, str] = {}
+            for name, column in dest.metadata.columns():
                 check_identifier("column", column, ErrorCode.BAD_PACKET)
+                if column in filled:  # (the last field won, silently)
+                    raise PacketError(ErrorCode.BAD_PACKET, f"metadata fills column {column!r} from both the"
+                                                            f" record's {filled[column]} and its {name}: give each its"
+                                                            " own column")
+                filled[column] = name
         return TableKey(dest.vanity, dest.database, dest.schema, dest.table), cfg

@@ -36,13 +36,14 @@ class TableQueue:
         return self.alone_until > now or self.failure is not None
 
 
-def pick(pending: dict[TableKey, TableQueue], now: float, budget: int) -> list[TableJob]:
-    """The next unit: the ready tables' head works, oldest first, marked busy and popped (``pending`` updated)."""
+def pick(pending: dict[TableKey, TableQueue], now: float, budget: int, *, alone_ok: bool = True) -> list[TableJob]:
+    """The next unit: the ready tables' head works, oldest first, marked busy and popped (``pending`` updated).
+    Without ``alone_ok``, no table that is written alone is taken (the worker is kept for the others)."""
     ready = [q for q in pending.values() if not q.busy and q.held_until <= now and q.works]
     if not ready:
         return []
     ready.sort(key=lambda q: q.works[0].enqueued_at)
-    if ready[0].alone(now):
+    if ready[0].alone(now) and alone_ok:
         return [pop(pending, ready[0], budget)]
     jobs: list[TableJob] = []
     for queue in ready:
