@@ -10,7 +10,7 @@ import pytest
 
 from kapow.config import parse_config
 from kapow.contract import TableKey
-from kapow.pipeline.persist import Persister
+from kapow.pipeline.persist import FRESH_S, Persister
 from kapow.pipeline.work import TableWork, WorkResult
 
 CONFIG = parse_config('[kafka]\nbootstrap_servers = "x:1"\ntopics = ["in"]\n'
@@ -35,6 +35,8 @@ class Lane:
         self.is_healthy = True
         self.table_healthy: dict[TableKey, bool] = {}
         self.ok_lately = True
+        self.probe_answer = True
+        self.asked_within = 0.0
         self.probed = 0
         self.tables_probed: list[TableKey] = []
         self.table_probe_answer = True
@@ -57,12 +59,13 @@ class Lane:
             return self.is_healthy
         return self.is_healthy and self.table_healthy.get(key, True)
 
-    def recently_ok(self) -> bool:
+    def recently_ok(self, within_s: float = 30.0) -> bool:
+        self.asked_within = within_s
         return self.ok_lately
 
     def probe(self) -> bool:
         self.probed += 1
-        return self.is_healthy
+        return self.probe_answer
 
     def probe_table(self, key: TableKey) -> bool:
         self.tables_probed.append(key)
@@ -170,9 +173,12 @@ def test_health_probes_a_quiet_lane_and_a_held_table_before_answering() -> None:
     assert isinstance(lane, Lane)
     assert p.healthy(key("a")) is True and lane.probed == 0, "a lane that wrote lately needs no probe"
     lane.ok_lately = False
-    assert p.healthy(key("a")) is True and lane.probed == 1
+    assert p.healthy(key("a")) is True and lane.probed == 1 and lane.asked_within == FRESH_S
+    lane.probe_answer = False  # the circuit still closed (it opens after a few failures): the probe is the answer
+    assert p.healthy(key("a")) is False and lane.probed == 2
+    lane.probe_answer = True
     lane.is_healthy = False
-    assert p.healthy(key("a")) is False and lane.probed == 1, "an unhealthy lane is probed by its own prober"
+    assert p.healthy(key("a")) is False and lane.probed == 2, "an unhealthy lane is probed by its own prober"
     lane.is_healthy, lane.ok_lately = True, True
     lane.table_healthy[key("a", "held")] = False
     lane.table_probe_answer = False
