@@ -17,7 +17,7 @@ from kapow.config import parse_config
 from kapow.contract import Destination, TableKey
 from kapow.errors import ErrorClass, ErrorCode, Failure, Scope
 from kapow.pipeline.batch import Batch, TopicCounts
-from kapow.pipeline.observe import Observer, _split
+from kapow.pipeline.observe import FAILED_LINES_PER_S, Observer, _split
 from kapow.pipeline.work import ErrorRecord, Row, TableWork, WorkResult
 
 CONFIG = parse_config('[kafka]\nbootstrap_servers = "x:1"\ntopics = ["obs.in", "obs.in2"]\n'
@@ -255,3 +255,23 @@ def test_the_batch_line_gives_milliseconds_to_a_tenth(monkeypatch: pytest.Monkey
         o.account(batch_of(started=1000.0), now_ms=0)
     ms = next(r for r in caplog.records if r.getMessage() == "batch committed").fields["ms"]  # type: ignore[attr-defined]
     assert type(ms) is float and ms == 250.0
+
+
+def test_failed_packets_are_logged_one_line_each_up_to_a_bound_a_second_then_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A flood of bad packets wrote a line each: 500,000 lines, 224 MB (a hostile run)."""
+    now = [100.0]
+    o = Observer(CONFIG, clock=lambda: now[0])
+    batch = batch_of()
+    record = ErrorRecord(Message(topic="obs.in", partition=1, offset=9, value=b"x"),
+                         Failure(ErrorCode.BAD_VALUE, "bad", Scope.ROW), Destination("wh", "obs_a", "t"))
+    with caplog.at_level(logging.INFO, logger="kapow.writer"):
+        for _ in range(FAILED_LINES_PER_S + 30):
+            o.failed(batch, record, at_sort=True)
+        assert sum(r.getMessage() == "packet failed" for r in caplog.records) == FAILED_LINES_PER_S
+        now[0] += 1.0
+        o.failed(batch, record, at_sort=True)  # a new second: the count of the last, then a line again
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[FAILED_LINES_PER_S].startswith("30 more packets failed without a line each")
+    assert messages[-1] == "packet failed" and len(messages) == FAILED_LINES_PER_S + 2
+    assert batch.user_errors == FAILED_LINES_PER_S + 31, "every one still counted"
