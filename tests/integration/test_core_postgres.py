@@ -366,6 +366,13 @@ def test_a_primary_key_needs_no_null_guard(db: str, conn: psycopg.Connection[Any
     statements = plan(table, [row_in(dest(db, name), good(1))], {})
     assert "kapow_refuse" not in statements[0].text + str(statements[0].plain)
     assert copy_text(table, statements[0]) is not None
+    # ... but a delete by a null id would match nothing and count as done (a hostile run): it is refused
+    kit.sql(db, f"INSERT INTO {name} VALUES (1, 'a', 1)")
+    gone = dest(db, name, "delete")
+    deletes = [row_in(gone, {"id": None}), row_in(gone, {"id": 1})]
+    result = isolate(conn, table, plan(table, deletes, dict.fromkeys(range(2), ("id",))), deletes)
+    assert [(i, f.code) for i, f in result.failures] == [(0, ErrorCode.MISSING_KEY)]
+    assert kit.scalar(db, f"SELECT count(*) FROM {name}") == 0
 
 
 def test_a_bad_value_in_a_column_that_comes_late_is_named(db: str, conn: psycopg.Connection[Any]) -> None:

@@ -26,6 +26,11 @@ DDL = """CREATE TABLE {name} (id bigint PRIMARY KEY, email text UNIQUE, n intege
                                at timestamptz DEFAULT now())"""
 
 
+@pytest.fixture(autouse=True)
+def _plan_soon(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plans, "PLAN_AFTER", 3)  # (16 in use: these tests would run every shape 16 times)
+
+
 @pytest.fixture(scope="module")
 def db() -> Iterator[str]:
     with kit.scratch_database("kplan") as name:

@@ -470,11 +470,15 @@ def null_guard(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str
                    " row again; give the key a value (or set allow_no_unique_key for this destination)")
     else:
         candidates = [key]
-        if not key or key in table.null_keys or all(table.columns[c].not_null for c in key if c in table.columns):
+        if not key or key in table.null_keys:
             return None  # (UNIQUE NULLS NOT DISTINCT: a null is a key, matched and conflicting as any value)
+        if kind != DELETE and all(table.columns[c].not_null for c in key if c in table.columns):
+            return None  # an upsert's insert refuses the null itself (missing_column); a delete would match nothing
         message = (f"{'upsert' if kind == LAST_WINS else kind} key ({shorten(', '.join(key), 200)}) of {where}"
                    " holds a null, which matches no row; give the key a value")
     nullable = [[c for c in k if c in table.columns and not table.columns[c].not_null] for k in candidates]
+    if kind == DELETE and not any(nullable):  # NOT NULL key columns: a null given for any of them is refused
+        nullable = [[c for c in key if c in table.columns]]
     column = nullable[0][0] if len(nullable) == 1 and len(nullable[0]) == 1 else ""
 
     def named(c: str) -> sql.Composable:
