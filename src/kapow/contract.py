@@ -40,7 +40,8 @@ MODES = ("insert", "upsert", "delete")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 MAX_IDENTIFIER_BYTES = 63
 # Schemas no client may write: the system catalogs, the TOAST store and other sessions' temporary schemas.
-SYSTEM_SCHEMAS = re.compile(r"pg_catalog|information_schema|pg_toast.*|pg_temp.*", re.IGNORECASE)
+# As PostgreSQL names them: a destination's schema is quoted as given, so "PG_CATALOG" is a schema of its own
+SYSTEM_SCHEMAS = re.compile(r"pg_catalog|information_schema|pg_toast.*|pg_temp.*")
 
 
 class _Consumer(msgspec.Struct):

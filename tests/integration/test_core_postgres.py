@@ -647,15 +647,17 @@ def test_metadata_columns_are_filled_from_the_record(db: str, conn: psycopg.Conn
     meta = Metadata(offset="src_offset", partition="src_partition", topic="src_topic", timestamp="src_ts",
                     key="src_key")
     d = dest(db, name, metadata=meta)
-    m = Message(topic="in", partition=4, offset=77, key=b"k-\xff", value=b"{}", timestamp=(1, 1_700_000_000_045))
+    m = Message(topic="in", partition=4, offset=77, key="k-é".encode(), value=b"{}", timestamp=(1, 1_700_000_000_045))
     row = Row(m, msgspec.Raw(b'{"id": 1 }'), ("id",), d)  # a view, as sort files a packet's data
     tight = Row(Message(topic="in", partition=4, offset=78, key=None, value=b"{}", timestamp=(1, 1)), b'{"id":2}',
                 ("id",), d)
-    out = write_unit(conn, Catalog(), [job(db, name, [row, tight])])
-    assert results(out[0]) == [(2, 0, [])]
+    binary = Row(Message(topic="in", partition=4, offset=79, key=b"k-\xff", value=b"{}", timestamp=(1, 1)),
+                 b'{"id":3}', ("id",), d)  # a key that is not text: refused, not changed to U+FFFD
+    out = write_unit(conn, Catalog(), [job(db, name, [row, tight, binary])])
+    assert results(out[0]) == [(2, 0, ["bad_value"])]
     got = kit.sql(db, f"SELECT src_offset, src_partition, src_topic, src_ts = '2023-11-14T22:13:20.045Z', src_key"
                       f" FROM {name} WHERE id = 1")
-    assert got == [(77, 4, "in", True, "k-\ufffd")]
+    assert got == [(77, 4, "in", True, "k-é")]
 
 
 def test_a_column_both_data_and_metadata_give_is_refused_not_overwritten(db: str,

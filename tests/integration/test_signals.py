@@ -153,7 +153,8 @@ def test_the_deadline_holds_with_a_destination_stuck(make_env: Callable[..., kit
         # it waited for its deadline (it tried to finish), then gave up within bounded steps: cancelling the
         # statements under way, leaving the group, the last acks; with slack
         bound = deadline + CANCEL_S * 4 + CLOSE_TIMEOUT_S + 5
-        assert deadline <= elapsed < bound, f"exit took {elapsed:.1f} s with a {deadline:.0f} s deadline"
+        # (leaving the group comes out of the deadline: the batches get what is left of it, at least two thirds)
+        assert deadline * 2 / 3 <= elapsed < bound, f"exit took {elapsed:.1f} s with a {deadline:.0f} s deadline"
         committed = sum(max(o, 0) for o in kit.committed_offsets(env.group, env.topic).values())
         assert committed == committed_before == 100, "offsets moved past packets that never landed"
         proxy.mode = "forward"

@@ -147,7 +147,8 @@ def test_the_router_accepts_what_is_configured() -> None:
     for dest in (Destination("wh", "db", "t"), Destination("wh", "db", "orders", schema="sales"),
                  Destination("wh", "db", "orders", mode="delete", key=("id",), version="v",
                              metadata=Metadata(offset="o")),
-                 Destination("nodelete", "db", "anything", schema="any")):
+                 Destination("nodelete", "db", "anything", schema="any"),
+                 Destination("nodelete", "db", "t", schema="PG_CATALOG")):  # quoted: not the system's schema
         verdict = router.route(dest)
         assert not isinstance(verdict, Failure), verdict
         key, config = verdict

@@ -177,8 +177,13 @@ def test_the_sql_of_each_statement_shape() -> None:
     pk = {**table().columns, "a": Column("a", "bigint", True, False, False)}  # a primary key is NOT NULL
     pair = Table("public", "t", pk, ("id", "a"), (("id", "a"),), False, True, True, True)
     (delete,) = plan(pair, [RowIn(b'{"id":1,"a":1}', ("id", "a"), DEST[DELETE])], {0: ("id", "a")})
+    # a NOT NULL key still guards a delete: a null given for it would match nothing and count as done
     assert delete.text == ('DELETE FROM "public"."t" AS t USING json_populate_recordset(NULL::"public"."t",'
-                           ' $1::json) AS r WHERE t."id" = r."id" AND t."a" = r."a"')
+                           ' $1::json) AS r WHERE t."id" = r."id" AND t."a" = r."a" AND NOT EXISTS (SELECT FROM'
+                           ' json_populate_recordset(NULL::"public"."t", $1::json) AS q WHERE NOT CASE WHEN'
+                           ' ("q"."id" IS NOT NULL AND "q"."a" IS NOT NULL) THEN true ELSE pg_temp.kapow_refuse('
+                           "'delete key (id, a) of public.t holds a null, which matches no row; give the key a value',"
+                           " '') END)")
     assert (delete.kind, delete.columns, delete.dest) == (DELETE, (), DEST[DELETE])
 
 

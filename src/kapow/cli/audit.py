@@ -54,8 +54,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         verdict = "everything is accounted for" if report.ok else f"{report.missing} MISSING"
         print(f"\n{report.total} records in {report.elapsed_s:.1f} s (group {report.group}): {verdict}")
         if report.unverified:
-            print(f"{report.unverified} landed record(s) are unverified: their table gives no unique key the "
-                  "packet carries")
+            print(f"{report.unverified} landed record(s) are unverified: no unique key of theirs could be checked, or"
+                  " the last operation on it may rightly have done nothing (a version guard, another key's insert;"
+                  " docs/OPERATIONS.md, Keys)")
         for m in report.missing_examples:
             print(f"  missing {m.topic}[{m.partition}]@{m.offset}: {m.why}")
     return 0 if report.ok else 1

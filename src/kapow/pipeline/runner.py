@@ -73,6 +73,7 @@ class Writer:
         self.started_at = time.time()
         self._holding = False  # partitions assigned and not on the way out
         self.draining = False
+        self._stop_deadline = 0.0  # monotonic; set by a stop (_shutdown)
         self.held_bytes = 0  # bytes of packets consumed and not yet answered or acknowledged
         self._paused = False
         self._pressure_since = 0.0
@@ -190,7 +191,10 @@ class Writer:
     def _shutdown(self, consumer: Any) -> bool:
         self.draining = True
         self._holding = False  # /readyz turns 503 at once: no new work should be routed to a writer on its way out
-        deadline = time.monotonic() + self.config.pipeline.shutdown_deadline_s
+        # the whole stop fits the deadline: leaving the group (CLOSE_TIMEOUT_S at most) comes out of it, not after
+        # it (a hostile run measured 13.2 s against 10)
+        end = time.monotonic() + self.config.pipeline.shutdown_deadline_s
+        deadline = self._stop_deadline = end - min(CLOSE_TIMEOUT_S, self.config.pipeline.shutdown_deadline_s / 3)
         drained = self._drain(deadline)
         if not drained:
             log.warning("shutdown deadline reached with %d batches unfinished; they will be replayed",
@@ -198,7 +202,8 @@ class Writer:
         self.persister.cancel(running=not drained)
         if self._side is not None and not self._side.close(CLOSE_TIMEOUT_S):
             drained = False  # an admin call still runs: the process must not finalize around it (os._exit)
-        bounded(consumer.close, CLOSE_TIMEOUT_S, "consumer close")  # leaves the group: partitions move at once
+        bounded(consumer.close, max(0.5, min(CLOSE_TIMEOUT_S, end - time.monotonic())),
+                "consumer close")  # leaves the group: partitions move at once
         if self.errors is not None:
             self.errors.flush(max(0.5, min(CLOSE_TIMEOUT_S, deadline - time.monotonic())))
         self.persister.close(timeout=1.0 if drained else 0.0)
@@ -404,6 +409,8 @@ class Writer:
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         """Finish and commit what can be within the deadline, while the partitions are still ours; drop the rest."""
         deadline = time.monotonic() + self.config.pipeline.shutdown_deadline_s
+        if self.draining:  # the consumer's close during a stop: what the stop did not finish is not waited for again
+            deadline = min(deadline, self._stop_deadline)
         drained = self._drain(deadline)
         if not drained:
             log.warning("revoke: %d batches unfinished; the next owner consumes them again", len(self.window))

@@ -284,7 +284,11 @@ def _row_in(row: Row) -> RowLike | Failure:
     for name, column in meta.columns():
         value = values[name]
         if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
+            try:
+                value = value.decode()
+            except UnicodeDecodeError:  # (U+FFFD in its place changed the key silently: a hostile run)
+                return Failure(ErrorCode.BAD_VALUE, f"the record's {name} is not UTF-8 text, so it cannot fill column"
+                                                    f" {shorten(column, 100)!r}", Scope.ROW)
         if name == "timestamp" and isinstance(value, int):
             value = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(value / 1000)) + f".{value % 1000:03d}Z"
         extra.append(msgspec.json.encode(column) + b":" + msgspec.json.encode(value))
