@@ -19,6 +19,7 @@ sorter).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -38,7 +39,9 @@ class ByteCache(Generic[V]):
     def __init__(self, *, max_bytes: int = 16 * 1024 * 1024, max_key_bytes: int = 2048) -> None:
         self.max_bytes = max_bytes
         self.max_key_bytes = max_key_bytes
-        self._entries: dict[bytes, V] = {}
+        # an OrderedDict: the oldest goes in O(1); next(iter()) on a dict whose front was deleted walks every dead
+        # slot up to the next resize, and a stream of ever-new contexts spent most of the loop there (a hostile run)
+        self._entries: OrderedDict[bytes, V] = OrderedDict()
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -56,8 +59,7 @@ class ByteCache(Generic[V]):
             del entries[key]
             self.bytes -= size
         while entries and self.bytes + size > self.max_bytes:
-            oldest = next(iter(entries))
-            del entries[oldest]
+            oldest, _value = entries.popitem(last=False)
             self.bytes -= entry_cost(oldest)
         entries[key] = value
         self.bytes += size

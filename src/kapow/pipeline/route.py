@@ -11,6 +11,7 @@ memory.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from kapow.config import Config, DestinationConfig, RouteConfig
@@ -85,7 +86,7 @@ class Router:
 
     def __init__(self, config: Config) -> None:
         self._config = config
-        self._cache: dict[Destination, Route | Failure] = {}
+        self._cache: OrderedDict[Destination, Route | Failure] = OrderedDict()  # (the oldest goes in O(1))
         self._cache_bytes = 0
         self.routes = route_specs(config)
 
@@ -108,8 +109,7 @@ class Router:
         return verdict
 
     def _evict_oldest(self) -> int:
-        oldest = next(iter(self._cache))
-        del self._cache[oldest]
+        oldest, _verdict = self._cache.popitem(last=False)
         return _cost(oldest)
 
     def _resolve(self, dest: Destination) -> Route:
