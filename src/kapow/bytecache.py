@@ -13,15 +13,20 @@ takes about seven times its JSON bytes in Python objects (measured with tracemal
 context), so each entry counts ``KEY_FACTOR`` times its key plus ``ENTRY_OVERHEAD``, and ``max_bytes`` bounds the
 memory really held, a hostile stream of ever-new 2 KB contexts included.
 
-Not thread-safe by design: each instance is owned by one object used by one thread (the loop's decoder and
-sorter).
+The router caches each destination's verdict the same way (:class:`CostCache` with its own cost function): one
+bounded FIFO for both, not two copies of the eviction.
+
+Not thread-safe by design: each instance is owned by one object used by one thread (the loop's decoder, sorter
+and router).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
+K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 ENTRY_OVERHEAD = 512  # bytes counted per entry: the dict slot, the key object, the value's fixed part
@@ -32,27 +37,35 @@ def entry_cost(key: bytes) -> int:
     return len(key) * KEY_FACTOR + ENTRY_OVERHEAD
 
 
-class ByteCache(Generic[V]):
-    """``bytes`` → V, holding entries of at most ``max_bytes`` in all (:func:`entry_cost` each); keys over
-    ``max_key_bytes`` are never cached (they are resolved every time, which costs CPU, never memory)."""
+class CostCache(Generic[K, V]):
+    """K → V, holding entries of at most ``max_bytes`` in all, each counted by ``cost(key)``; when a new entry does
+    not fit, the oldest go first. An entry that costs more than ``max_bytes`` alone is never cached."""
 
-    def __init__(self, *, max_bytes: int = 16 * 1024 * 1024, max_key_bytes: int = 2048) -> None:
+    def __init__(self, cost: Callable[[K], int], *, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.max_key_bytes = max_key_bytes
+        self._cost = cost
         # an OrderedDict: the oldest goes in O(1); next(iter()) on a dict whose front was deleted walks every dead
         # slot up to the next resize, and a stream of ever-new contexts spent most of the loop there (a hostile run)
-        self._entries: OrderedDict[bytes, V] = OrderedDict()
+        self._entries: OrderedDict[K, V] = OrderedDict()
         self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: bytes) -> V | None:
+    def __contains__(self, key: K) -> bool:
+        return key in self._entries
+
+    def __iter__(self) -> Iterator[K]:
+        """The keys, oldest first."""
+        return iter(self._entries)
+
+    def get(self, key: K) -> V | None:
         return self._entries.get(key)
 
-    def put(self, key: bytes, value: V) -> None:
-        size = entry_cost(key)
-        if len(key) > self.max_key_bytes or size > self.max_bytes:
+    def put(self, key: K, value: V) -> None:
+        cost = self._cost
+        size = cost(key)
+        if size > self.max_bytes:
             return
         entries = self._entries
         if key in entries:
@@ -60,6 +73,19 @@ class ByteCache(Generic[V]):
             self.bytes -= size
         while entries and self.bytes + size > self.max_bytes:
             oldest, _value = entries.popitem(last=False)
-            self.bytes -= entry_cost(oldest)
+            self.bytes -= cost(oldest)
         entries[key] = value
         self.bytes += size
+
+
+class ByteCache(CostCache[bytes, V]):
+    """``bytes`` → V, counted by :func:`entry_cost`; keys over ``max_key_bytes`` are never cached (they are
+    resolved every time, which costs CPU, never memory)."""
+
+    def __init__(self, *, max_bytes: int = 16 * 1024 * 1024, max_key_bytes: int = 2048) -> None:
+        super().__init__(entry_cost, max_bytes=max_bytes)
+        self.max_key_bytes = max_key_bytes
+
+    def put(self, key: bytes, value: V) -> None:
+        if len(key) <= self.max_key_bytes:
+            super().put(key, value)

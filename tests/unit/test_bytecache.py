@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kapow.bytecache import ByteCache, entry_cost
+from kapow.bytecache import ByteCache, CostCache, entry_cost
 
 
 @given(st.lists(st.binary(max_size=300), max_size=400), st.integers(min_value=1, max_value=60_000))
@@ -44,3 +44,24 @@ def test_a_key_over_the_limit_is_never_held() -> None:
     cache.put(b"x" * 2049, 1)
     cache.put(b"y" * 2048, 2)
     assert cache.get(b"x" * 2049) is None and cache.get(b"y" * 2048) == 2 and len(cache) == 1
+
+
+@given(st.lists(st.tuples(st.text(max_size=30), st.integers(0, 50)), max_size=300),
+       st.integers(min_value=1, max_value=2_000))
+def test_a_cost_cache_keeps_its_bound_by_its_own_cost(keys: list[tuple[str, int]], max_bytes: int) -> None:
+    """The router's cache: any hashable key, counted by the function it is given, oldest out first."""
+
+    def cost(key: tuple[str, int]) -> int:
+        return 10 * len(key[0]) + key[1] + 1
+
+    cache: CostCache[tuple[str, int], int] = CostCache(cost, max_bytes=max_bytes)
+    order: list[tuple[str, int]] = []
+    for i, key in enumerate(keys):
+        cache.put(key, i)
+        if key in order:
+            order.remove(key)
+        if cost(key) <= max_bytes:
+            order.append(key)
+        assert cache.bytes == sum(map(cost, cache)) <= max_bytes
+        assert list(cache) == order[len(order) - len(cache):], "not the newest entries, in order"
+        assert (key in cache) == (cost(key) <= max_bytes)

@@ -110,10 +110,10 @@ def test_the_router_caches_verdicts_both_ways_and_skips_huge_names(monkeypatch: 
     router.route(longer)
     assert edge in router._cache and longer not in router._cache
     assert Router.MAX_BYTES == 16 * 1024 * 1024 and Router.MAX_NAME == 256
-    router.MAX_BYTES = 20_000  # type: ignore[misc]
+    router._cache.max_bytes = 20_000
     for i in range(200):  # ever-new table names: the cache keeps its bound, and the newest entries
         router.route(Destination("wh", "db", f"new_{i}"))
-        assert router._cache_bytes <= 20_000 and router._cache_bytes == sum(map(route_cost, router._cache))
+        assert router._cache.bytes <= 20_000 and router._cache.bytes == sum(map(route_cost, router._cache))
     assert Destination("wh", "db", "new_199") in router._cache and ok not in router._cache
     assert 10 <= len(router._cache) < 20
 

@@ -11,9 +11,9 @@ memory.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
+from kapow.bytecache import CostCache
 from kapow.config import Config, DestinationConfig, RouteConfig
 from kapow.contract import (
     MODES,
@@ -86,8 +86,7 @@ class Router:
 
     def __init__(self, config: Config) -> None:
         self._config = config
-        self._cache: OrderedDict[Destination, Route | Failure] = OrderedDict()  # (the oldest goes in O(1))
-        self._cache_bytes = 0
+        self._cache: CostCache[Destination, Route | Failure] = CostCache(_cost, max_bytes=self.MAX_BYTES)
         self.routes = route_specs(config)
 
     def route(self, dest: Destination) -> Route | Failure:
@@ -101,16 +100,8 @@ class Router:
         longest = max(len(dest.vanity), len(dest.database), len(dest.schema), len(dest.table), len(dest.type),
                       len(dest.mode))
         if longest <= self.MAX_NAME:
-            cache, cost = self._cache, _cost(dest)
-            while cache and self._cache_bytes + cost > self.MAX_BYTES:  # the oldest go first (insertion order)
-                self._cache_bytes -= self._evict_oldest()
-            cache[dest] = verdict
-            self._cache_bytes += cost
+            self._cache.put(dest, verdict)
         return verdict
-
-    def _evict_oldest(self) -> int:
-        oldest, _verdict = self._cache.popitem(last=False)
-        return _cost(oldest)
 
     def _resolve(self, dest: Destination) -> Route:
         if dest.type not in SINK_TYPES:
