@@ -202,6 +202,15 @@ def classify_sqlstate(sqlstate: str | None) -> tuple[ErrorCode, Scope]:
     return _SQLSTATE_CLASS.get(sqlstate[:2], (ErrorCode.INTERNAL, Scope.TABLE))
 
 
+def classify_fenced(sqlstate: str) -> tuple[ErrorCode, Scope]:
+    """:func:`classify_sqlstate` for a state the apply function's per-table fence caught: the server answered
+    after it, so it is never the database's failure, whatever its class. A trigger may raise ``08006`` itself, or
+    call a server that is down through dblink; counted as the database's, one tenant's trigger opened the circuit
+    for every table of the database (a review, 2026-11-27). It is that table's: held, retried, then parked."""
+    code, scope = classify_sqlstate(sqlstate)
+    return (code, Scope.TABLE) if scope is Scope.DATABASE else (code, scope)
+
+
 def classify_exception(exc: BaseException) -> Failure:
     """Turn any exception met while writing into a :class:`Failure`, by SQLSTATE where there is one."""
     # Imported here so that this module stays importable (and unit-testable) without a database driver.

@@ -1043,3 +1043,37 @@ def test_isolating_a_bad_row_among_many_statements_costs_a_few_calls_not_one_eac
     assert [(i, f.code) for i, f in result.failures] == [(100, ErrorCode.BAD_VALUE)]
     assert result.probes <= 6, result.probes  # the rest in one call, the statements before it in one, itself
     assert kit.sql(db, f"SELECT id FROM {name}") == [(99,)]
+
+
+def test_a_trigger_raising_a_connection_state_is_its_table_s_failure_not_the_database_s(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    """A trigger that raises 08006 (itself, or from a dead server through dblink) inside the fence: the server
+    answered, so the table is held; its neighbour in the unit lands, and no failure opens the database's circuit."""
+    bad, ok = new_table(db), new_table(db)
+    kit.sql(db, f"CREATE FUNCTION {bad}_f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'remote server gone' USING ERRCODE = '08006'; END $$; "
+                f"CREATE TRIGGER f BEFORE INSERT ON {bad} FOR EACH ROW EXECUTE FUNCTION {bad}_f()")
+    out = write_unit(conn, Catalog(), [job(db, bad, [packet_row(dest(db, bad), good(1))]),
+                                       job(db, ok, [packet_row(dest(db, ok), good(i)) for i in range(3)])])
+    assert out[0].failure is not None
+    assert (out[0].failure.code, out[0].failure.scope) == (ErrorCode.DATABASE_UNAVAILABLE, Scope.TABLE)
+    assert results(out[1]) == [(3, 0, [])]
+    assert kit.scalar(db, f"SELECT count(*) FROM {ok}") == 3
+
+
+def test_a_trigger_s_assert_is_one_row_s_refusal_not_the_whole_unit_s(db: str, conn: psycopg.Connection[Any]) -> None:
+    """PL/pgSQL's OTHERS leaves out ASSERT (P0004): the fence names it, so the row is isolated and refused and
+    the other rows and tables land."""
+    strict, ok = new_table(db), new_table(db)
+    kit.sql(db, f"CREATE FUNCTION {strict}_f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "ASSERT NEW.qty <> 3, 'qty 3 is refused'; RETURN NEW; END $$; "
+                f"CREATE TRIGGER f BEFORE INSERT ON {strict} FOR EACH ROW EXECUTE FUNCTION {strict}_f()")
+    rows = [packet_row(dest(db, strict), good(i)) for i in range(5)]
+    out = write_unit(conn, Catalog(), [job(db, strict, rows), job(db, ok, [packet_row(dest(db, ok), good(i))
+                                                                            for i in range(2)])])
+    assert out[0].alone and out[0].failure is not None and out[0].failure.scope is Scope.ROW  # bisected alone
+    assert results(out[1]) == [(2, 0, [])]
+    again = write_unit(conn, Catalog(), [job(db, strict, rows)])
+    assert results(again[0]) == [(4, 0, ["row_rejected"])]
+    assert again[0].results is not None and "qty 3 is refused" in again[0].results[0].failed[0].failure.message
+    assert kit.scalar(db, f"SELECT count(*) FROM {strict}") == 4

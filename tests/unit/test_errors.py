@@ -6,6 +6,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from psycopg import errors as pgerr
 
 from kapow.errors import (
@@ -16,6 +18,7 @@ from kapow.errors import (
     PacketError,
     Scope,
     classify_exception,
+    classify_fenced,
     classify_sqlstate,
     failure,
     one_line,
@@ -150,3 +153,13 @@ def test_one_line() -> None:
     assert one_line("x" * 500) == "x" * 500 and one_line("x" * 501) == "x" * 499 + "…"
     assert one_line("abcdef", limit=4) == "abc…"
     assert one_line("a\x00b\x1bc") == "a b c"  # no control characters reach a header or a log line
+
+
+@given(st.text(alphabet="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=5, max_size=5))
+def test_a_fenced_state_is_never_the_database_s(sqlstate: str) -> None:
+    """What the apply function's fence caught came with an answer from the server: at most the table's."""
+    code, scope = classify_fenced(sqlstate)
+    plain_code, plain_scope = classify_sqlstate(sqlstate)
+    assert code is plain_code
+    assert scope is (Scope.TABLE if plain_scope is Scope.DATABASE else plain_scope)
+    assert classify_fenced("08006") == (ErrorCode.DATABASE_UNAVAILABLE, Scope.TABLE)

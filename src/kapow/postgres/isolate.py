@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from kapow.contract import as_bytes
-from kapow.errors import ErrorCode, Failure, Scope, classify_exception, classify_sqlstate, one_line
+from kapow.errors import ErrorCode, Failure, Scope, classify_exception, classify_fenced, one_line
 from kapow.postgres.catalog import Table
 from kapow.postgres.statements import Element, RowLike, Statement, plan
 from kapow.postgres.writer import call
@@ -104,7 +104,7 @@ def _try_from(conn: psycopg.Connection[Any], statements: Sequence[Statement], lo
         raise IsolationAborted(failure) from None
     if len(answer) == 1 and answer[0][3] is not None:
         (_t, k, _affected, state, message, column, _conflicted, _ms), = answer
-        code, scope = classify_sqlstate(state)
+        code, scope = classify_fenced(state)
         failure = Failure(code, one_line(message or state), scope)
         if scope is not Scope.ROW:
             raise IsolationAborted(failure)
@@ -129,7 +129,7 @@ def _try(conn: psycopg.Connection[Any], statement: Statement, elements: list[Ele
     (_t, _k, affected, state, message, column, _conflicted, _ms), = rows
     if state is None:
         return int(affected), None, None
-    code, scope = classify_sqlstate(state)
+    code, scope = classify_fenced(state)
     failure = Failure(code, one_line(message or state), scope)
     if scope is not Scope.ROW:
         raise IsolationAborted(failure)

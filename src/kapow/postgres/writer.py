@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from kapow.errors import Failure, Scope, classify_sqlstate, one_line
+from kapow.errors import Failure, Scope, classify_fenced, classify_sqlstate, one_line
 from kapow.postgres import plans
 from kapow.postgres.catalog import Table
 from kapow.postgres.pool import retire
@@ -73,7 +73,8 @@ BEGIN
           END IF;
           counts := counts || n;
         END LOOP;
-      EXCEPTION WHEN OTHERS THEN
+      -- OTHERS leaves out a trigger's ASSERT (P0004): it would abort the whole call, and every table with it
+      EXCEPTION WHEN assert_failure OR OTHERS THEN
         GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, col = COLUMN_NAME;
         failed := true;
       END;
@@ -317,7 +318,7 @@ def _apply(conn: psycopg.Connection[Any], tables: Sequence[Sequence[Statement]],
         if state is None:
             outcome.affected.append(int(affected))
         else:
-            code, scope = classify_sqlstate(state)
+            code, scope = classify_fenced(state)
             outcome.failure = Failure(code, one_line(message or state), scope)
             outcome.column = column or None
     for t in which:
