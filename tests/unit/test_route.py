@@ -310,3 +310,21 @@ def test_a_packet_for_two_tables_counts_its_bytes_in_each() -> None:
     assert sorted((w.key.table, w.nbytes) for w in works) == [("orders", len(value) + PACKET_OVERHEAD),
                                                                   ("t", len(value) + PACKET_OVERHEAD)]
     assert bytes(works[0].rows[0].doc) == b'{"id":1}' and works[0].rows[0].keys == ("id",)
+
+
+def test_every_name_of_a_destination_counts_and_a_long_one_is_never_cached() -> None:
+    """A review cached a destination whose metadata column was 1 MB at 1 kB counted: 200 packets held 100 MB."""
+    router = Router(CONFIG)
+    plain = Destination("wh", "db", "t")
+    for long in (Destination("wh", "db", "t", metadata=Metadata(offset="m" * 257)),
+                 Destination("wh", "db", "t", mode="upsert", key=("k" * 257,)),
+                 Destination("wh", "db", "t", mode="upsert", version="v" * 257),
+                 Destination("nope", "db", "t", metadata=Metadata(key="m" * 100_000)),
+                 Destination("wh", "db", "t", mode="upsert", key=tuple(f"k{i}" for i in range(Router.MAX_NAMES)))):
+        router.route(long)
+        assert long not in router._cache
+    edge = Destination("wh", "db", "t", metadata=Metadata(offset="m" * 256, key="é" * 256))
+    router.route(edge)
+    assert edge in router._cache
+    assert route_cost(edge) - route_cost(plain) >= 2 * 256 + 2 * 4 * 256
+    assert router._cache.bytes == route_cost(edge)

@@ -69,11 +69,24 @@ def route_specs(config: Config) -> dict[str, RouteSpec]:
     return out
 
 
+def _names(dest: Destination) -> list[str]:
+    """Every string a destination carries: its names, its key's columns, its version and metadata columns."""
+    names = [dest.vanity, dest.database, dest.schema, dest.table, dest.type, dest.mode]
+    if dest.key:
+        names.extend(dest.key)
+    if dest.version is not None:
+        names.append(dest.version)
+    if dest.metadata is not None:
+        names.extend(column for _field, column in dest.metadata.columns())
+    return names
+
+
 def _cost(dest: Destination) -> int:
-    """What a cached route holds, roughly, in bytes: the destination's names twice (in it, and in the refusal's
-    message or the route's table key) and ~1 kB of objects around them."""
-    names = len(dest.vanity) + len(dest.database) + len(dest.schema) + len(dest.table) + len(dest.mode)
-    return 1024 + 2 * names + sum(map(len, dest.key or ())) + len(dest.version or "")
+    """What a cached route holds, roughly, in bytes: every string of the destination twice (in it, and in the
+    refusal's message or the route's table key), at four bytes a character when it is not ASCII, an object
+    header each, and ~1 kB of objects around them. Every string counts: a review cached a destination whose
+    metadata column was 1 MB at 1 kB counted (200 packets held 100 MB)."""
+    return 1024 + sum(2 * (len(s) if s.isascii() else 4 * len(s)) + 64 for s in _names(dest))
 
 
 class Router:
@@ -82,7 +95,8 @@ class Router:
     # What the cache may hold, in bytes as counted by _cost: ~1 kB an entry for ordinary names. A count alone
     # (100,000 entries) let a stream of ever-new table names hold ~130 MB here (a hostile run, 2026-11-27).
     MAX_BYTES = 16 * 1024 * 1024
-    MAX_NAME = 256  # entries with longer names are resolved every time, never cached
+    MAX_NAME = 256  # entries with a longer name (of a table, a key column, a metadata column) are never cached
+    MAX_NAMES = 64  # nor entries of more names than this (a key of many columns): resolved every time
 
     def __init__(self, config: Config) -> None:
         self._config = config
@@ -97,9 +111,8 @@ class Router:
             verdict: Route | Failure = self._resolve(dest)
         except PacketError as exc:
             verdict = exc.failure
-        longest = max(len(dest.vanity), len(dest.database), len(dest.schema), len(dest.table), len(dest.type),
-                      len(dest.mode))
-        if longest <= self.MAX_NAME:
+        names = _names(dest)
+        if len(names) <= self.MAX_NAMES and max(map(len, names)) <= self.MAX_NAME:
             self._cache.put(dest, verdict)
         return verdict
 
