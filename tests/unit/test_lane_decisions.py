@@ -22,7 +22,7 @@ from psycopg import errors as pgerr
 from kapow.config import parse_config
 from kapow.contract import Destination, TableKey
 from kapow.errors import ErrorCode, Failure, Scope
-from kapow.pipeline.lane import ALONE_S, DatabaseLane
+from kapow.pipeline.lane import ALONE_S, SWEEP_S, DatabaseLane
 from kapow.pipeline.persist import FRESH_S, Persister
 from kapow.pipeline.schedule import MAX_TABLES_PER_UNIT, TableQueue
 from kapow.pipeline.unit import JobOutcome, TableJob
@@ -650,3 +650,39 @@ def test_a_table_with_nothing_left_is_forgotten() -> None:
     while s.step():
         pass
     assert len(s.delivered) == 50 and s.lane._tables == {} and s.lane._pending == {}
+
+
+def test_tables_whose_works_were_parked_or_cancelled_are_forgotten(caplog: pytest.LogCaptureFixture) -> None:
+    """A review: 2,000 names sent during an outage stayed in the lane for good, with a log line each parked."""
+    s = Stepped()
+    s.pool.down = True
+    s.lane.submit_all([work(f"t{i}") for i in range(2_000)] + [work("held")])
+    for _ in range(CONFIG.pipeline.circuit_failures_to_open + 1):
+        s.clock.now += 10
+        s.step()
+    s.clock.now += CONFIG.pipeline.hold_s + 1
+    with caplog.at_level(logging.ERROR, logger="kapow.pipeline.lane"):
+        s.expire()
+        assert len(s.delivered) == 2_001 and all(r.failed for r in s.delivered)
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("parking")]
+        assert len(lines) == 10, "one line a parked work, unbounded"
+        s.clock.now += 6
+        s.expire()  # the next sweep: the rest counted in one line; the tables are forgotten
+    assert any("1991 more works parked without a line each" in r.getMessage() for r in caplog.records)
+    assert s.lane._tables == {} and s.lane._pending == {}
+    s.pool.down = False
+    assert s.lane.probe() and s.lane.healthy(key("t1"))
+
+    # a table held by its own failure is remembered (the redrive asks it), idle others are not
+    s2 = Stepped({"locked": Failure(ErrorCode.TIMEOUT, "lock timeout", Scope.TABLE)})
+    s2.lane.submit_all([work("locked"), work("ok")])
+    s2.step()
+    s2.step()
+    s2.clock.now += SWEEP_S + CONFIG.pipeline.hold_s + 1
+    s2.expire()
+    assert set(s2.lane._tables) == {key("locked")} and not s2.lane.healthy(key("locked"))
+
+    # a revoke's cancel forgets what only waited
+    s3 = Stepped()
+    s3.lane.submit_all([work(f"r{i}") for i in range(100)])
+    assert s3.lane.cancel() == 100 and s3.lane._tables == {}

@@ -51,6 +51,11 @@ ALONE_S = 30.0  # after a whole unit timed out, its tables are written alone thi
 # on its own: a slow trigger (or index, or lock wait under lock_timeout) must not make the other tables of its
 # database wait for it every unit
 SLOW_TABLE_S = 0.5
+# tables with nothing queued, nothing running and nothing to remember (no hold, not written alone) are forgotten
+# this often: a lane remembered every table whose works were parked or cancelled (a review: 20,000 names sent
+# during an outage left 20,000 queues for good)
+SWEEP_S = 5.0
+PARK_LINES_PER_S = 10  # "parking" lines a lane writes a second; the others of that second are counted in one line
 
 
 class DatabaseLane:
@@ -93,6 +98,10 @@ class DatabaseLane:
         self.queued_bytes = 0
         self.last_success = 0.0  # monotonic time of the last successful write or probe
         self.last_failure = 0.0  # ... and of the last failure of the database itself (a write's or a probe's)
+        self._swept = 0.0  # when idle tables were last forgotten
+        self._park_lines_since = 0.0  # the second "parking" lines are counted in
+        self._park_lines = 0
+        self._parks_unlogged = 0
 
     # ------------------------------------------------------------------ the loop's side
     def submit(self, work: TableWork) -> None:
@@ -131,6 +140,7 @@ class DatabaseLane:
             for queue in self._tables.values():
                 queue.works.clear()
             self._pending.clear()
+            self._sweep_locked(self._clock())  # what only waited here is forgotten now
             self.queued_bytes = 0
             self._epoch += 1
             self._cond.notify_all()
@@ -374,6 +384,8 @@ class DatabaseLane:
 
     def _expire_locked(self, now: float, *, force: bool = False) -> int:
         """Answer the works that waited ``hold_s`` (or all waiting ones when ``force``) with their failure."""
+        if now - self._swept >= SWEEP_S:
+            self._sweep_locked(now)
         hold = self._pipeline.hold_s
         lane_down = not self.circuit.closed
         freed = 0
@@ -391,11 +403,37 @@ class DatabaseLane:
                 self._pending.pop(queue.key, None)
         return freed
 
+    def _sweep_locked(self, now: float) -> None:
+        """Forget the tables there is nothing to know of (their works parked, cancelled or written), and say how
+        many parkings had no line of their own."""
+        self._swept = now
+        pending = self._pending
+        idle = [key for key, q in self._tables.items()
+                if not q.works and not q.busy and q.failure is None and q.alone_until <= now and key not in pending]
+        for key in idle:
+            del self._tables[key]
+        if now - self._park_lines_since >= 1.0:
+            self._flush_park_lines(now)
+
+    def _flush_park_lines(self, now: float) -> None:
+        if self._parks_unlogged:
+            log.error("lane %s: %d more works parked without a line each (at most %d lines a second; every packet"
+                      " is on the system-errors topic)", self.name, self._parks_unlogged, PARK_LINES_PER_S)
+        self._park_lines_since = now
+        self._park_lines = self._parks_unlogged = 0
+
     def _park_locked(self, work: TableWork, failure: Failure, now: float) -> None:
         waited = now - work.enqueued_at
         message = f"{failure.message} (held {waited:.0f} s)"
         parked = Failure(failure.code if failure.code.retryable else ErrorCode.INTERNAL, message, failure.scope)
-        log.error("parking %d rows for %s after %.0f s: %s", len(work.rows), work.key.label, waited, failure.message)
+        if now - self._park_lines_since >= 1.0:
+            self._flush_park_lines(now)
+        if self._park_lines < PARK_LINES_PER_S:
+            self._park_lines += 1
+            log.error("parking %d rows for %s after %.0f s: %s", len(work.rows), work.key.label, waited,
+                      failure.message)
+        else:
+            self._parks_unlogged += 1
         # kapow-attempt counts deliveries through the pipeline (the first, then each redrive or reschedule), not
         # the retries of a hold: those are this delivery's business, and the redrive's bound is on deliveries
         records = [ErrorRecord(row.msg, parked, row.dest, 1) for row in work.rows]
