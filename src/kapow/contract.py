@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import operator
 import re
+import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -342,19 +343,43 @@ def as_bytes(doc: bytes) -> bytes:
 INTERNED_NAMES_BYTES = 4096  # a set of column names longer than this in all is never interned
 
 
-def intern_keys(keysets: dict[tuple[str, ...], tuple[str, ...]], keys: tuple[str, ...],
-                max_sets: int) -> tuple[str, ...]:
-    """One shared tuple per set of column names (the lanes look shapes up by identity), kept in ``keysets``.
+class KeySets:
+    """One shared tuple per set of column names (the lanes look shapes up by identity).
 
-    Bounded in count and in bytes: a hostile stream of ever-new, huge sets of names (20,000 columns in a packet
-    under 1 MB) is not interned, so it costs speed, never memory (1.9 MB kept per such set otherwise).
+    Bounded in count, in each set's names and in bytes in all: a hostile stream of ever-new, huge sets of names
+    (20,000 columns in a packet under 1 MB) is not interned, so it costs speed, never memory (1.9 MB kept per such
+    set otherwise); nor are sets once ``max_bytes`` are held (a review: 4,096 sets of 4 kB of one-letter names
+    pinned 176 MB for good, counted by number alone). Safe for several threads: a route's change decoder is shared
+    by its lane's workers.
     """
-    interned = keysets.get(keys)
-    if interned is not None:
-        return interned
-    if len(keysets) < max_sets and sum(map(len, keys)) <= INTERNED_NAMES_BYTES:
-        return keysets.setdefault(keys, keys)  # atomic: a route's decoder is shared by its lane's workers
-    return keys
+
+    def __init__(self, *, max_sets: int, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self.max_sets = max_sets
+        self.max_bytes = max_bytes
+        self._sets: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def intern(self, keys: tuple[str, ...]) -> tuple[str, ...]:
+        interned = self._sets.get(keys)
+        if interned is not None:
+            return interned
+        if len(self._sets) >= self.max_sets or sum(map(len, keys)) > INTERNED_NAMES_BYTES:
+            return keys
+        # the tuple and its strings (49 bytes a str header; four bytes a character when not ASCII)
+        cost = 56 + 8 * len(keys) + sum(49 + (len(k) if k.isascii() else 4 * len(k)) for k in keys)
+        with self._lock:
+            interned = self._sets.get(keys)
+            if interned is not None:
+                return interned
+            if self.bytes + cost > self.max_bytes:
+                return keys
+            self._sets[keys] = keys
+            self.bytes += cost
+            return keys
 
 
 def decode_keys(doc: bytes, *, max_depth: int) -> tuple[str, ...]:

@@ -301,16 +301,29 @@ def test_a_nested_document_sends_the_next_ones_the_general_way_for_a_while_then_
 
 
 def test_sets_of_column_names_are_interned_within_a_bound_in_count_and_bytes() -> None:
-    from kapow.contract import INTERNED_NAMES_BYTES, intern_keys
+    from kapow.contract import INTERNED_NAMES_BYTES, KeySets
 
-    keysets: dict[tuple[str, ...], tuple[str, ...]] = {}
-    a = intern_keys(keysets, ("id", "name"), 2)
-    assert intern_keys(keysets, tuple(["id", "name"]), 2) is a  # an equal tuple comes back as the first one
+    keysets = KeySets(max_sets=2)
+    a = keysets.intern(("id", "name"))
+    assert keysets.intern(tuple(["id", "name"])) is a  # an equal tuple comes back as the first one
     huge = tuple(f"c{i:06d}" for i in range(INTERNED_NAMES_BYTES // 7 + 1))  # over the bytes: never kept
-    assert intern_keys(keysets, huge, 2) is huge and huge not in keysets
-    b = intern_keys(keysets, ("b",), 2)
-    assert intern_keys(keysets, ("c",), 2) == ("c",) and ("c",) not in keysets  # over the count: never kept
-    assert keysets == {("id", "name"): a, ("b",): b}
+    assert keysets.intern(huge) is huge and keysets.intern(tuple(list(huge))) is not huge
+    b = keysets.intern(("b",))
+    c = ("c",)
+    assert keysets.intern(c) is c and keysets.intern(tuple(["c"])) is not c  # over the count: never kept
+    assert len(keysets) == 2 and keysets.intern(("b",)) is b
+
+
+def test_interned_names_are_bounded_in_bytes_in_all() -> None:
+    """A review: 4,096 sets of 4 kB of one-letter names pinned 176 MB, bounded by number alone."""
+    from kapow.contract import KeySets
+
+    keysets = KeySets(max_sets=4096, max_bytes=1_000_000)
+    for i in range(4096):
+        keysets.intern(tuple(f"{i}_{j}" for j in range(400)))
+    assert keysets.bytes <= 1_000_000 and 20 <= len(keysets) < 4096
+    first = keysets.intern(tuple(f"0_{j}" for j in range(400)))
+    assert keysets.intern(tuple(f"0_{j}" for j in range(400))) is first  # the first ones stay interned
 
 
 @pytest.mark.parametrize("escape", [b"\\ud800", b"\\uDBFF", b"\\ud83d\\u0041"])

@@ -170,3 +170,38 @@ def test_a_verdict_is_worked_out_once_per_shape_and_none_is_remembered_too() -> 
 def test_a_primary_key_that_is_not_usable_is_not_chosen() -> None:
     odd = table(primary=("id",), unique=(("code",),))  # a primary key that is not (yet) a valid arbiter
     assert key_columns(odd, dest("upsert")) == ("code",)
+
+
+def test_what_the_caches_hold_is_counted_and_huge_names_are_never_kept() -> None:
+    """A review: 64 verdicts keyed by rows of 20,000 names held 83 MB, counted as 20 kB by the catalog's bound."""
+    t = table()
+    before = t.size()
+    huge = ("id", "code", "name", *(f"col_{i:05d}" for i in range(2_000)))  # 18 kB of names: over what is interned
+    assert code(t, huge) is ErrorCode.UNKNOWN_COLUMN
+    assert not t.verdicts and t.size() == before, "a verdict keyed by 2,000 names was kept"
+    names = ("id", "code", "name", "note")
+    assert code(t, names) is None and len(t.verdicts) == 1
+    assert t.size() - before >= sum(map(len, names)) + 4 * 49
+    long = ("id", "code", "name", "é" * 1000)
+    code(t, long)
+    assert t.size() - before >= 4 * 1000, "a non-ASCII name counts four bytes a character"
+    text_before = t.size()
+    t.derived(("shape", names), lambda: "INSERT " + "x" * 10_000)
+    assert t.size() - text_before >= 10_000
+
+
+def test_a_catalog_entry_that_grew_makes_room_by_evicting_the_oldest_others() -> None:
+    from kapow.contract import TableKey
+    from kapow.postgres.catalog import Catalog
+
+    catalog = Catalog(max_bytes=45_000)
+    keys = [TableKey("wh", "db", "public", f"t{i}") for i in range(5)]
+    for k in keys:
+        catalog.put(k, table())
+    assert len(catalog) == 5 and catalog.bytes <= 45_000
+    grown = catalog.get(keys[1])[1]
+    assert grown is not None
+    grown.derived(("shape",), lambda: "x" * 40_000)
+    catalog.refresh_size(keys[1])
+    assert catalog.bytes <= 45_000 and catalog.get(keys[1])[0], "the grown entry stays, others made room"
+    assert not catalog.get(keys[0])[0]

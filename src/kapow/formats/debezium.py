@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from kapow.contract import describe, intern_keys
+from kapow.contract import KeySets, describe
 from kapow.errors import ErrorCode, PacketError
 from kapow.formats.debezium_types import Plan, SchemaField, column_plan, depth, schema_plan
 from kapow.formats.values import BadValue
@@ -131,7 +131,7 @@ class ChangeDecoder:
         self._last: tuple[bytes, Plan] = (b"", {})
         self._last_prefix: tuple[bytes, Plan] = (b"", {})  # b'{"schema":<last schema>,"payload":' and its plan
         # one tuple per set of column names, so the lane validates and plans a shape once, not each row
-        self._keysets: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._keysets = KeySets(max_sets=_KEYSETS)
 
     def decode(self, value: bytes | None, key: bytes | None = None) -> Change:
         """Decode one record (value and key bytes) into a :class:`Change`, or raise :class:`PacketError`."""
@@ -244,7 +244,7 @@ class ChangeDecoder:
             doc = _ENCODER.encode(row)
         except (TypeError, ValueError, OverflowError) as exc:  # nothing decoded should fail here; never crash
             raise _bad(f"row cannot be re-encoded: {exc}") from None
-        return doc, intern_keys(self._keysets, tuple(row), _KEYSETS)
+        return doc, self._keysets.intern(tuple(row))
 
     def _delete_key(self, before: dict[str, Any] | None, plan: Plan, raw: bytes,
                     key: bytes | None) -> tuple[bytes, tuple[str, ...]]:

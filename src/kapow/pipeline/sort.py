@@ -19,7 +19,7 @@ import msgspec
 
 from kapow.bytecache import ByteCache
 from kapow.config import Config
-from kapow.contract import Destination, PacketDecoder, TableKey, destination_json, intern_keys
+from kapow.contract import Destination, KeySets, PacketDecoder, TableKey, destination_json
 from kapow.errors import ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.batch import Batch, TopicCounts
 from kapow.pipeline.filter import is_pipeline_record
@@ -54,7 +54,7 @@ class Sorter:
         # column names (so that the lanes group rows by identity and validate a shape once, not each row)
         self._routes: ByteCache[tuple[tuple[Destination, Route | Failure], ...]] = ByteCache(
             max_bytes=PacketDecoder.CACHE_BYTES, max_key_bytes=PacketDecoder.MAX_CACHED_VALUE)
-        self._keysets: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._keysets = KeySets(max_sets=MAX_KEYSETS)
         self._names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # the last names read, and interned
         # the last small context and its routes: consecutive packets nearly always carry the same bytes, and
         # comparing them costs less than hashing them for the cache
@@ -260,7 +260,7 @@ class Sorter:
     def _interned(self, keys: tuple[str, ...]) -> tuple[str, ...]:
         """The one tuple of these names (rows of one shape share it: the lanes group rows by identity)."""
         if keys is not self._names[0]:
-            self._names = (keys, intern_keys(self._keysets, keys, MAX_KEYSETS))
+            self._names = (keys, self._keysets.intern(keys))
         return self._names[1]
 
     def _file_each(self, batch: Batch, works: dict[TableKey, TableWork], run: list[Message], values: list[bytes],
@@ -410,7 +410,7 @@ class Sorter:
             batch.errors.append(ErrorRecord(msg, exc.failure, None))
             return
         if keys is not self._names[0]:  # a row of the previous row's shape comes with the very same tuple
-            self._names = (keys, intern_keys(self._keysets, keys, MAX_KEYSETS))
+            self._names = (keys, self._keysets.intern(keys))
         keys = self._names[1]
         size = len(value) + PACKET_OVERHEAD
         if values is not None:

@@ -14,9 +14,9 @@ type. A Python check per value would cost every packet to spare the rare bad one
 from __future__ import annotations
 
 from kapow.config import DestinationConfig
-from kapow.contract import Destination, shorten
+from kapow.contract import INTERNED_NAMES_BYTES, Destination, shorten
 from kapow.errors import ErrorCode, Failure
-from kapow.postgres.catalog import Table
+from kapow.postgres.catalog import Table, rough_bytes
 
 
 def key_columns(table: Table, dest: Destination) -> tuple[str, ...] | Failure:
@@ -58,8 +58,10 @@ def validate(table: Table, config: DestinationConfig, dest: Destination, keys: t
         verdict: Failure | None = verdicts[cache_key]
         return verdict
     verdict = _check(table, config, dest, keys)
-    if len(verdicts) < table.MAX_DERIVED:
+    # names too long to be interned (a hostile row of 20,000 columns) are checked each time, never kept
+    if len(verdicts) < table.MAX_DERIVED and sum(map(len, keys)) <= INTERNED_NAMES_BYTES:
         verdicts[cache_key] = verdict
+        table.derived_bytes += rough_bytes(cache_key) + (rough_bytes(verdict.message) if verdict else 0)
     return verdict
 
 
