@@ -439,14 +439,15 @@ def check_identifier(kind: str, name: str, code: ErrorCode = ErrorCode.UNKNOWN_T
 
 
 # A \u escape of a high surrogate not followed by the escape of a low one: msgspec says "Input data was
-# truncated" for it, which sends a client looking for a cut packet. Searched only once a decode has failed.
+# truncated" for it, or "unexpected end of hex escape" when a `\` comes next (the next string's quote
+# escaped, say), which sends a client looking for a cut packet. Searched only once a decode has failed.
 _LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
 
 
 def describe(exc: Exception, doc: bytes | None = None) -> str:
     """msgspec's message for a decode error, for a client; ``doc``: what failed, to name a lone surrogate."""
     text = str(exc)
-    if doc is not None and "truncated" in text:
+    if doc is not None and ("truncated" in text or "hex escape" in text):
         found = _LONE_SURROGATE.search(as_bytes(doc))
         if found is not None:
             return (f"invalid string escape {found.group().decode()} at byte {found.start()}: a UTF-16 high"

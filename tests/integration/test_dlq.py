@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -192,3 +193,12 @@ def test_every_command_says_in_one_line_that_the_broker_is_down(tmp_path: object
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, (args, done.stderr)
         assert dead in done.stderr, (args, done.stderr)
         assert took < 12, (args, took)
+
+
+def test_a_mistyped_topic_is_said_not_read_as_an_empty_queue() -> None:
+    """A helper's run: `dlq stats --topic <a typo>` printed "0 parked record(s)" and exited 0."""
+    missing = f"kapow-test-nosuch-{uuid.uuid4().hex[:8]}"
+    for action in ("stats", "list"):
+        done = kapow("dlq", action, "-b", kit.BOOTSTRAP, "--topic", missing)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert f"topic {missing} does not exist" in done.stderr and "parked" not in done.stdout

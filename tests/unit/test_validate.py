@@ -205,3 +205,16 @@ def test_a_catalog_entry_that_grew_makes_room_by_evicting_the_oldest_others() ->
     catalog.refresh_size(keys[1])
     assert catalog.bytes <= 45_000 and catalog.get(keys[1])[0], "the grown entry stays, others made room"
     assert not catalog.get(keys[0])[0]
+
+
+def test_a_name_in_the_wrong_case_is_named_with_the_column_meant() -> None:
+    """A helper's run: {"ID": ...} was refused as missing_key without a word of the column it gave."""
+    t = table()
+    missing = message(t, ("ID", "code", "name"))
+    assert missing is not None and missing.startswith("insert gives no unique key")
+    assert "unknown column 'ID' (names are case-sensitive: did you mean 'id'?)" in missing
+    assert message(t, ("id", "Code", "name")) == \
+        "unknown column 'Code' in public.t (names are case-sensitive: did you mean 'code'?)"
+    assert message(t, ("id", "nope", "name")) == "unknown column 'nope' in public.t"
+    upsert = message(t, ("Id", "code", "name"), dest("upsert"))
+    assert upsert is not None and "did you mean 'id'?" in upsert

@@ -8,7 +8,9 @@ subcommands raise :class:`~kapow.errors.ConfigError` (exit 2) or :class:`~kapow.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `kapow dlq list | head`: the reader left; no traceback, and none at exit either
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -101,6 +101,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     topic = args.topic or where.system_errors
     queue = DeadLetterQueue(where.bootstrap, topic, settings=where.settings)
     try:
+        if args.topic and not queue.exists():  # a mistyped --topic must not read as an empty queue
+            raise KapowError(f"topic {topic} does not exist on {where.bootstrap} (without --topic: "
+                             f"{where.system_errors})")
         if args.action == "stats":
             return _stats(queue, args)
         flt = _filter(args)

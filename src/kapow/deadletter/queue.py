@@ -84,6 +84,11 @@ class DeadLetterQueue:
         self._settings = dict(settings or {})
         self._timeout = timeout
 
+    def exists(self) -> bool:
+        """Whether the topic exists: a name mistyped must not read as an empty queue."""
+        with self._reader() as reader:
+            return reader.partitions(self.topic) is not None
+
     def _reader(self) -> TopicReader:
         return open_reader(self.bootstrap, self._settings, idle_timeout=min(self._timeout, 15.0))
 

@@ -79,7 +79,7 @@ def _check(table: Table, config: DestinationConfig, dest: Destination, keys: tup
                 return Failure(ErrorCode.MISSING_KEY,
                                f"insert gives no unique key of {where} ({shorten(shown, 200)}): a replay would add "
                                "the row again; give the key's columns in data (or set allow_no_unique_key for this "
-                               "destination)")
+                               f"destination){_unknown_hint(table, keys)}")
         if not table.can_insert:
             return Failure(ErrorCode.FORBIDDEN_DESTINATION, f"KaPoW may not insert into {where}")
     else:
@@ -95,7 +95,7 @@ def _check(table: Table, config: DestinationConfig, dest: Destination, keys: tup
         if missing_key:
             return Failure(ErrorCode.MISSING_KEY,
                            f"{mode} needs the key column{'s' if len(missing_key) > 1 else ''}"
-                           f" {', '.join(missing_key)} of {where} in data")
+                           f" {', '.join(missing_key)} of {where} in data{_unknown_hint(table, keys)}")
         if dest.version is not None:
             if dest.version not in table.columns:
                 return Failure(ErrorCode.UNKNOWN_COLUMN, f"version column {shorten(dest.version)!r} is not a column"
@@ -108,7 +108,8 @@ def _check(table: Table, config: DestinationConfig, dest: Destination, keys: tup
     unknown = [k for k in keys if k not in columns]
     if unknown:
         shown = ", ".join(repr(shorten(k, 64)) for k in unknown[:5])
-        return Failure(ErrorCode.UNKNOWN_COLUMN, f"unknown column{'s' if len(unknown) > 1 else ''} {shown} in {where}")
+        return Failure(ErrorCode.UNKNOWN_COLUMN, f"unknown column{'s' if len(unknown) > 1 else ''} {shown} in {where}"
+                                                 f"{_did_you_mean(table, unknown)}")
     generated = [k for k in keys if columns[k].generated]
     if generated:
         return Failure(ErrorCode.UNKNOWN_COLUMN,
@@ -119,3 +120,23 @@ def _check(table: Table, config: DestinationConfig, dest: Destination, keys: tup
         return Failure(ErrorCode.MISSING_COLUMN,
                        f"missing required column{'s' if len(missing) > 1 else ''} {names} (NOT NULL, no default)")
     return None
+
+
+def _did_you_mean(table: Table, unknown: list[str]) -> str:
+    """Column names are case-sensitive: a name that differs from a column only in case says which one."""
+    folded = {name.casefold(): name for name in table.columns}
+    for name in unknown[:5]:
+        found = folded.get(name.casefold())
+        if found is not None:
+            return f" (names are case-sensitive: did you mean {shorten(found, 64)!r}?)"
+    return ""
+
+
+def _unknown_hint(table: Table, keys: tuple[str, ...]) -> str:
+    """What a missing key's message adds when data has unknown columns too (a key spelt in the wrong case, say):
+    the client's mistake is often that one."""
+    unknown = [k for k in keys if k not in table.columns]
+    if not unknown:
+        return ""
+    shown = ", ".join(repr(shorten(k, 64)) for k in unknown[:3])
+    return f"; data has unknown column{'s' if len(unknown) > 1 else ''} {shown}{_did_you_mean(table, unknown)}"
