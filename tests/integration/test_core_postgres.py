@@ -1077,3 +1077,24 @@ def test_a_trigger_s_assert_is_one_row_s_refusal_not_the_whole_unit_s(db: str, c
     assert results(again[0]) == [(4, 0, ["row_rejected"])]
     assert again[0].results is not None and "qty 3 is refused" in again[0].results[0].failed[0].failure.message
     assert kit.scalar(db, f"SELECT count(*) FROM {strict}") == 4
+
+
+def test_a_metadata_column_the_table_lacks_fails_its_packet_not_the_table_s_batch(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    """A hostile run: metadata naming ctid (or no column at all) failed the whole statement, and every good row
+    of the table's batch was refused with its error. Metadata columns are validated as the row's own; one may
+    also give the key."""
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, name text, qty int, src_offset bigint)")
+    plain = dest(db, name)
+    rows = [packet_row(plain, good(i)) for i in range(3)]
+    rows.insert(1, packet_row(dest(db, name, metadata=Metadata(offset="ctid")), good(10)))
+    rows.insert(3, packet_row(dest(db, name, metadata=Metadata(partition="nosuchcol")), good(11)))
+    rows.append(packet_row(dest(db, name, metadata=Metadata(offset="src_offset")), good(12)))
+    out = write_unit(conn, Catalog(), [job(db, name, rows)])
+    assert results(out[0]) == [(4, 0, ["unknown_column", "unknown_column"])]
+    assert kit.sql(db, f"SELECT id FROM {name} ORDER BY id") == [(0,), (1,), (2,), (12,)]
+    keyed = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, name text)")
+    by_offset = packet_row(dest(db, keyed, metadata=Metadata(offset="id")), {"name": "keyed by its offset"})
+    out = write_unit(conn, Catalog(), [job(db, keyed, [by_offset])])
+    assert results(out[0]) == [(1, 0, [])]
+    assert kit.sql(db, f"SELECT id, name FROM {keyed}") == [(by_offset.msg.offset(), "keyed by its offset")]

@@ -162,7 +162,7 @@ def test_a_verdict_is_worked_out_once_per_shape_and_none_is_remembered_too() -> 
     assert len(t.verdicts) == 1
     assert validate(t, CONFIG, dest(), ("id", "code", "name")) is None
     assert list(t.verdicts.values()) == [first, None]
-    t.verdicts[(("id", "code", "name"), "insert", None, None, False)] = first  # what is cached is what is answered
+    t.verdicts[(("id", "code", "name"), "insert", None, None, False, None)] = first  # what is cached is answered
     assert validate(t, CONFIG, dest(), ("id", "code", "name")) is first
     assert validate(t, LOOSE, dest(), ("id", "code", "name")) is None, "the config is part of the verdict's key"
 

@@ -51,13 +51,19 @@ def _no_unique_key(table: Table) -> Failure:
 
 
 def validate(table: Table, config: DestinationConfig, dest: Destination, keys: tuple[str, ...]) -> Failure | None:
-    """Check one row (its column names ``keys``) for ``dest`` against ``table``; ``None`` when it may be written."""
-    cache_key = (keys, dest.mode, dest.key, dest.version, config.allow_no_unique_key)
+    """Check one row (its column names ``keys``) for ``dest`` against ``table``; ``None`` when it may be written.
+
+    The columns ``dest.metadata`` fills from the record count as the row's: they must be columns of the table
+    (a metadata column naming ``ctid`` or no column at all failed the whole statement, and every good row of the
+    table's batch with it: a hostile run), and they may give its key."""
+    cache_key = (keys, dest.mode, dest.key, dest.version, config.allow_no_unique_key, dest.metadata)
     verdicts = table.verdicts
     if cache_key in verdicts:
         verdict: Failure | None = verdicts[cache_key]
         return verdict
-    verdict = _check(table, config, dest, keys)
+    meta = dest.metadata
+    verdict = _check(table, config, dest, keys if meta is None else keys + tuple(
+        column for _field, column in meta.columns() if column not in keys))
     # names too long to be interned (a hostile row of 20,000 columns) are checked each time, never kept
     if len(verdicts) < table.MAX_DERIVED and sum(map(len, keys)) <= INTERNED_NAMES_BYTES:
         verdicts[cache_key] = verdict
