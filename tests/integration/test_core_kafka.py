@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # t
 
 from kapow.config import parse_config
 from kapow.contract import Destination, TableKey
+from kapow.deadletter import redrive
 from kapow.deadletter.done import Action, ensure_done_topic, marker_key, marker_value, read_handled
 from kapow.deadletter.mover import Mover, Verb
 from kapow.deadletter.publisher import ErrorPublisher
@@ -478,6 +479,35 @@ def test_the_redrive_waits_for_health_then_republishes_each_record_once(q: Queue
     assert ns(dlq.records()) == [2, 3, 4], "redriven records must leave the queue, the others stay"
     group = redriver._config.kafka.group_id
     assert sum(max(0, o) for o in kit.committed_offsets(f"{group}.redrive", q.system).values()) == 6
+
+
+def test_a_destination_down_holds_its_own_records_not_the_others_parked_behind_them(
+        q: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: one tenant's database down stopped the redrive of every record parked behind its first one in
+    the same partition, for as long as it stayed down. Records behind a waiting one are now read (up to
+    LOOKAHEAD), the healthy ones redriven with their markers, while the group's offset stays at the waiting one."""
+    monkeypatch.setattr(redrive, "LOOKAHEAD", 4)
+    layout = ["vault", "other", "other", "other", "vault", "other", "other", "other"]  # all in partition 0
+    park(q, [{"vanity": v, "partition": 0} for v in layout])
+    ensure_done_topic(kit.BOOTSTRAP, q.system)
+    healthy = {"other"}
+    redriver = Redriver(redrive_config(q), lambda key: key.vanity in healthy)
+    group = f"{redriver._config.kafka.group_id}.redrive"
+    redriver.start()
+    try:
+        kit.wait_for(lambda: len(kit.read_all(q.source)) == 3, 60, "the others' records behind the vault's")
+        time.sleep(3)  # no more: the partition rests LOOKAHEAD records past the waiting one
+        assert values(kit.read_all(q.source)) == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+        assert max(0, kit.committed_offsets(group, q.system).get(0, 0)) == 0, "the offset passed a waiting record"
+        healthy.add("vault")
+        kit.wait_for(lambda: len(kit.read_all(q.source)) == 8, 60, "every record once the vault is back")
+        kit.wait_for(lambda: kit.committed_offsets(group, q.system).get(0, 0) == 8, 30, "the offset to pass all")
+        time.sleep(2)
+    finally:
+        redriver.stop(10)
+    assert values(kit.read_all(q.source)) == [b'{"n": %d}' % i for i in range(8)], "a record twice, or none"
+    assert redriver.counts == {"redriven": 8, "skipped": 0, "waiting": 0}
+    assert ns(DeadLetterQueue(kit.BOOTSTRAP, q.system, timeout=20).records()) == []
 
 
 def test_flush_returns_once_every_record_is_acknowledged(q: Queue) -> None:

@@ -59,8 +59,22 @@ REDRIVABLE = frozenset({ErrorCode.DATABASE_UNAVAILABLE.value, ErrorCode.TIMEOUT.
 CHUNK = 500  # records per transaction at most
 CATCH_UP_S = 10.0  # how long a chunk waits for the markers written before it to be read
 RECHECK_S = 1.0  # how often a waiting partition asks again whether its destination is healthy
+# A record that waits for its destination holds its partition's offset, not the records behind it: up to this many
+# are read past it (those whose destinations are healthy redriven, each with its marker), then the partition
+# pauses until it is read again from the waiting record. One tenant's database down for hours stopped the redrive
+# of every other tenant's packets parked behind its records in the same partition (a review, 2026-11-27).
+LOOKAHEAD = 10_000
 
 Health = Callable[[TableKey], bool]
+
+
+@dataclass(slots=True)
+class _Head:
+    """The first record of a partition that waits for its destination: the offset the group's stays at."""
+
+    offset: int
+    recheck_at: float  # monotonic: read the partition again from ``offset`` then
+    read: int = 0  # records read past it since
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +172,9 @@ class Redriver:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handled: set[tuple[int, int]] = set()
-        self._waiting: dict[int, float] = {}  # paused partition -> when to ask again
+        self._heads: dict[int, _Head] = {}  # partition -> its first waiting record
+        self._paused: set[int] = set()  # partitions read LOOKAHEAD records past their head
+        self._ahead: set[tuple[int, int]] = set()  # records redriven past a head (at most LOOKAHEAD a partition)
         self._tokens = 0.0
         self._refill = time.monotonic()
         self.counts = {"redriven": 0, "skipped": 0, "waiting": 0}
@@ -190,6 +206,9 @@ class Redriver:
             "transactional.id": f"{group}.{uuid.uuid4().hex}", "client.id": "kapow-redrive", "linger.ms": 5}))
         markers = Consumer(markers_settings)
         self._markers_at = -1
+        self._heads.clear()  # a new session reads from the group's offsets: at every head
+        self._paused.clear()
+        self._ahead.clear()
         try:
             producer.init_transactions(30)
             markers.assign([TopicPartition(f"{k.system_errors_topic}.done", 0, -2)])  # -2: from the beginning
@@ -221,7 +240,9 @@ class Redriver:
             producer.flush(5)
 
     def _on_revoke(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
-        self._waiting.clear()
+        self._heads.clear()
+        self._paused.clear()
+        self._ahead.clear()
 
     def _read_markers(self, markers: Consumer, timeout: float = 0) -> None:
         """Records rescheduled, purged or redriven (by anyone) are never redriven again."""
@@ -274,12 +295,19 @@ class Redriver:
         self._handled = {(p, o) for p, o in self._handled if o >= floor.get(p, 0)}
 
     def _resume_due(self, consumer: Consumer) -> None:
+        """Read each partition whose head is due again from that head (the records past it that were redriven
+        are handled by then, and skipped)."""
         now = time.monotonic()
-        due = [p for p, at in self._waiting.items() if at <= now]
-        if due:
-            for p in due:
-                del self._waiting[p]
-            consumer.resume([TopicPartition(self._config.kafka.system_errors_topic, p) for p in due])
+        topic = self._config.kafka.system_errors_topic
+        for part, head in list(self._heads.items()):
+            if head.recheck_at > now:
+                continue
+            del self._heads[part]
+            tp = TopicPartition(topic, part, head.offset)
+            consumer.seek(tp)
+            if part in self._paused:
+                self._paused.discard(part)
+                consumer.resume([tp])
 
     def _handle(self, consumer: Consumer, producer: Producer, msgs: list[Message]) -> None:
         p = self._config.pipeline
@@ -287,33 +315,53 @@ class Redriver:
         topics = frozenset(self._config.consumed_topics)
         send: list[Message] = []
         advance: dict[int, int] = {}
-        stopped: set[int] = set()
+        heads = self._heads
         now_ms = int(time.time() * 1000)
+        asked: dict[TableKey, bool] = {}  # each destination asked once a chunk (a probe may take seconds)
+
+        def health(key: TableKey) -> bool:
+            found = asked.get(key)
+            if found is None:
+                found = asked[key] = self._health(key)
+            return found
+
+        ahead: list[tuple[int, int]] = []
         for msg in msgs:
-            part = msg.partition() or 0
-            if part in stopped:
+            part, offset = msg.partition() or 0, msg.offset() or 0
+            if part in self._paused:
                 continue
-            verdict = judge(msg, topics=topics, max_attempts=p.redrive_max_attempts, delay_s=p.redrive_delay_s,
-                            now_ms=now_ms, handled=self._handled, health=self._health)
-            if verdict.action == "wait":  # this partition stops here; it is asked again in a second
-                stopped.add(part)
-                tp = TopicPartition(k.system_errors_topic, part, msg.offset() or 0)
-                consumer.pause([tp])
-                consumer.seek(tp)
-                self._waiting[part] = time.monotonic() + RECHECK_S
-                continue
-            if verdict.action == "redrive":
-                self._pace()
-                send.append(msg)
-                self.counts["redriven"] += 1
-                metrics.REDRIVE.labels("redriven").inc()
+            head = heads.get(part)
+            if (part, offset) in self._ahead:  # redriven past a head before (and counted then)
+                if head is None:
+                    self._ahead.discard((part, offset))
             else:
-                self.counts["skipped"] += 1
-                metrics.REDRIVE.labels("skipped").inc()
-            advance[part] = (msg.offset() or 0) + 1
-        self.counts["waiting"] = len(self._waiting)
-        if advance:
+                verdict = judge(msg, topics=topics, max_attempts=p.redrive_max_attempts, delay_s=p.redrive_delay_s,
+                                now_ms=now_ms, handled=self._handled, health=health)
+                if verdict.action == "wait" and head is None:  # the offset stays here; the records behind go on
+                    heads[part] = _Head(offset, time.monotonic() + RECHECK_S)
+                    continue
+                if verdict.action == "redrive":
+                    self._pace()
+                    send.append(msg)
+                    self.counts["redriven"] += 1
+                    metrics.REDRIVE.labels("redriven").inc()
+                    if head is not None:
+                        ahead.append((part, offset))
+                elif verdict.action == "skip" and head is None:  # (past a head: counted when the offset passes)
+                    self.counts["skipped"] += 1
+                    metrics.REDRIVE.labels("skipped").inc()
+            if head is None:
+                advance[part] = offset + 1
+                continue
+            head.read += 1
+            if head.read >= LOOKAHEAD:  # far enough past it: the partition rests until the head is read again
+                self._paused.add(part)
+                consumer.pause([TopicPartition(k.system_errors_topic, part)])
+                head.recheck_at = max(head.recheck_at, time.monotonic() + 5 * RECHECK_S)
+        self.counts["waiting"] = len(heads)
+        if advance or send:
             self._commit(consumer, producer, send, advance)
+            self._ahead.update(ahead)  # (committed: a failed transaction leaves them to be judged again)
 
     def _pace(self) -> None:
         rate = self._config.pipeline.redrive_rate
@@ -339,7 +387,8 @@ class Redriver:
                                  headers=republished_headers(msg))  # type: ignore[arg-type]
                 producer.produce(done_topic, key=f"{msg.partition()}:{msg.offset()}".encode(), value=marker)
             offsets = [TopicPartition(k.system_errors_topic, part, off) for part, off in advance.items()]
-            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+            if offsets:  # (records redriven past a waiting one move no offset)
+                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(60)
         except KafkaException:
             # nothing of this transaction is visible (read_committed); the session starts again from the
