@@ -465,7 +465,10 @@ def destination_label(vanity: str, database: str, schema: str, table: str) -> st
     return f"{vanity}/{database}/{schema}.{table}"
 
 
-def destination_json(dest: Destination, *, limit: int = 256) -> bytes:
+HEADER_NAME_LIMIT = 256  # characters of each name an error record's kapow-destination keeps (shorten)
+
+
+def destination_json(dest: Destination, *, limit: int = HEADER_NAME_LIMIT) -> bytes:
     """One destination as JSON, for the ``kapow-destination`` error header; each name is cut to ``limit``.
 
     A destination with a ``key``, ``version`` or ``metadata`` also gets ``variant``, a short digest of all of

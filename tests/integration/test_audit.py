@@ -271,3 +271,27 @@ def test_a_version_guard_that_skipped_a_stale_delete_is_not_a_false_alarm(make_e
     # the guarded upsert and delete of row 1 are unverified (the guard may have skipped the delete), not missing
     assert (report.total, report.missing, report.unverified) == (4, 2, 2), report
     assert sorted(m.offset for m in report.missing_examples) == [2, 3]  # row 2 should be gone: its insert too
+
+
+def test_hostile_destination_names_are_audited_as_their_user_errors(
+        make_env: Callable[..., kit.Env], writers: Callable[[kit.Env], kit.WriterProcess]) -> None:
+    """A hostile run: a database named with a NUL made the whole audit fail (COPY refuses 0x00), and a table name
+    over 256 characters (cut in the error record's kapow-destination) was reported missing, its 50,000
+    characters repeated in the report."""
+    env = make_env()
+    db = env.databases[0]
+    kit.sql(db, DDL)
+    wh = kit.dest(db, "events")
+    values = [make_packet([wh], {"id": 1, "v": "good"}),
+              make_packet([{**wh, "database": db + "\u0000"}], {"id": 2, "v": "nul"}),
+              make_packet([{**wh, "table": "t" * 50_000}], {"id": 3, "v": "long"}),
+              make_packet([wh, {**wh, "table": "e\u0000" * 200}], {"id": 4, "v": "both"})]
+    kit.publish(env.topic, values)
+    land(env, writers)
+    done = run_cli("audit", "-c", str(env.write_config()), "--json")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    body = json.loads(done.stdout)
+    assert {k: body[k] for k in ("total", "landed", "user_errors", "missing")} == {
+        "total": 4, "landed": 1, "user_errors": 3, "missing": 0}, body  # (a packet with any user error is one)
+    assert len(done.stdout) < 20_000
+    assert kit.scalar(db, "SELECT count(*) FROM events WHERE id IN (1, 4)") == 2

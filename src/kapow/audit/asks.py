@@ -20,7 +20,15 @@ from typing import Any
 import msgspec
 
 from kapow.config import Config
-from kapow.contract import PacketDecoder, PipelineContext, copy_destination, destination_json, destination_label
+from kapow.contract import (
+    HEADER_NAME_LIMIT,
+    PacketDecoder,
+    PipelineContext,
+    copy_destination,
+    destination_json,
+    destination_label,
+    shorten,
+)
 from kapow.errors import PacketError
 
 MAX_KEYDOC_RAW = 4096  # data up to this many bytes travels as it is
@@ -59,7 +67,10 @@ class Ask:
 
     @property
     def label(self) -> str:
-        return destination_label(self.vanity, self.database, self.schema, self.table)
+        """As the error records' ``kapow-destination`` spells it: each name cut to 256 characters (a name longer
+        than that matched no error record, and the packet its user error answered was reported missing)."""
+        names = (self.vanity, self.database, self.schema, self.table)
+        return destination_label(*(shorten(name, HEADER_NAME_LIMIT) for name in names))
 
 
 class _Envelope(msgspec.Struct):

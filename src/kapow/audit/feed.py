@@ -29,9 +29,12 @@ Progress = Callable[[int, int], None]
 
 
 def esc(raw: bytes) -> bytes:
-    """COPY text format: backslash, newline, carriage return and tab escaped."""
+    """COPY text format: backslash, newline, carriage return and tab escaped, and a NUL (which no text value may
+    hold: a destination named with one made the whole audit fail) as the six characters ``\\u0000``."""
     if b"\\" in raw:
         raw = raw.replace(b"\\", b"\\\\")
+    if b"\x00" in raw:
+        raw = raw.replace(b"\x00", b"\\\\u0000")
     for special, escaped in ((b"\n", b"\\n"), (b"\r", b"\\r"), (b"\t", b"\\t")):
         if special in raw:
             raw = raw.replace(special, escaped)

@@ -26,6 +26,7 @@ from kapow.audit import checks, scratch
 from kapow.audit.feed import Feeder, TopicPlan
 from kapow.audit.report import AuditReport, Missing, PartitionReport
 from kapow.config import Config, DestinationConfig
+from kapow.contract import shorten
 from kapow.deadletter.done import read_handled
 from kapow.deadletter.reader import TopicReader, open_reader
 from kapow.errors import KapowError, one_line
@@ -177,7 +178,7 @@ def audit(config: Config, *, topic: str | None = None, since_ms: int | None = No
         row = by_key[(t, p)]
         setattr(row, scratch.FATES[fate], getattr(row, scratch.FATES[fate]) + n)
         row.unverified += unverified
-    report.missing_examples = [Missing(topics[t], p, o, why) for t, p, o, why in missing]
+    report.missing_examples = [Missing(topics[t], p, o, shorten(why, 2000)) for t, p, o, why in missing]
     report.elapsed_s = time.monotonic() - started
     report.phases = {k: round(v, 2) for k, v in phases.items()}
     return report
