@@ -99,6 +99,53 @@ END
 $fn$
 """
 
+# Isolation's last step (kapow.postgres.isolate): one statement applied element by element, each in a
+# subtransaction of its own, in one call. A range of a few dozen rows with bad ones among them costs one round trip
+# instead of a bisection's two a level: a stream of bad values was isolated at ~280 rows a second, and the good
+# rows of its table waited behind it (a hostile run: 170 s).
+EACH_FUNCTION = """
+CREATE OR REPLACE FUNCTION pg_temp.kapow_each(stmt text, payloads text[], tbl text)
+RETURNS TABLE(i int, affected bigint, state text, message text, col text, ctype text)
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+  k text;
+  v json;
+  probe text := format('SELECT json_populate_record(NULL::%s, json_build_object($1::text, $2::json))', tbl);
+BEGIN
+  FOR pi IN 1 .. coalesce(array_length(payloads, 1), 0) LOOP
+    i := pi;
+    state := NULL; message := NULL; col := NULL; ctype := NULL; affected := 0;
+    BEGIN
+      EXECUTE stmt USING payloads[pi];
+      GET DIAGNOSTICS affected = ROW_COUNT;
+    EXCEPTION WHEN assert_failure OR OTHERS THEN
+      GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, col = COLUMN_NAME;
+    END;
+    -- a value its column refuses, the column unnamed: each value cast alone until one fails (what
+    -- kapow.postgres.isolate.name_the_column does with a round trip a column)
+    IF state LIKE '22%' AND coalesce(col, '') = '' THEN
+      BEGIN
+        FOR k, v IN SELECT e.key, e.value FROM json_each((payloads[pi]::json) -> 0) e LOOP
+          BEGIN
+            EXECUTE probe USING k, v;
+          EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS message = MESSAGE_TEXT;
+            col := k;
+            SELECT format_type(a.atttypid, a.atttypmod) INTO ctype FROM pg_attribute a
+             WHERE a.attrelid = tbl::regclass AND a.attname = k AND NOT a.attisdropped;
+            EXIT;
+          END;
+        END LOOP;
+      EXCEPTION WHEN OTHERS THEN
+        NULL;  -- (the column stays unnamed: the caller names it its own way)
+      END;
+    END IF;
+    RETURN NEXT;
+  END LOOP;
+END
+$fn$
+"""
+
 # Raised by the statements' null guard (kapow.postgres.statements.null_guard) for a row whose unique key is null:
 # inside the table's fence, so that the row is isolated and refused as the client's (missing_key).
 REFUSE_FUNCTION = f"""
@@ -119,7 +166,7 @@ _CALL = "SELECT t, k, affected, state, message, col, retried, ms FROM pg_temp.ka
 def configure_connection(conn: psycopg.Connection[Any], *, statement_timeout_ms: int, lock_timeout_ms: int) -> None:
     """Run once per new connection: autocommit, the apply function and the timeouts live as long as it does."""
     conn.autocommit = True
-    conn.execute(f"{APPLY_FUNCTION};{REFUSE_FUNCTION}")
+    conn.execute(f"{APPLY_FUNCTION};{REFUSE_FUNCTION};{EACH_FUNCTION}")
     plans.attach(conn)  # no parameters: several statements, one round trip
     # plan_cache_mode: a shape's function (kapow.postgres.plans) would otherwise plan its statement anew at each of
     # its first five calls, as text does; every statement here takes one JSON array, whose contents no plan reads
