@@ -1104,3 +1104,17 @@ def test_a_metadata_column_the_table_lacks_fails_its_packet_not_the_table_s_batc
     out = write_unit(conn, Catalog(), [job(db, keyed, [by_offset])])
     assert results(out[0]) == [(1, 0, [])]
     assert kit.sql(db, f"SELECT id, name FROM {keyed}") == [(by_offset.msg.offset(), "keyed by its offset")]
+
+
+def test_a_delete_reads_only_its_key_and_version_whatever_else_data_holds(db: str,
+                                                                           conn: psycopg.Connection[Any]) -> None:
+    """CONTRACT: a delete ignores every column but its key (and version). A hostile run: a value the ignored column
+    would refuse (a \\u0000 in text, a string in an int column) refused the delete, and the row stayed."""
+    name = new_table(db)
+    kit.sql(db, f"INSERT INTO {name} SELECT g, 'x', 1 FROM generate_series(1, 4) g")
+    gone = dest(db, name, "delete")
+    rows = [packet_row(gone, {"id": 1, "name": "\u0000"}), packet_row(gone, {"id": 2, "qty": "notint"}),
+            packet_row(gone, {"id": 3, "nope": [1, 2]}), packet_row(gone, {"id": 9})]
+    out = write_unit(conn, Catalog(), [job(db, name, rows)])
+    assert results(out[0]) == [(3, 1, [])]
+    assert kit.sql(db, f"SELECT id FROM {name}") == [(4,)]

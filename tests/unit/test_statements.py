@@ -397,3 +397,14 @@ def test_a_table_of_two_unique_keys_is_planned_in_offset_order_runs() -> None:
     assert all(s.plain is not None for s in statements if s.kind == INSERT)
     one_key = plan(table(), rows, keys_of)  # one unique key: rounds per key, folded (1's insert-delete-insert)
     assert [s.kind for s in one_key] != [s.kind for s in statements]
+
+
+def test_a_delete_s_document_keeps_only_its_key_and_version_as_written() -> None:
+    from kapow.postgres.statements import key_doc
+
+    doc = b'{"id": 1, "x": "\\u0000", "rev": 2.50, "n": [1]}'
+    assert key_doc(doc, ("id",), "rev") == b'{"id":1,"rev":2.50}'  # values as the client wrote them
+    assert key_doc(doc, ("id",), None) == b'{"id":1}'
+    assert key_doc(b'{"id": 1}', ("id",), None) == b'{"id": 1}'  # nothing to drop: the document itself
+    assert key_doc(b'{"x": 1}', ("id",), None) == b'{}'  # no key given: the null guard refuses it
+    assert key_doc(b"not json", ("id",), None) == b"not json"

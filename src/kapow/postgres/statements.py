@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import msgspec
 from psycopg import sql
 
-from kapow.contract import Destination, shorten
+from kapow.contract import Destination, as_bytes, shorten
 from kapow.postgres.catalog import Table
 
 INSERT, UPSERT, DELETE = "insert", "upsert", "delete"
@@ -285,8 +285,28 @@ def _plan_rounds(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple
                     if op.kind == INSERT:
                         stmt.plain = plain_text(table, columns, nulls_ok)
                 by_id[r][ident] = stmt
-            stmt.elements.append(Element(op.doc, op.sources))
+            doc = op.doc if op.kind != DELETE else key_doc(op.doc, keys_of.get(op.sources[0], ()), op.dest.version)
+            stmt.elements.append(Element(doc, op.sources))
     return [stmt for shapes in rounds for stmt in shapes.values()]
+
+
+_raw_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def key_doc(doc: bytes, key: tuple[str, ...], version: str | None) -> bytes:
+    """A delete's document cut to its key (and version) values, as the client wrote them (CONTRACT: a delete reads
+    nothing else). PostgreSQL's JSON functions read every value of a document, so a value another column would
+    refuse (a \\u0000 in text, a string for an int) refused the delete, and the row stayed (a hostile run)."""
+    if not key:
+        return doc
+    try:
+        values = _raw_fields.decode(as_bytes(doc))
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return doc  # (the server says what is wrong with it)
+    read = key if version is None or version in key else (*key, version)
+    if len(values) == len(read) and all(c in values for c in read):
+        return doc
+    return b"{" + b",".join(msgspec.json.encode(c) + b":" + bytes(values[c]) for c in read if c in values) + b"}"
 
 
 def _plan_in_order(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tuple[str, ...]],
@@ -326,7 +346,8 @@ def _plan_in_order(table: Table, rows: Sequence[RowLike], keys_of: dict[int, tup
             seen.clear()
         if group is not None:
             seen.add(group)
-        current.elements.append(Element(row.doc, [i]))
+        current.elements.append(Element(row.doc if kind != DELETE else key_doc(row.doc, key_cols, dest.version),
+                                        [i]))
     return out
 
 
