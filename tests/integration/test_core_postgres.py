@@ -1118,3 +1118,15 @@ def test_a_delete_reads_only_its_key_and_version_whatever_else_data_holds(db: st
     out = write_unit(conn, Catalog(), [job(db, name, rows)])
     assert results(out[0]) == [(3, 1, [])]
     assert kit.sql(db, f"SELECT id FROM {name}") == [(4,)]
+
+
+def test_a_view_is_refused_as_what_it_is_not_as_missing(db: str, conn: psycopg.Connection[Any]) -> None:
+    """errors.md: a view is unsupported_table. A hostile run: it was unknown_table, "does not exist"."""
+    base = new_table(db)
+    view = f"{base}_v"
+    kit.sql(db, f"CREATE VIEW {view} AS SELECT * FROM {base}")
+    out = write_unit(conn, Catalog(), [job(db, view, [packet_row(dest(db, view), good(i)) for i in range(2)])])
+    assert results(out[0]) == [(0, 0, ["unsupported_table", "unsupported_table"])]
+    assert out[0].results is not None
+    message = out[0].results[0].failed[0].failure.message
+    assert message == f"public.{view} is a view, not a table: write to a plain table"

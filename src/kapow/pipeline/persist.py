@@ -131,7 +131,7 @@ class Persister:
     def check_route(self, route: RouteSpec) -> str | None:
         """A route's table, read now: the reason it cannot take the route's records, or None when it can (or when
         its database cannot be reached: the lane holds its records until it can)."""
-        from kapow.postgres.catalog import load_tables
+        from kapow.postgres.catalog import load_tables, not_a_table
         from kapow.postgres.validate import key_columns
 
         key = route.key
@@ -145,6 +145,8 @@ class Persister:
             return None
         if table is None:
             return f"table {key.schema}.{key.table} does not exist in database {key.database!r}"
+        if (refused := not_a_table(table)) is not None:
+            return refused
         mode = "upsert" if route.config.format == "debezium" else route.config.mode
         found = key_columns(table, route.dests[mode]) if mode != "insert" or not table.has_unique_key else None
         if found is not None and not isinstance(found, tuple):

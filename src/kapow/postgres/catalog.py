@@ -84,6 +84,17 @@ class Column:
 
 
 _T = TypeVar("_T")
+TABLE_KINDS = ("r", "p")  # an ordinary table, a partitioned one: what KaPoW writes
+_KIND_NAMES = {"v": "a view", "m": "a materialized view", "f": "a foreign table", "S": "a sequence",
+               "c": "a composite type", "i": "an index", "I": "an index", "t": "a TOAST table"}
+
+
+def not_a_table(table: Table) -> str | None:
+    """Why ``table`` cannot be written (it is a view, say), or None when it is a table."""
+    if table.relkind in TABLE_KINDS:
+        return None
+    kind = _KIND_NAMES.get(table.relkind, f"a relation of kind {table.relkind!r}")
+    return f"{table.schema}.{table.name} is {kind}, not a table: write to a plain table"
 _MISSING = object()
 
 
@@ -131,6 +142,7 @@ class Table:
     null_keys: frozenset[tuple[str, ...]] = frozenset()  # UNIQUE NULLS NOT DISTINCT: a null is a key value there
     copy_from: float = 0.0  # monotonic time from which its inserts may be COPYed again (kapow.postgres.writer)
     derived_bytes: int = 0  # what the two caches hold, as rough_bytes counts their keys and values
+    relkind: str = "r"  # pg_class.relkind: a view ("v") and other relations that are no table are refused by name
 
     MAX_DERIVED = 64  # entries per cache: a table sees a few keysets, not thousands
 
@@ -175,8 +187,11 @@ def load_tables(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> 
     if not conn.autocommit:
         conn.rollback()  # leave the connection idle: the catalog read needs no transaction of its own
     for schema, name, exists, relkind, can_insert, can_update, can_delete, keys, plain_ok, cols, rls in rows:
-        if not exists or relkind not in ("r", "p"):
+        if not exists:
             out[(schema, name)] = None
+            continue
+        if relkind not in TABLE_KINDS:  # a view, a sequence...: known, and refused as such (unsupported_table)
+            out[(schema, name)] = Table(schema, name, {}, None, (), False, False, False, False, relkind=relkind)
             continue
         columns = {c[0]: Column(c[0], c[1], c[2], c[3], c[4], bool(c[5]), bool(c[6])) for c in cols}
         primary = next((tuple(k[2]) for k in keys if k[0] and k[1]), None)
