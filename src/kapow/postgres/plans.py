@@ -34,6 +34,11 @@ PLAN_AFTER = 16  # uses of one text on a connection before it is given a functio
 MAX_PLANNED = 256  # functions a connection keeps
 IDLE_S = 300.0  # a function unused this long may be dropped to make room for another
 MAX_COUNTED = 4096  # texts counted before the counts start again
+# Texts are client-shaped (a wide table's column subsets): a longer one is never planned, and the texts counted or
+# refused hold at most COUNTED_BYTES each before they start again. Counted by number alone, 4,096 texts of a
+# 1,600-column table's statements could hold ~200 MB a connection (a review).
+MAX_TEXT = 16 * 1024
+COUNTED_BYTES = 2 * 1024 * 1024
 # Only statements that return no rows can be a function's body as they are (a SELECT would need a destination)
 PLANNABLE = ("INSERT ", "DELETE ", "UPDATE ")
 CALL_PREFIX = "SELECT pg_temp.kapow_p"  # what the apply function knows a planned call by (it returns its count)
@@ -53,6 +58,8 @@ class Plans:
         self._used: dict[str, float] = {}  # text -> when its function was last called (time.monotonic)
         self._drop: list[str] = []  # names of functions given up for room, dropped with the next ones made
         self._refused: set[str] = set()  # texts whose function could not be made (not tried again)
+        self._uses_bytes = 0
+        self._refused_bytes = 0
         self._next = 0
         self.made = 0  # functions made over the connection's life (tests, and the curious)
 
@@ -71,15 +78,19 @@ class Plans:
                 calls.move_to_end(text)
                 used[text] = now
                 continue
-            if not count or text in self._refused or not text.startswith(PLANNABLE):
+            if not count or len(text) > MAX_TEXT or text in self._refused or not text.startswith(PLANNABLE):
                 continue
             n = uses.get(text, 0) + 1
             if n >= PLAN_AFTER:
                 due.append(text)
-            elif len(uses) < MAX_COUNTED or text in uses:
+            elif text in uses:
                 uses[text] = n
+            elif len(uses) < MAX_COUNTED and self._uses_bytes + len(text) <= COUNTED_BYTES:
+                uses[text] = n
+                self._uses_bytes += len(text)
             else:
                 uses.clear()
+                self._uses_bytes = 0
         if due and conn.info.transaction_status == TransactionStatus.IDLE:
             due = due[:self._room(len(due), now)]
             if due:
@@ -107,7 +118,8 @@ class Plans:
             sql.Identifier(name)) for name in drop]
         made: dict[str, str] = {}
         for text in due:
-            self._uses.pop(text, None)
+            if self._uses.pop(text, None) is not None:
+                self._uses_bytes -= len(text)
             name = f"kapow_p{self._next}"
             self._next += 1
             made[text] = name
@@ -119,9 +131,11 @@ class Plans:
             if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
                 raise  # the connection itself failed: its caller learns it as from any statement
             self._refused.update(due)  # (a text PL/pgSQL cannot take as a body: it runs as text, as before)
+            self._refused_bytes += sum(map(len, due))
             self._drop = drop + self._drop  # (rolled back with the rest: dropped with the next ones made)
-            if len(self._refused) > MAX_COUNTED:
+            if len(self._refused) > MAX_COUNTED or self._refused_bytes > COUNTED_BYTES:
                 self._refused.clear()
+                self._refused_bytes = 0
             return
         for text, name in made.items():
             self._names[text] = name
