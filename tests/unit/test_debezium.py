@@ -368,3 +368,21 @@ def test_a_changes_column_names_are_those_of_its_row_and_one_tuple_per_shape(
         assert change.keys == decode_keys(change.row, max_depth=34)  # what the lane used to decode again
         assert seen.setdefault(change.keys, change.keys) is change.keys
     assert rows >= 5
+
+
+def test_the_schemas_a_decoder_keeps_are_bounded_in_bytes() -> None:
+    """A review: 64 schemas each as large as a record were kept a route (up to 64 MB)."""
+    from kapow.formats import debezium
+
+    decoder = ChangeDecoder(column_types=COLUMN_TYPES, max_bytes=8 << 20, max_depth=32)
+    _key, value = WITH["r-1"]
+    assert value is not None
+    for i in range(40):  # ever-new schemas of ~300 kB: a field of their own, described at length
+        doc = msgspec.json.decode(value)
+        doc["schema"]["doc"] = f"{i}:" + "x" * 300_000
+        decoder.decode(msgspec.json.encode(doc))
+        assert decoder._plans_bytes == sum(map(len, decoder._plans)) <= debezium._SCHEMA_CACHE_BYTES
+    huge = msgspec.json.decode(value)
+    huge["schema"]["doc"] = "y" * (debezium._SCHEMA_CACHE_BYTES // 8 + 1)
+    assert decoder.decode(msgspec.json.encode(huge)).row is not None  # decoded, its schema never kept
+    assert decoder._plans_bytes == sum(map(len, decoder._plans))

@@ -44,6 +44,8 @@ _UNAVAILABLE_B64 = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="  # the same placeh
 _UNAVAILABLE_MARKERS = (UNAVAILABLE.encode(), _UNAVAILABLE_B64[:36].encode())
 
 _SCHEMA_CACHE_SIZE = 64
+# ... and at most this many bytes of schemas (each can be as large as a record: 64 of them held up to 64 MB a route)
+_SCHEMA_CACHE_BYTES = 8 * 1024 * 1024
 
 
 class ChangeKind(enum.Enum):
@@ -128,6 +130,7 @@ class ChangeDecoder:
         self._bare_plan: Plan = column_plan(column_types, max_depth) if column_types else {}
         self._lock = threading.Lock()
         self._plans: dict[bytes, Plan] = {}
+        self._plans_bytes = 0  # the schemas' bytes held as the keys of _plans
         self._last: tuple[bytes, Plan] = (b"", {})
         self._last_prefix: tuple[bytes, Plan] = (b"", {})  # b'{"schema":<last schema>,"payload":' and its plan
         # one tuple per set of column names, so the lane validates and plans a shape once, not each row
@@ -219,9 +222,13 @@ class ChangeDecoder:
             row_schema = _row_schema(envelope)
             plan = schema_plan(row_schema, self._max_depth, self._column_types) if row_schema else self._bare_plan
             with self._lock:
-                if len(self._plans) >= _SCHEMA_CACHE_SIZE:
+                if len(self._plans) >= _SCHEMA_CACHE_SIZE or \
+                        self._plans_bytes + len(schema) > _SCHEMA_CACHE_BYTES:
                     self._plans.clear()  # bounded: a flood of ever-new schemas cannot grow it
-                self._plans[schema] = plan
+                    self._plans_bytes = 0
+                if len(schema) <= _SCHEMA_CACHE_BYTES // 8 and schema not in self._plans:
+                    self._plans[schema] = plan  # (a schema of over 1 MB is planned each time, never kept)
+                    self._plans_bytes += len(schema)
         self._last = (schema, plan)
         self._last_prefix = (b'{"schema":' + schema + b',"payload":', plan)
         return plan
