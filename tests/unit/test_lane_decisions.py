@@ -686,3 +686,30 @@ def test_tables_whose_works_were_parked_or_cancelled_are_forgotten(caplog: pytes
     s3 = Stepped()
     s3.lane.submit_all([work(f"r{i}") for i in range(100)])
     assert s3.lane.cancel() == 100 and s3.lane._tables == {}
+
+
+def test_a_pool_with_no_free_connection_requeues_its_works_without_counting_against_the_database() -> None:
+    """PoolBusy is the writer's own back-pressure (the prober and the redrive's probes held the spare connection):
+    it must neither count toward the database's circuit nor hold a table (a review)."""
+    from kapow.postgres.pool import PoolBusy
+
+    s = Stepped()
+    s.lane.submit_all([work("a"), work("b")])
+    jobs = s.pick()
+    original = s.lane.pool.connection
+
+    @contextlib.contextmanager
+    def busy() -> Iterator[Any]:
+        raise PoolBusy("no free connection to wh/db within 30 s")
+        yield
+
+    s.lane.pool.connection = busy  # type: ignore[method-assign]
+    for _ in range(CONFIG.pipeline.circuit_failures_to_open + 1):
+        s.lane._write(jobs)
+        jobs = s.pick()
+        assert sorted(j.key.table for j in jobs) == ["a", "b"], "the works were not requeued"
+    assert s.lane.circuit.closed and s.lane.last_failure == 0.0
+    assert s.lane.healthy(key("a")) and s.lane.healthy(key("b")) and not s.delivered
+    s.lane.pool.connection = original  # type: ignore[method-assign]
+    s.lane._write(jobs)
+    assert sorted(r.work.key.table for r in s.delivered) == ["a", "b"]

@@ -33,13 +33,13 @@ from psycopg import sql
 
 from kapow.config import DestinationConfig, PipelineConfig
 from kapow.contract import TableKey
-from kapow.errors import ErrorCode, Failure, Scope, classify_exception
+from kapow.errors import ErrorCode, Failure, Scope, classify_exception, one_line
 from kapow.pipeline.circuit import Circuit
 from kapow.pipeline.schedule import TableQueue, next_wake, pick
 from kapow.pipeline.unit import JobOutcome, TableJob, write_unit
 from kapow.pipeline.work import ErrorRecord, TableWork, WorkResult
 from kapow.postgres.catalog import Catalog
-from kapow.postgres.pool import ConnectionPool
+from kapow.postgres.pool import ConnectionPool, PoolBusy
 from kapow.postgres.writer import configure_connection
 
 log = logging.getLogger(__name__)
@@ -306,6 +306,12 @@ class DatabaseLane:
         try:
             with self.pool.connection() as conn:
                 outcomes = self._write_unit(conn, self._catalog, jobs)
+        except PoolBusy as exc:  # every connection lent (the prober's, the redrive's probes): our own back-pressure,
+            # not the database failing: the works go back to their queues, no circuit counts it, no table is held
+            failure = Failure(ErrorCode.TIMEOUT, one_line(exc), Scope.ROW)
+            outcomes = [JobOutcome(job, failure=failure) for job in jobs]
+            self._settle(outcomes)
+            return
         except Exception as exc:
             failure = classify_exception(exc)
             if failure.scope is Scope.ROW:  # the whole call refused on a row's grounds: a bug of ours
