@@ -325,6 +325,13 @@ def _decode(decoder: msgspec.json.Decoder[T], raw: bytes, what: str) -> T:
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
+        try:  # a shape refused at its first byte may not be JSON at all ("[1,2" is a cut array, not an array)
+            msgspec.json.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError) as bad:
+            raise PacketError(ErrorCode.NOT_JSON, f"value is not UTF-8 JSON: {describe(bad, raw)}") from None
+        except RecursionError:  # nested past any depth: an array or object that does not end as one is cut
+            if not raw.rstrip().endswith((b"]", b"}")):
+                raise PacketError(ErrorCode.NOT_JSON, "value is not UTF-8 JSON: Input data was truncated") from None
         prefix = "" if what == "packet" else f"{what}."
         raise PacketError(ErrorCode.BAD_PACKET, f"bad packet shape: {prefix}{describe(exc)}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:

@@ -342,3 +342,13 @@ def test_a_lone_surrogate_is_named_not_called_truncated(escape: bytes) -> None:
     with pytest.raises(PacketError) as cut:
         decode_keys(b'{"id": 1, "name": "\\ud83d\\ude00', max_depth=64)  # truly cut: still says so
     assert "truncated" in str(cut.value)
+
+
+@pytest.mark.parametrize(("value", "code"), [(b"[1,2", "not_json"), (b"[" * 99_000, "not_json"),
+                                             (b"[" * 99_000 + b"]" * 99_000, "bad_packet"), (b"[1,2]", "bad_packet"),
+                                             (b"123", "bad_packet"), (b'{"a": 1', "not_json")])
+def test_a_value_cut_short_is_not_json_even_where_its_first_byte_is_the_wrong_shape(value: bytes, code: str) -> None:
+    """A helper's run: 99,000 "[" with no "]" was bad_packet "Expected object, got array"; it is no JSON at all."""
+    with pytest.raises(PacketError) as raised:
+        decoder().split_raw(value)
+    assert raised.value.failure.code.value == code, raised.value.failure.message
