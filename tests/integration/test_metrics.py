@@ -33,8 +33,8 @@ def test_metrics_count_a_known_stream(make_env: Callable[..., kit.Env], http_wri
     wh, vault = kit.dest(db, "events"), kit.dest(db, "events", vanity="vault")
     landed = [make_packet([wh], {"id": i, "v": f"row {i}", "n": i}) for i in range(400)]
     by_code = {
-        "not_json": [b"{not json", b"\xff\xfe not even text"],
-        "bad_packet": [b'{"data": {"id": 1}}', b"[1, 2"],
+        "not_json": [b"{not json", b"\xff\xfe not even text", b"[1, 2"],  # (an array cut short is no JSON)
+        "bad_packet": [b'{"data": {"id": 1}}', b"[1, 2]"],
         "unknown_destination": [make_packet([kit.dest(db, "events", vanity="nowhere")], {"id": 1, "v": "x"})],
         "unknown_column": [make_packet([wh], {"id": 10_000 + i, "v": "x", "nope": 1}) for i in range(3)],
         "bad_value": [make_packet([wh], {"id": 20_000 + i, "v": "x", "n": "eleven"}) for i in range(4)],
