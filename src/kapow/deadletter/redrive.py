@@ -9,8 +9,9 @@ topic and lands like any packet. This thread does that in every writer:
 * **exactly once** — the republished copy, the DLQ marker that hides the parked record (the compacted
   ``<topic>.done`` topic the DLQ tools read) and the redrive group's offset are written in ONE Kafka transaction:
   a crash anywhere either did all three or none; a zombie writer is fenced by the group generation;
-* **only when healthy** — a record waits (its partition paused) until its destination's lane says the table
-  takes writes, and at least ``redrive_delay_s`` after it failed;
+* **only when healthy** — a record waits until its destination's lane says the table takes writes, and at least
+  ``redrive_delay_s`` after it failed; its partition's offset stays at it, while up to :data:`LOOKAHEAD` records
+  behind it are read on (one tenant's outage never holds another's records);
 * **paced and bounded** — at most ``redrive_rate`` records per second; a packet already tried
   ``redrive_max_attempts`` times, parked for another reason (``internal``), cut to fit (``kapow-value-truncated``),
   from a topic this writer does not consume, or already rescheduled or purged by an operator, is left for
