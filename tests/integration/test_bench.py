@@ -205,3 +205,19 @@ def test_the_writer_can_run_another_checkout_s_code(monkeypatch: pytest.MonkeyPa
     assert writer_env()["PYTHONPATH"] == os.pathsep.join(["/old/src", "/a"])
     monkeypatch.delenv("PYTHONPATH")
     assert writer_env()["PYTHONPATH"] == "/old/src"
+
+
+def test_the_client_floor_reads_and_sorts_every_packet_of_the_workload() -> None:
+    """`python -m kapow_bench.floor` (docs/BENCHMARKS.md, *The client's floor*): both stages over the whole topic,
+    every packet sorted into a row (the stage itself fails when sort files fewer), scratch objects dropped."""
+    before = scratch_databases()
+    proc = subprocess.run([sys.executable, "-m", "kapow_bench.floor", "-n", "25000", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    medians = [line for line in proc.stdout.splitlines() if " median: " in line]
+    assert [line.split()[0] for line in medians] == ["consume", "sort"], proc.stdout
+    for line in medians:
+        us = float(line.split("median:")[1].split("µs")[0])
+        assert 0 < us < 1_000, line  # a CPU figure a packet, not a stage that read nothing
+        assert "25,000 packets" in line
+    assert scratch_databases() <= before
