@@ -625,6 +625,24 @@ def test_a_table_wide_refusal_on_a_retry_fails_every_row(db: str, conn: psycopg.
     assert again[0].results is not None and again[0].results[1].failed[0].destination == dest(db, name)
 
 
+def test_a_table_wide_code_raised_for_some_rows_fails_only_those_rows(db: str, conn: psycopg.Connection[Any]) -> None:
+    """A row-level security policy, a trigger or a regclass value may raise a "table-wide" SQLSTATE (42501, 42P01,
+    0A000) for one row: on the retry the rows are isolated, and the good rows of the table land (a hostile run: all
+    three rows of an RLS table were refused for the one row of another owner)."""
+    name = new_table(db)
+    kit.sql(db, f"CREATE FUNCTION {name}_no() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.id = 2 THEN "
+                "RAISE EXCEPTION 'not yours' USING ERRCODE = '42501'; END IF; RETURN NEW; END $$; "
+                f"CREATE TRIGGER no BEFORE INSERT ON {name} FOR EACH ROW EXECUTE FUNCTION {name}_no()")
+    catalog = Catalog()
+    rows = [packet_row(dest(db, name), good(i)) for i in (1, 2, 3)]
+    first = write_unit(conn, catalog, [job(db, name, rows)])
+    assert first[0].failure is not None and first[0].failure.code is ErrorCode.TIMEOUT
+    again = write_unit(conn, catalog, [job(db, name, rows[:2], rows[2:], attempts=1)])
+    assert results(again[0]) == [(1, 0, ["forbidden_destination"]), (1, 0, [])]
+    assert again[0].results is not None and "not yours" in again[0].results[0].failed[0].failure.message
+    assert kit.scalar(db, f"SELECT array_agg(id ORDER BY id) FROM {name}") == [1, 3]
+
+
 def test_a_failure_while_isolating_holds_the_table_instead_of_failing_rows(db: str,
                                                                          conn: psycopg.Connection[Any]) -> None:
     """The whole statement fails on a row; its first probe then meets a lock timeout: the table waits, no row fails."""

@@ -106,9 +106,11 @@ def write_unit(conn: psycopg.Connection[Any], catalog: Catalog, jobs: list[Table
         if outcome.failure is None:
             out.append(JobOutcome(p.job, results=_landed(p, outcome.affected), seconds=outcome.seconds))
             continue
-        if len(jobs) > 1 and outcome.failure.scope is Scope.ROW and outcome.failure.code not in TABLE_WIDE_USER_CODES:
+        if len(jobs) > 1 and outcome.failure.scope is Scope.ROW and (
+                outcome.failure.code not in TABLE_WIDE_USER_CODES or not _first_try(p)):
             # bisecting 20,000 half-bad rows took 83 s, and its unit's other tables were answered only then (a
             # hostile run): the table is isolated in a unit of its own instead, and its neighbours are answered now
+            # (a table-wide code on a first try is not isolated at all: _settle holds the table once instead)
             out.append(JobOutcome(p.job, failure=outcome.failure, seconds=outcome.seconds, alone=True))
             continue
         started = time.monotonic()
@@ -383,13 +385,15 @@ def _settle(conn: psycopg.Connection[Any], catalog: Catalog, p: _Prepared, failu
         return JobOutcome(p.job, failure=failure)
     if failure.code in TABLE_WIDE_USER_CODES:
         # Validation passed, so the table changed under us (a column dropped, a privilege revoked): reread it and
-        # try once more, when every row is validated afresh; a second refusal is believed for every row.
+        # try once more, when every row is validated afresh. A second refusal, the fresh catalog still passing the
+        # rows, may be the rows' own: a row-level security policy refuses some owners (42501), a trigger raises
+        # 42P01 or 0A000 for some rows, a regclass value names no relation. Those were believed for every row, and
+        # a table's good rows went with its bad one (a hostile run): the rows are isolated instead, each failing
+        # with its own message; a table that refuses them all fails them all, one probe per range.
         catalog.invalidate(p.job.key)
-        if all(w.attempts == 0 for w in p.job.works):
+        if _first_try(p):
             return JobOutcome(p.job, failure=Failure(ErrorCode.TIMEOUT, f"table changed while writing:"
                                                                          f" {failure.message}", Scope.TABLE))
-        failed_all = [(p.owners[i], ErrorRecord(row.msg, failure, row.dest)) for i, row in enumerate(p.rows)]
-        return JobOutcome(p.job, results=_results(p, 0, failed_all))
     assert p.table is not None
     try:
         isolated = isolate(conn, p.table, p.statements, p.inputs)
@@ -402,6 +406,10 @@ def _settle(conn: psycopg.Connection[Any], catalog: Catalog, p: _Prepared, failu
     if results:
         results[0].probes = isolated.probes
     return JobOutcome(p.job, results=results)
+
+
+def _first_try(p: _Prepared) -> bool:
+    return all(w.attempts == 0 for w in p.job.works)
 
 
 def _landed(p: _Prepared, affected: list[int]) -> list[WorkResult]:
