@@ -643,6 +643,32 @@ def test_a_table_wide_code_raised_for_some_rows_fails_only_those_rows(db: str, c
     assert kit.scalar(db, f"SELECT array_agg(id ORDER BY id) FROM {name}") == [1, 3]
 
 
+def test_an_exclusion_conflict_is_refused_not_counted_as_a_duplicate(db: str, conn: psycopg.Connection[Any]) -> None:
+    """ON CONFLICT DO NOTHING without a target swallows an exclusion constraint's conflict too: the overlapping row
+    was dropped and counted as a duplicate (a hostile run; the audit then reported it missing). The insert names its
+    key on such a table, so the row fails alone as constraint_violation, and a replay is still a duplicate."""
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, during int4range NOT NULL,"
+                         " EXCLUDE USING gist (during WITH &&))")
+    rows = [packet_row(dest(db, name), {"id": i, "during": r}) for i, r in ((1, "[1,5)"), (2, "[3,8)"), (3, "[10,12)"))]
+    catalog = Catalog()
+    out = write_unit(conn, catalog, [job(db, name, rows)])
+    assert results(out[0]) == [(2, 0, ["constraint_violation"])]
+    assert kit.scalar(db, f"SELECT array_agg(id ORDER BY id) FROM {name}") == [1, 3]
+    again = write_unit(conn, catalog, [job(db, name, [rows[0], rows[2]])])
+    assert results(again[0]) == [(0, 2, [])], "a replay of landed rows is a duplicate, as on any table"
+
+
+def test_a_deferrable_unique_key_beside_the_primary_key_takes_inserts(db: str, conn: psycopg.Connection[Any]) -> None:
+    """Without a target, ON CONFLICT is refused outright beside a deferrable unique key ("does not support
+    deferrable unique constraints"): every packet of the table was parked as a system error, for good."""
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, code text UNIQUE DEFERRABLE)")
+    rows = [packet_row(dest(db, name), {"id": i, "code": f"c{i}"}) for i in (1, 2)]
+    catalog = Catalog()
+    assert results(write_unit(conn, catalog, [job(db, name, rows)])[0]) == [(2, 0, [])]
+    assert results(write_unit(conn, catalog, [job(db, name, rows)])[0]) == [(0, 2, [])]
+    assert kit.scalar(db, f"SELECT count(*) FROM {name}") == 2
+
+
 def test_a_failure_while_isolating_holds_the_table_instead_of_failing_rows(db: str,
                                                                          conn: psycopg.Connection[Any]) -> None:
     """The whole statement fails on a row; its first probe then meets a lock timeout: the table waits, no row fails."""

@@ -65,7 +65,11 @@ SELECT w.nspname, w.relname, c.oid IS NOT NULL, coalesce(c.relkind::text, ''),
                                                   (SELECT t.typtype = 'd' FROM pg_type t WHERE t.oid = a.atttypid))
                                  ORDER BY a.attnum)
                  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'),
-       coalesce(c.relrowsecurity, false)
+       coalesce(c.relrowsecurity, false),
+       -- an exclusion constraint (ON CONFLICT DO NOTHING without a target swallows its conflicts too) or a deferrable
+       -- unique key (refused as an arbiter): inserts into such a table name their key (kapow.postgres.statements)
+       coalesce(EXISTS (SELECT 1 FROM pg_constraint x WHERE x.conrelid = c.oid
+                        AND (x.contype = 'x' OR (x.contype IN ('p', 'u') AND x.condeferrable))), false)
 FROM wanted w
 LEFT JOIN pg_namespace n ON n.nspname = w.nspname
 LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.relname
@@ -143,6 +147,9 @@ class Table:
     copy_from: float = 0.0  # monotonic time from which its inserts may be COPYed again (kapow.postgres.writer)
     derived_bytes: int = 0  # what the two caches hold, as rough_bytes counts their keys and values
     relkind: str = "r"  # pg_class.relkind: a view ("v") and other relations that are no table are refused by name
+    # an exclusion constraint or a deferrable unique key: an insert's ON CONFLICT names one of unique_keys (without
+    # a target it swallowed exclusion conflicts as duplicates, and was refused outright beside a deferrable key)
+    targeted: bool = False
 
     MAX_DERIVED = 64  # entries per cache: a table sees a few keysets, not thousands
 
@@ -186,7 +193,7 @@ def load_tables(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> 
         rows = cur.fetchall()
     if not conn.autocommit:
         conn.rollback()  # leave the connection idle: the catalog read needs no transaction of its own
-    for schema, name, exists, relkind, can_insert, can_update, can_delete, keys, plain_ok, cols, rls in rows:
+    for schema, name, exists, relkind, can_insert, can_update, can_delete, keys, plain_ok, cols, rls, named in rows:
         if not exists:
             out[(schema, name)] = None
             continue
@@ -202,7 +209,8 @@ def load_tables(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> 
         null_keys = frozenset(key for key in unique if all(k[4] for k in keys if k[1] and tuple(k[2]) == key))
         out[(schema, name)] = Table(schema, name, columns, primary, unique, bool(keys) and not unique,
                                     can_insert, can_update, can_delete, plain_inserts=bool(plain_ok),
-                                    folding_keys=folding, row_security=bool(rls), null_keys=null_keys)
+                                    folding_keys=folding, row_security=bool(rls), null_keys=null_keys,
+                                    targeted=bool(named))
     return out
 
 

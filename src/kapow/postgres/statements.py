@@ -512,6 +512,18 @@ def null_guard(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str
         given=given, message=sql.Literal(message), column=sql.Literal(column))
 
 
+def insert_arbiter(table: Table, columns: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The key an insert's ``ON CONFLICT`` names on a :attr:`~kapow.postgres.catalog.Table.targeted` table (one with
+    an exclusion constraint or a deferrable unique key), or None: no target, a conflict on any unique key is a
+    duplicate. Without a target, PostgreSQL also took an exclusion constraint's conflict for a duplicate (the row was
+    dropped, counted as landed before) and refused the statement beside a deferrable key. The primary key when the
+    insert gives it, else the first immediate unique key it gives: a replay conflicts on each of its keys alike."""
+    if not table.targeted:
+        return None
+    keys = ([table.primary_key] if table.primary_key else []) + list(table.unique_keys)
+    return next((k for k in keys if all(c in columns for c in k)), None)
+
+
 def _insert_head(table: Table, columns: tuple[str, ...], guard: sql.Composable | None = None) -> sql.Composed:
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     source = sql.SQL("json_populate_recordset(NULL::{tbl}, $1::json)").format(tbl=table.qualified)
@@ -548,7 +560,11 @@ def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ..
                        " AS r{where} ORDER BY {by}, r.ordinality DESC").format(tbl=tbl, cols=cols, by=by,
                                                                              source=source, where=where)
     if kind == INSERT:
-        return sql.SQL("{head} ON CONFLICT DO NOTHING").format(head=head)
+        arbiter = insert_arbiter(table, columns)
+        if arbiter is None:
+            return sql.SQL("{head} ON CONFLICT DO NOTHING").format(head=head)
+        return sql.SQL("{head} ON CONFLICT ({target}) DO NOTHING").format(
+            head=head, target=sql.SQL(", ").join(sql.Identifier(c) for c in arbiter))
     updates = [c for c in columns if c not in key]
     target = sql.SQL(", ").join(sql.Identifier(c) for c in key)
     if not updates:
