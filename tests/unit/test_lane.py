@@ -256,6 +256,19 @@ def test_while_the_circuit_is_open_only_the_prober_tries_the_database() -> None:
     h.lane.close()
 
 
+def test_a_circuit_opened_by_probes_alone_is_closed_by_the_prober_once_the_database_is_back() -> None:
+    """The redrive asks a lane that never wrote (a writer started while its database was down): its probes open the
+    circuit, and the prober, started by them, closes it again with no packet submitted (a hostile run: a writer's
+    parked packets waited for good, until a new packet for the database came)."""
+    h = Harness(Script())
+    h.pool.down = True
+    kit_wait(lambda: (h.lane.probe(), not h.lane.circuit.closed)[1], "the probes to open the circuit")
+    h.pool.down = False
+    kit_wait(lambda: h.lane.circuit.closed, "the prober to close the circuit without traffic")
+    assert any(n.startswith("kapow-probe-") for n in h.pool.lent_to), "closed by the caller, not by the prober"
+    h.lane.close()
+
+
 def kit_wait(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -112,8 +112,7 @@ class DatabaseLane:
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"lane {self.name} is closed")
-            if not self._threads:
-                self._start_threads()
+            self._start_locked()
             now = self._clock()
             tables, pending = self._tables, self._pending
             for work in works:
@@ -202,7 +201,16 @@ class DatabaseLane:
             self._clock() - self.last_success < within_s
 
     def probe(self) -> bool:
-        """Try the database now (one connection, ``SELECT 1``); the circuit learns the outcome."""
+        """Try the database now (one connection, ``SELECT 1``); the circuit learns the outcome.
+
+        Starts the lane's threads when it has none yet: a lane the redrive asked about before anything was written
+        to it (a writer started while the database was down, or given its parked records by a rebalance) opened
+        its circuit with these probes and had no prober to close it, so the database's parked packets waited for
+        good, until some new packet for it came (a hostile run: 200 packets, 60 s after the database was back).
+        """
+        with self._cond:
+            if not self._closed:
+                self._start_locked()
         try:
             with self.pool.connection() as conn:
                 conn.execute("SELECT 1")
@@ -251,6 +259,10 @@ class DatabaseLane:
         self.pool.close()
 
     # ------------------------------------------------------------------ workers
+    def _start_locked(self) -> None:
+        if not self._threads:
+            self._start_threads()
+
     def _start_threads(self) -> None:
         for i in range(self.config.max_connections):
             thread = threading.Thread(target=self._work, name=f"kapow-lane-{self.name}-{i}", daemon=True)
