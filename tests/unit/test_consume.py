@@ -25,6 +25,12 @@ class Record:
     def partition(self) -> int:
         return self._partition
 
+    def key(self) -> bytes | None:
+        return None
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return None
+
 
 class Queue:
     """librdkafka's side: ``ready`` records are queued; ``arriving`` ones come during a call that waits; a

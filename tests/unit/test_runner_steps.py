@@ -28,10 +28,12 @@ from kapow.pipeline.process import bounded as _bounded
 from kapow.pipeline.process import tune_gc
 from kapow.pipeline.readahead import PAUSE_S
 from kapow.pipeline.runner import CLOSE_TIMEOUT_S, MAX_WINDOW, Writer
-from kapow.pipeline.work import PACKET_OVERHEAD, ErrorRecord, TableWork, WorkResult
+from kapow.pipeline.work import PACKET_OVERHEAD, ErrorRecord, TableWork, WorkResult, header_bytes
 from tests.unit.fake_kafka import FakeClients, FakeConsumer, FakePersister, FakeProducer
 from tests.unit.test_runner import CONFIG, packet, records, steps, writer
 
+# what a record holds besides its value: the overhead and its context header (kapow.pipeline.work.record_bytes)
+HELD = PACKET_OVERHEAD + header_bytes([("context", CONTEXT_VALUE)])
 
 def writer_with(spec: dict[int, list[bytes]], **settings: str) -> tuple[Writer, FakeConsumer, FakeProducer,
                                                                      FakePersister]:
@@ -139,9 +141,9 @@ def test_a_batch_holds_its_bytes_until_its_rows_land_and_its_error_records_are_a
     producer.failing.add("kapow.errors.user")
     w.step()
     (batch,) = list(w.window)
-    value_size = len(packet("held", 0)) + PACKET_OVERHEAD  # the value and what its record holds besides
+    value_size = len(packet("held", 0)) + HELD  # the value and what its record holds besides
     assert (batch.pending, batch.unacked) == (1, 1)
-    assert w.held_bytes == batch.nbytes == value_size + len(bad) + PACKET_OVERHEAD
+    assert w.held_bytes == batch.nbytes == value_size + len(bad) + HELD
     assert sample("kapow_batches_in_flight") == 1
     producer.failing.clear()
     w.step()  # the error record is produced again and acknowledged
@@ -168,7 +170,7 @@ def test_an_ack_for_a_batch_dropped_by_a_revoke_does_not_free_bytes_twice(retry_
     producer.failing.clear()
     w.step()  # both error records are acknowledged: the dropped batch's frees nothing of the new one's
     assert dropped.unacked == 0
-    assert w.held_bytes == sum(b.nbytes for b in w.window) == len(packet("held", 1)) + PACKET_OVERHEAD
+    assert w.held_bytes == sum(b.nbytes for b in w.window) == len(packet("held", 1)) + HELD
 
 
 def test_an_answer_for_a_batch_dropped_by_a_revoke_is_ignored() -> None:
@@ -634,8 +636,8 @@ def test_each_error_record_of_a_batch_is_waited_for_and_its_bytes_held(retry_at_
     producer.failing.add("kapow.errors.user")
     w.step()
     (batch,) = list(w.window)
-    assert (batch.unacked, batch.nbytes, w.held_bytes) == (2, len(bad1) + len(bad2) + 2 * PACKET_OVERHEAD,
-                                                         len(bad1) + len(bad2) + 2 * PACKET_OVERHEAD)
+    assert (batch.unacked, batch.nbytes, w.held_bytes) == (2, len(bad1) + len(bad2) + 2 * HELD,
+                                                         len(bad1) + len(bad2) + 2 * HELD)
 
 
 def test_drain_looks_for_answers_briefly_and_never_waits_on_the_producer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ from kapow.contract import CONTEXT_VALUE
 from kapow.errors import ErrorCode, Failure, Scope
 from kapow.pipeline.process import Trimmer, trim_memory
 from kapow.pipeline.sort import Sorter
-from kapow.pipeline.work import LARGE_PACKET, PACKET_OVERHEAD, ErrorRecord, WorkResult
+from kapow.pipeline.work import LARGE_PACKET, PACKET_OVERHEAD, ErrorRecord, WorkResult, record_bytes
 from tests.unit.test_runner import CONFIG, packet
 
 MIB = 1024 * 1024
@@ -50,7 +50,8 @@ def test_sort_counts_each_large_packet_by_itself_in_a_table_of_mostly_small_ones
     msgs = [message(packet("t", i), i) for i in range(1, 2000)] + [message(big, 2000)]
     _batch, works = Sorter(parse_config(CONFIG.format(extra=""))).sort(1, msgs)
     (work,) = works
-    assert work.large == len(big) + PACKET_OVERHEAD > LARGE_PACKET
+    assert work.large == record_bytes(msgs[-1]) == len(big) + len("context") + len(CONTEXT_VALUE) + PACKET_OVERHEAD
+    assert work.large > LARGE_PACKET
     assert work.nbytes < LARGE_PACKET * len(work.rows), "on average a small row: the old rule counted nothing"
     trimmer, _calls = counting()
     trimmer.answered(WorkResult(work, landed=2000))
@@ -65,7 +66,7 @@ def test_failed_large_packets_count_when_their_error_records_are_acknowledged() 
     failed = ErrorRecord(work.rows[0].msg, Failure(ErrorCode.BAD_VALUE, "no", Scope.ROW), None)
     trimmer, _calls = counting()
     trimmer.answered(WorkResult(work, landed=3, failed=[failed]))
-    size = len(work.rows[0].msg.value() or b"") + PACKET_OVERHEAD
+    size = record_bytes(work.rows[0].msg)
     assert trimmer.pending == work.large - size
     trimmer.acked(size)
     assert trimmer.pending == work.large

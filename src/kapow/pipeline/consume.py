@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Set
 from typing import Any
 
-from kapow.pipeline.work import PACKET_OVERHEAD
+from kapow.pipeline.work import record_bytes
 
 RECORD_BYTES = 1024 * 1024  # the largest record a broker takes by default (message.max.bytes, 1 MB)
 
@@ -44,8 +44,9 @@ class Revoked:
 
 def consume_bounded(consumer: Any, target: int, wait: float, budget: int, revoked: Revoked,
                     clock: Callable[[], float] = time.monotonic) -> list[Any]:
-    """Up to ``target`` records and about ``budget`` bytes (values + PACKET_OVERHEAD; at least one record),
-    waiting ``wait`` s in all; records of partitions ``revoked`` after they were taken are left out."""
+    """Up to ``target`` records and about ``budget`` bytes (:func:`~kapow.pipeline.work.record_bytes`: values, keys,
+    headers and the overhead; at least one record), waiting ``wait`` s in all; records of partitions ``revoked``
+    after they were taken are left out."""
     deadline = clock() + wait
     asked = max(1, min(target, budget // RECORD_BYTES))
     msgs: list[Any] = consumer.consume(asked, wait)
@@ -69,4 +70,4 @@ def consume_bounded(consumer: Any, target: int, wait: float, budget: int, revoke
 
 
 def _bytes(msgs: list[Any]) -> int:
-    return sum(len(m.value() or b"") for m in msgs) + PACKET_OVERHEAD * len(msgs)
+    return sum(map(record_bytes, msgs))

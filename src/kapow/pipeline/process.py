@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kapow.pipeline.work import LARGE_PACKET, PACKET_OVERHEAD, WorkResult
+from kapow.pipeline.work import LARGE_PACKET, WorkResult, record_bytes
 
 log = logging.getLogger("kapow.writer")
 
@@ -74,12 +74,12 @@ class Trimmer:
 
     def answered(self, result: WorkResult) -> None:
         """A work's packets were let go; its failed ones go when their error records are acknowledged."""
-        held = sum(size for r in result.failed
-                   if (size := len(r.msg.value() or b"") + PACKET_OVERHEAD) > LARGE_PACKET)
+        held = sum(size for r in result.failed if (size := record_bytes(r.msg)) > LARGE_PACKET)
         self.freed(result.work.large - held)
 
     def acked(self, size: int) -> None:
-        """An error record of ``size`` bytes (value + PACKET_OVERHEAD) was acknowledged: its packet is let go."""
+        """An error record of ``size`` bytes (:func:`~kapow.pipeline.work.record_bytes`) was acknowledged: its packet
+        is let go."""
         self.freed(size if size > LARGE_PACKET else 0)
 
     def settle(self, *, idle: bool = False) -> bool:

@@ -42,7 +42,7 @@ from kapow.pipeline.persist import Persister
 from kapow.pipeline.process import Trimmer, bounded, tune_gc
 from kapow.pipeline.readahead import ReadAhead
 from kapow.pipeline.sort import Sorter
-from kapow.pipeline.work import PACKET_OVERHEAD, ErrorRecord, WorkResult
+from kapow.pipeline.work import PACKET_OVERHEAD, ErrorRecord, WorkResult, record_bytes
 
 log = logging.getLogger("kapow.writer")
 
@@ -262,7 +262,7 @@ class Writer:
     def _publish(self, batch: Batch, record: ErrorRecord, *, at_sort: bool) -> None:
         assert self.errors is not None
         self.observer.failed(batch, record, at_sort=at_sort)
-        size = len(record.msg.value() or b"") + PACKET_OVERHEAD
+        size = record_bytes(record.msg)
         batch.unacked += 1
         batch.nbytes += size
         self.held_bytes += size

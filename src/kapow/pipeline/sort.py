@@ -24,7 +24,7 @@ from kapow.errors import ErrorCode, Failure, PacketError, Scope
 from kapow.pipeline.batch import Batch, TopicCounts
 from kapow.pipeline.filter import is_pipeline_record
 from kapow.pipeline.route import Route, Router, RouteSpec
-from kapow.pipeline.work import LARGE_PACKET, PACKET_OVERHEAD, ErrorRecord, Row, TableWork
+from kapow.pipeline.work import LARGE_PACKET, PACKET_OVERHEAD, ErrorRecord, Row, TableWork, header_bytes, record_bytes
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -199,7 +199,12 @@ class Sorter:
         if decoder.only is not None:  # copies for one destination each (kapow-destination): one by one
             return False
         values: list[bytes] = [m.value() for m in run]  # type: ignore[misc]
-        if None in values or max(map(len, values)) > min(decoder.max_bytes, ALIKE_MAX_BYTES):
+        # what each record holds beside its value (its headers, one list for the run; its key) is counted too
+        extra = header_bytes(headers[0])
+        keys_ = [m.key() for m in run]
+        key_bytes = 0 if keys_.count(None) == len(keys_) else sum(len(k) for k in keys_ if k)
+        if None in values or max(map(len, values)) + extra > min(decoder.max_bytes, ALIKE_MAX_BYTES) or \
+                key_bytes > len(run) * ALIKE_MAX_BYTES // 2:
             return False
         split = decoder.split_all(values)
         if split is None:
@@ -229,7 +234,8 @@ class Sorter:
                     self._skip_runs = RUN_SKIP  # built yet do not count: their next run is read whole)
                 return values, contexts, docs
             counts.passed += len(run)
-            self._file_whole(batch, works, run, values, docs, read[1], self._interned(read[0]), dests)
+            self._file_whole(batch, works, run, values, docs, read[1], self._interned(read[0]), dests,
+                             len(run) * extra + key_bytes)
             return True
         counts.passed += len(run)
         whole = pending = False
@@ -246,7 +252,8 @@ class Sorter:
                 keys, decoded = found
             whole = True
             self._file_whole(batch, works, list(map(run.__getitem__, indices)), list(map(values.__getitem__, indices)),
-                             part, decoded, self._interned(keys), routes)
+                             part, decoded, self._interned(keys), routes,
+                             len(indices) * extra + (key_bytes and sum(len(keys_[i] or b"") for i in indices)))
         # no context's rows read whole: when none may be later either (optional columns, say), or names have only
         # been waiting for their shapes for FRUITLESS_RUNS runs in a row (more tables of their own names than the
         # shapes kept: a helper's review measured 1.1-1.2x the old sort there), runs of several contexts are not
@@ -275,14 +282,15 @@ class Sorter:
 
     def _file_whole(self, batch: Batch, works: dict[TableKey, TableWork], run: list[Message], values: list[bytes],
                     docs: list[msgspec.Raw], decoded: list[Any], keys: tuple[str, ...],
-                    dests: list[tuple[Destination, Route]]) -> None:
-        """File alike records of one context, read: a row per record for each of its tables, in one call each."""
+                    dests: list[tuple[Destination, Route]], extra: int) -> None:
+        """File alike records of one context, read: a row per record for each of its tables, in one call each
+        (``extra``: the bytes of the records' headers and keys, counted with them)."""
         # what each row holds (see _file): its value, the overhead, its decoded values; no row is large
         text = sum(map(len, docs))
         if not all(map(bytes.isascii, values)):
             text += 3 * sum(len(d) for d, v in zip(docs, values, strict=True) if not v.isascii())
         n = len(run)
-        size = sum(map(len, values)) + n * (PACKET_OVERHEAD + 64 * len(keys)) + text
+        size = sum(map(len, values)) + n * (PACKET_OVERHEAD + 64 * len(keys)) + text + extra
         for dest, (key, config) in dests:
             work = works.get(key)
             if work is None:
@@ -371,7 +379,7 @@ class Sorter:
         if work is None:
             work = works[route.key] = TableWork(route.key, route.destination, [], batch.seq, 0)
         work.rows.append(row)
-        size = len(value or b"") + PACKET_OVERHEAD
+        size = record_bytes(msg)
         if row.values is not None and value is not None:
             size += values_bytes(len(value), value.isascii(), len(row.keys))
         work.nbytes += size
@@ -412,7 +420,7 @@ class Sorter:
         if keys is not self._names[0]:  # a row of the previous row's shape comes with the very same tuple
             self._names = (keys, self._keysets.intern(keys))
         keys = self._names[1]
-        size = len(value) + PACKET_OVERHEAD
+        size = record_bytes(msg)
         if values is not None:
             size += values_bytes(len(doc), value.isascii(), len(keys))
         for dest, route in routes:
