@@ -94,7 +94,7 @@ def connect_failure(exc: BaseException, dest: DestinationConfig) -> str:
     lines: list[str] = []
     for raw in str(exc).splitlines():
         if raw[:1].isspace() and lines:  # libpq's hint under its reason ("Is the server running on ...")
-            lines[-1] += " " + raw.strip()
+            lines[-1] = lines[-1].rstrip(".") + ". " + raw.strip()  # two sentences, read as two
         elif raw.strip() and not raw.startswith(("Multiple connection attempts", "- host")):
             lines.append(_PREFIX.sub("", raw.strip()).replace("FATAL:  ", ""))
     reason = next((line for line in lines if "Connection refused" not in line), lines[0] if lines else str(exc))

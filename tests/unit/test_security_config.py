@@ -155,7 +155,7 @@ def test_connect_failures_are_one_line_saying_what_to_check() -> None:
         assert needle in line and "\n" not in line and "connection failed" not in line, (raw, line)
     refused = connect_failure(psycopg.OperationalError(pre + "Connection refused\n\tIs the server running on that "
                                                        "host and accepting TCP/IP connections?"), dest)
-    assert refused == "Connection refused Is the server running on that host and accepting TCP/IP connections?"
+    assert refused == "Connection refused. Is the server running on that host and accepting TCP/IP connections?"
     both = pre + "Connection refused\n" + pre.replace("127.0.0.1", "::1") + "SSL error: certificate verify failed"
     assert "does not verify" in connect_failure(psycopg.OperationalError(both), dest)  # not the refused address
 
