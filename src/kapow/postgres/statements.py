@@ -524,9 +524,25 @@ def insert_arbiter(table: Table, columns: tuple[str, ...]) -> tuple[str, ...] | 
     return next((k for k in keys if all(c in columns for c in k)), None)
 
 
+def rows_source(table: Table, columns: tuple[str, ...]) -> sql.Composable:
+    """The statement's rows from its JSON payload (``$1``), each value typed by its column.
+
+    ``json_populate_recordset(NULL::tbl, …)`` makes whole rows of the table's type, so a domain column the rows
+    leave out is a NULL of that domain: a ``NOT NULL`` domain (or one whose ``CHECK`` refuses NULL) refused every
+    packet that left it out, though the insert takes the column's default (a hostile run: a table's every packet
+    refused as missing_column). Such a statement reads its rows with ``json_to_recordset`` and the given columns'
+    own types instead; anything else keeps the plain form (its text is the same as before, and so its plans).
+    """
+    if not any(c.domain and c.name not in columns for c in table.columns.values()):
+        return sql.SQL("json_populate_recordset(NULL::{tbl}, $1::json)").format(tbl=table.qualified)
+    typed = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(table.columns[c].sql_type))
+                               for c in columns if c in table.columns)  # (the catalog's format_type: quoted)
+    return sql.SQL("ROWS FROM (json_to_recordset($1::json) AS ({typed}))").format(typed=typed)
+
+
 def _insert_head(table: Table, columns: tuple[str, ...], guard: sql.Composable | None = None) -> sql.Composed:
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    source = sql.SQL("json_populate_recordset(NULL::{tbl}, $1::json)").format(tbl=table.qualified)
+    source = rows_source(table, columns)
     where = sql.SQL(" WHERE {}").format(guard) if guard is not None else sql.SQL("")
     return sql.SQL("INSERT INTO {tbl} AS t ({cols}) SELECT {cols} FROM {source}{where}").format(
         tbl=table.qualified, cols=cols, source=source, where=where)
@@ -535,7 +551,8 @@ def _insert_head(table: Table, columns: tuple[str, ...], guard: sql.Composable |
 def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ...],
            version: str | None, nulls_ok: bool = False) -> sql.Composed:
     tbl = table.qualified
-    source = sql.SQL("json_populate_recordset(NULL::{tbl}, $1::json)").format(tbl=tbl)
+    # (a delete is built with no columns of its own: what it reads of its rows is its key and version)
+    source = rows_source(table, tuple(dict.fromkeys((*columns, *key, *([version] if version else [])))))
     if kind == DELETE:
         nulls_match = key in table.null_keys  # a null key deletes the row whose key is null (not = : IS NULL)
         match = sql.SQL(" AND ").join(

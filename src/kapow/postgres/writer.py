@@ -210,8 +210,6 @@ def copy_text(table: Table, statement: Statement) -> str | None:
             return None
         if not nulls_ok and null_guard(table, INSERT, columns, ()) is not None:
             return None  # a null unique key must be refused, which COPY cannot
-        if any(c.domain and c.name not in columns for c in table.columns.values()):
-            return None  # json_populate_recordset checks a domain's constraints on NULL for a column not given
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
         return sql.SQL("COPY {tbl} ({cols}) FROM STDIN (FORMAT csv, NULL 'null')").format(
             tbl=table.qualified, cols=cols).as_string(None)
