@@ -45,9 +45,13 @@ _CHK_DDL = ("CREATE TEMP TABLE IF NOT EXISTS audit_chk (seq int8, grp int4, keyd
 _RES_DDL = "CREATE TEMP TABLE IF NOT EXISTS audit_res (seq int8, st text)"
 
 _TABLE = """
-    SELECT c.oid::int8, array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped)
+    SELECT c.oid::int8, array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped),
+           array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+               FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped),
+           coalesce(bool_or(t.typtype = 'd') FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), false)
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_attribute a ON a.attrelid = c.oid
+    LEFT JOIN pg_type t ON t.oid = a.atttypid
     WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
     GROUP BY c.oid
 """
@@ -68,14 +72,17 @@ MAX_KEYS = 8
 _KV_DDL = "CREATE TEMP TABLE IF NOT EXISTS audit_kv (seq int8, st text)"
 
 
-def table_keys(conn: psycopg.Connection[Any], schema: str, table: str) -> tuple[list[str], list[list[str]]] | None:
-    """(its columns, its usable unique keys, the primary key first), or None when the table does not exist."""
+def table_keys(conn: psycopg.Connection[Any], schema: str, table: str
+               ) -> tuple[list[str], list[list[str]], dict[str, str] | None] | None:
+    """(its columns, its usable unique keys, the primary key first, and its columns' types when one of them is a
+    domain, else None), or None when the table does not exist."""
     found = conn.execute(_TABLE.encode(), (schema, table)).fetchone()
     if found is None:
         return None
-    oid, columns = found
+    oid, columns, types, domains = found
     keys = conn.execute(_KEYS.encode(), (oid,)).fetchall()
-    return list(columns or []), [list(k) for _primary, k in keys]
+    typed = dict(zip(columns or [], types or [], strict=True)) if domains else None
+    return list(columns or []), [list(k) for _primary, k in keys], typed
 
 
 def own_key(columns: list[str], keys: list[list[str]], override: str) -> list[str]:
@@ -87,11 +94,14 @@ def own_key(columns: list[str], keys: list[list[str]], override: str) -> list[st
 
 
 def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this_key: list[int],
-              others: list[str] | None = None) -> sql.Composed:
+              others: list[str] | None = None, types: dict[str, str] | None = None) -> sql.Composed:
     """The one statement that judges, under one key, every item of one table whose data gives that key (see the
     module docstring): ``groups`` are the table's groups, ``by_this_key`` those whose writes go by this key (their
     deletes count; a delete's data is its key only); ``others``: the columns of the table's other keys, which the
-    row found by this key must hold as an item gives them for this key to confirm that item."""
+    row found by this key must hold as an item gives them for this key to confirm that item. ``types``: the
+    columns' types, given for a table with a domain column (the key values are then cut out by ``json_to_record``
+    with the key columns' own types: a whole row of the table's type held a NULL of every other domain column, and
+    a NOT NULL domain made the whole audit fail, as it did the writer's statements)."""
     others = [c for c in others or [] if c not in keys]
     ks = [sql.Identifier(f"k{i}") for i in range(len(keys))]
     os_ = [sql.Identifier(f"x{i}") for i in range(len(others))]
@@ -102,6 +112,12 @@ def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this
                             for c, on in zip(others, os_, strict=True))
     in_row = sql.SQL(" AND ").join(sql.SQL("x.{} = o.{}").format(sql.Identifier(k), kn)
                                    for k, kn in zip(keys, ks, strict=True))
+    if types is None:
+        populate = sql.SQL("json_populate_record(NULL::{table}, json_build_object({pairs})) r").format(
+            table=table, pairs=pairs)
+    else:
+        typed = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(types[c])) for c in keys + others)
+        populate = sql.SQL("json_to_record(json_build_object({pairs})) AS r({typed})").format(pairs=pairs, typed=typed)
     klist = sql.SQL(", ").join(ks)
     null = sql.SQL(" OR ").join(sql.SQL("o.{} IS NULL").format(kn) for kn in ks)
     same = sql.SQL(" AND ").join(sql.SQL("s.{k} = o.{k}").format(k=kn) for kn in ks)
@@ -114,7 +130,7 @@ def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this
                    c.grp = ANY({by_this_key}::int4[]) AS native, ARRAY[c.ts, c.t, c.p, c.o]::int8[] AS at, {picked}
             FROM audit_chk c
             CROSS JOIN LATERAL (SELECT c.keydoc::json AS d) j
-            CROSS JOIN LATERAL json_populate_record(NULL::{table}, json_build_object({pairs})) r
+            CROSS JOIN LATERAL {populate}
             WHERE c.grp = ANY({groups}::int4[])
               AND (c.mode % {guarded} <> {delete} OR c.grp = ANY({by_this_key}::int4[]))
         ),
@@ -151,9 +167,9 @@ def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this
             WHERE o.eff IN (0, 1)
         )
         SELECT seq, st FROM judged WHERE st IS NOT NULL
-    """).format(picked=picked, table=table, pairs=pairs, groups=sql.Literal(groups), null=null, klist=klist,
-                in_table=in_table, delete=sql.Literal(int(Mode.DELETE)), upsert=sql.Literal(int(Mode.UPSERT)),
-                guarded=sql.Literal(GUARDED), in_row=in_row, mine=mine,
+    """).format(populate=populate, picked=picked, table=table, pairs=pairs, groups=sql.Literal(groups), null=null,
+                klist=klist, in_table=in_table, delete=sql.Literal(int(Mode.DELETE)),
+                upsert=sql.Literal(int(Mode.UPSERT)), guarded=sql.Literal(GUARDED), in_row=in_row, mine=mine,
                 same=same, by_this_key=sql.Literal(by_this_key))
 
 
@@ -192,7 +208,7 @@ def check_table(conn: psycopg.Connection[Any], schema: str, table: str, groups: 
         conn.execute(b"INSERT INTO audit_kv SELECT seq, 'm' FROM audit_chk WHERE grp = ANY(%s::int4[])"
                      b" AND eff IN (0, 1)", (ids,))
         return
-    columns, keys = found
+    columns, keys, types = found
     owns = [(g, own_key(columns, keys, override)) for g, override in groups]
     judged: list[list[str]] = []
     for key in [k for _g, k in owns] + keys:
@@ -201,7 +217,7 @@ def check_table(conn: psycopg.Connection[Any], schema: str, table: str, groups: 
     qualified = sql.Identifier(schema, table)
     for key in judged:
         others = list(dict.fromkeys(c for k in judged if k != key for c in k))
-        statement = _verdicts(qualified, key, ids, [g for g, k in owns if k == key], others)
+        statement = _verdicts(qualified, key, ids, [g for g, k in owns if k == key], others, types)
         try:
             with conn.transaction():
                 conn.execute(statement)
