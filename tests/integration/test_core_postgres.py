@@ -688,6 +688,25 @@ def test_a_not_null_domain_column_left_out_takes_its_default(db: str, conn: psyc
     assert results(write_unit(conn, catalog, [job(db, name, null)])[0])[0][2] in (["missing_column"], ["bad_value"])
 
 
+def test_a_null_version_is_refused_and_a_stored_null_version_is_older_than_any(db: str,
+                                                                              conn: psycopg.Connection[Any]) -> None:
+    """A null compares as nothing: a guarded upsert with "ver": null did nothing to an existing row and inserted a
+    new one, silently, and a row stored with a null version could never be upserted or deleted again (a hostile
+    run). A null version is refused now (missing_key, as an absent one is); a stored null is older than any."""
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, v text, ver int)")
+    kit.sql(db, f"INSERT INTO {name} VALUES (1, 'old', NULL), (3, 'old', NULL)")
+    catalog = Catalog()
+    up, gone = dest(db, name, mode="upsert", version="ver"), dest(db, name, mode="delete", version="ver")
+    out = write_unit(conn, catalog, [job(db, name, [packet_row(up, {"id": 1, "v": "new", "ver": 1})])])
+    assert results(out[0]) == [(1, 0, [])]
+    nulls = [packet_row(up, {"id": 2, "v": "x", "ver": None}), packet_row(gone, {"id": 1, "ver": None})]
+    out = write_unit(conn, catalog, [job(db, name, nulls)])
+    assert results(out[0]) == [(0, 0, ["missing_key", "missing_key"])]
+    out = write_unit(conn, catalog, [job(db, name, [packet_row(gone, {"id": 3, "ver": 0})])])
+    assert results(out[0]) == [(1, 0, [])]
+    assert kit.scalar(db, f"SELECT array_agg(ARRAY[id::text, v, ver::text]) FROM {name}") == [["1", "new", "1"]]
+
+
 def test_a_failure_while_isolating_holds_the_table_instead_of_failing_rows(db: str,
                                                                          conn: psycopg.Connection[Any]) -> None:
     """The whole statement fails on a row; its first probe then meets a lock timeout: the table waits, no row fails."""

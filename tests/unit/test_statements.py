@@ -125,10 +125,10 @@ def test_version_guard_is_never_folded_and_guards_the_sql() -> None:
     rows = [RowIn(b'{"id":1,"c":5}', ("id", "c"), guarded), RowIn(b'{"id":1,"c":3}', ("id", "c"), guarded)]
     statements = plan(table(), rows, {0: ("id",), 1: ("id",)})
     assert len(statements) == 2
-    assert 'WHERE t."c" <= EXCLUDED."c"' in statements[0].text
+    assert 'WHERE t."c" IS NULL OR t."c" <= EXCLUDED."c"' in statements[0].text
     delete = plan(table(), [RowIn(b'{"id":1,"c":5}', ("id", "c"), Destination("wh", "db", "t", mode=DELETE,
                                                                                    version="c"))], {0: ("id",)})
-    assert 'AND t."c" <= r."c"' in delete[0].text
+    assert 'AND (t."c" IS NULL OR t."c" <= r."c")' in delete[0].text
 
 
 def test_statement_text_is_cached_on_the_table_and_bounded() -> None:
@@ -173,7 +173,7 @@ def test_the_sql_of_each_statement_shape() -> None:
     versioned = Destination("wh", "db", "t", mode=UPSERT, version="c")
     (guarded,) = plan(t, [RowIn(b'{"id":1,"a":1,"c":2}', ("id", "a", "c"), versioned)], {0: ("id",)})
     assert guarded.text.endswith(' ON CONFLICT ("id") DO UPDATE SET "a" = EXCLUDED."a", "c" = EXCLUDED."c"'
-                                 ' WHERE t."c" <= EXCLUDED."c"'), guarded.text
+                                 ' WHERE t."c" IS NULL OR t."c" <= EXCLUDED."c"'), guarded.text
     pk = {**table().columns, "a": Column("a", "bigint", True, False, False)}  # a primary key is NOT NULL
     pair = Table("public", "t", pk, ("id", "a"), (("id", "a"),), False, True, True, True)
     (delete,) = plan(pair, [RowIn(b'{"id":1,"a":1}', ("id", "a"), DEST[DELETE])], {0: ("id", "a")})

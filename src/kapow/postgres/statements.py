@@ -540,6 +540,27 @@ def rows_source(table: Table, columns: tuple[str, ...]) -> sql.Composable:
     return sql.SQL("ROWS FROM (json_to_recordset($1::json) AS ({typed}))").format(typed=typed)
 
 
+def version_gate(table: Table, version: str | None, qualifier: str | None = None) -> sql.Composable | None:
+    """A ``WHERE`` condition that refuses (:data:`NULL_KEY_STATE`, missing_key) a guarded write whose version is
+    null, or None without a guard. A null compares as nothing: such an upsert did nothing to an existing row and
+    inserted a new one, silently, while an absent version was refused (a hostile run). A stored null version, for
+    its part, is older than any (the guards say ``IS NULL OR <=``): such a row could never be written again."""
+    if version is None:
+        return None
+    where = f"{table.schema}.{table.name}"
+    message = (f"version {shorten(version, 100)} of {where} is null: a guarded upsert or delete compares versions;"
+               " give it a value")
+    column = sql.Identifier(qualifier, version) if qualifier else sql.Identifier(version)
+    return sql.SQL("CASE WHEN {c} IS NOT NULL THEN true ELSE pg_temp.kapow_refuse({m}, {v}) END").format(
+        c=column, m=sql.Literal(message), v=sql.Literal(version))
+
+
+def _both(a: sql.Composable | None, b: sql.Composable | None) -> sql.Composable | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return sql.SQL("(({}) AND ({}))").format(a, b)  # whole: callers put NOT before it
+
+
 def _insert_head(table: Table, columns: tuple[str, ...], guard: sql.Composable | None = None) -> sql.Composed:
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     source = rows_source(table, columns)
@@ -559,8 +580,9 @@ def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ..
             (sql.SQL("(t.{c} = r.{c} OR (t.{c} IS NULL AND r.{c} IS NULL))") if nulls_match and c in table.columns
              and not table.columns[c].not_null else sql.SQL("t.{c} = r.{c}")).format(c=sql.Identifier(c))
             for c in key)
-        guard = sql.SQL(" AND t.{v} <= r.{v}").format(v=sql.Identifier(version)) if version else sql.SQL("")
-        refuse = null_guard(table, DELETE, columns, key, "q")
+        guard = sql.SQL(" AND (t.{v} IS NULL OR t.{v} <= r.{v})").format(v=sql.Identifier(version)) if version \
+            else sql.SQL("")
+        refuse = _both(null_guard(table, DELETE, columns, key, "q"), version_gate(table, version, "q"))
         if refuse is not None:  # a gate read before the join (PostgreSQL's one-time filter): in the join, it was
             # never evaluated when the table had no row to match, and the delete by a null key counted as done
             guard = sql.SQL(" AND NOT EXISTS (SELECT FROM {source} AS q WHERE NOT {refuse}){guard}").format(
@@ -568,6 +590,8 @@ def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ..
         return sql.SQL("DELETE FROM {tbl} AS t USING {source} AS r WHERE {match}{guard}").format(
             tbl=tbl, source=source, match=match, guard=guard)
     refuse = None if kind == INSERT and nulls_ok else null_guard(table, kind, columns, key)
+    if kind != INSERT:
+        refuse = _both(refuse, version_gate(table, version))
     head = _insert_head(table, columns, refuse)
     if kind == LAST_WINS:
         by = sql.SQL(", ").join(sql.SQL("r.{c}").format(c=sql.Identifier(c)) for c in key)
@@ -587,6 +611,7 @@ def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ..
     if not updates:
         return sql.SQL("{head} ON CONFLICT ({target}) DO NOTHING").format(head=head, target=target)
     assign = sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in updates)
-    guard = sql.SQL(" WHERE t.{v} <= EXCLUDED.{v}").format(v=sql.Identifier(version)) if version else sql.SQL("")
+    guard = sql.SQL(" WHERE t.{v} IS NULL OR t.{v} <= EXCLUDED.{v}").format(v=sql.Identifier(version)) if version \
+        else sql.SQL("")
     return sql.SQL("{head} ON CONFLICT ({target}) DO UPDATE SET {assign}{guard}").format(
         head=head, target=target, assign=assign, guard=guard)
