@@ -131,6 +131,8 @@ def test_send_reports_every_bad_line_and_sends_the_rest(make_env: Callable[..., 
         "",
         json.dumps({"destinations": "warehouse", "data": {"id": 4}}),                  # 8 not a list
         json.dumps({"destinations": [dest], "data": {"id": 5}}),                       # 9 good
+        "[1, 2]",                                                                      # 10 not an object
+        '"str"',                                                                       # 11
     ]
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -138,11 +140,13 @@ def test_send_reports_every_bad_line_and_sends_the_rest(make_env: Callable[..., 
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     reported = [line for line in proc.stderr.splitlines() if line.startswith("kapow send: line ")]
-    assert [line.split(":")[1].strip() for line in reported] == ["line 2", "line 3", "line 4", "line 5", "line 8"]
+    assert [line.split(":")[1].strip() for line in reported] == ["line 2", "line 3", "line 4", "line 5", "line 8",
+                                                                        "line 10", "line 11"]
     assert 'line 3: wrapped line: no "data"' in proc.stderr
     assert "line 4: wrapped line: destinations[0].vanity: expected `str`, got `int`" in proc.stderr
     assert "line 5: 1,100,131 bytes" in proc.stderr and "more than the 1,000,000 Kafka takes" in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"sent 3 packets to {env.topic} (5 lines not sent)"
+    assert "line 10: a line is a JSON object" in proc.stderr and "not list: not sent" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"sent 3 packets to {env.topic} (7 lines not sent)"
     values = sorted(json.loads(r.value or b"")["data"]["id"] for r in kit.read_all(env.topic, expect=3, timeout=20))
     assert values == [1, 3, 5]
 

@@ -1,10 +1,11 @@
 """``kapow send``: publish JSON lines as packets (a whole packet, or ``{"destinations": [...], "data": {...}}``).
 
 Every bad line gets one line ``kapow send: line N: <reason>`` on stderr and the other lines are still sent: not
-JSON, a wrapped line without ``data`` or with a destination field that is not a string, a line larger than Kafka
-takes (read at most :data:`MAX_LINE_BYTES` into memory, the rest skipped), a record the broker refuses. Before
-the first line, the broker must answer within :data:`BROKER_WAIT_S`, else one line names the address. The exit
-status says whether every line was sent and acknowledged (0) or not (1).
+JSON, JSON that is no object (an array, a string), a wrapped line without ``data`` or with a destination field
+that is not a string, a line larger than Kafka takes (read at most :data:`MAX_LINE_BYTES` into memory, the rest
+skipped), a record the broker refuses. Before the first line, the broker must answer within
+:data:`BROKER_WAIT_S`, else one line names the address. The exit status says whether every line was sent and
+acknowledged (0) or not (1).
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def _packet(line: bytes) -> bytes:
         obj: Any = msgspec.json.decode(line)
     except msgspec.DecodeError:
         raise ValueError("not JSON: not sent") from None
-    if not (isinstance(obj, dict) and "pipeline_context" not in obj and "destinations" in obj):
+    if not isinstance(obj, dict):  # JSON, but no packet of either form: refused here, as a line not JSON is
+        raise ValueError(f"a line is a JSON object (a packet, or {{\"destinations\": [...], \"data\": {{...}}}}), "
+                         f"not {type(obj).__name__ if obj is not None else 'null'}: not sent")
+    if "pipeline_context" in obj or "destinations" not in obj:
         return line
     destinations = obj["destinations"]
     if not isinstance(destinations, list):
