@@ -442,7 +442,8 @@ def shorten(text: str, limit: int = 80) -> str:
 def check_identifier(kind: str, name: str, code: ErrorCode = ErrorCode.UNKNOWN_TABLE) -> None:
     """Refuse any name that is not a plain identifier; it is never spliced into SQL either way."""
     if not _IDENTIFIER.fullmatch(name) or len(name.encode()) > MAX_IDENTIFIER_BYTES:
-        raise PacketError(code, f"invalid {kind} name {shorten(name)!r}: use letters, digits and _")
+        raise PacketError(code, f"invalid {kind} name {shorten(name)!r}: use ASCII letters, digits, _ and $ (not"
+                                f" first), at most {MAX_IDENTIFIER_BYTES} bytes")
 
 
 # A \u escape of a high surrogate not followed by the escape of a low one: msgspec says "Input data was
