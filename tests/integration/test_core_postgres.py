@@ -707,6 +707,23 @@ def test_a_null_version_is_refused_and_a_stored_null_version_is_older_than_any(d
     assert kit.scalar(db, f"SELECT array_agg(ARRAY[id::text, v, ver::text]) FROM {name}") == [["1", "new", "1"]]
 
 
+def test_column_grants_count_as_the_privilege_to_insert(db: str, conn: psycopg.Connection[Any]) -> None:
+    """A role granted INSERT (id, v) only was refused as forbidden_destination ("may not insert into"), though its
+    inserts of those columns work (a hostile run): column grants count now; a column not granted is the server's
+    refusal, row by row."""
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, v text, secret text)")
+    role = kit.uid("r")
+    kit.sql(db, f"CREATE ROLE {role} NOLOGIN; GRANT USAGE ON SCHEMA public TO {role};"
+                f" GRANT INSERT (id, v), SELECT ON {name} TO {role}")
+    try:
+        conn.execute(f"SET ROLE {role}")
+        table = table_of(conn, name)
+        assert table.can_insert and not table.can_update
+    finally:
+        conn.execute("RESET ROLE")
+        kit.sql(db, f"REVOKE ALL ON {name} FROM {role}; REVOKE USAGE ON SCHEMA public FROM {role}; DROP ROLE {role}")
+
+
 def test_a_failure_while_isolating_holds_the_table_instead_of_failing_rows(db: str,
                                                                          conn: psycopg.Connection[Any]) -> None:
     """The whole statement fails on a row; its first probe then meets a lock timeout: the table waits, no row fails."""

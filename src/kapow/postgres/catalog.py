@@ -26,8 +26,10 @@ from kapow.contract import TableKey
 _CATALOG_SQL = """
 WITH wanted AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS w(nspname, relname))
 SELECT w.nspname, w.relname, c.oid IS NOT NULL, coalesce(c.relkind::text, ''),
-       coalesce(has_table_privilege(c.oid, 'INSERT'), false),
-       coalesce(has_table_privilege(c.oid, 'UPDATE'), false),
+       -- column grants count (GRANT INSERT (id, v)): a statement on a column not granted is refused by the server,
+       -- row by row (kapow.pipeline.unit)
+       coalesce(has_any_column_privilege(c.oid, 'INSERT'), false),
+       coalesce(has_any_column_privilege(c.oid, 'UPDATE'), false),
        coalesce(has_table_privilege(c.oid, 'DELETE'), false),
        coalesce((SELECT json_agg(json_build_array(i.indisprimary, i.indimmediate,
                    (SELECT json_agg(a.attname ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
