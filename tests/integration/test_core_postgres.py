@@ -724,6 +724,22 @@ def test_column_grants_count_as_the_privilege_to_insert(db: str, conn: psycopg.C
         kit.sql(db, f"REVOKE ALL ON {name} FROM {role}; REVOKE USAGE ON SCHEMA public FROM {role}; DROP ROLE {role}")
 
 
+def test_a_bad_value_beside_a_not_null_domain_column_is_named_by_its_own_column(
+        db: str, conn: psycopg.Connection[Any]) -> None:
+    """The probe that names a refused value's column cast a whole row of the table's type: with a NOT NULL domain
+    column it failed for every column, and the first one was blamed ("column id (integer): domain … does not allow
+    null values", a hostile run). Each value is now cast alone, by its column's type."""
+    dom = kit.uid("d")
+    kit.sql(db, f"CREATE DOMAIN {dom} AS int NOT NULL")
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, n int, dn " + dom + " DEFAULT 5)")
+    rows = [packet_row(dest(db, name), {"id": i, "n": "x" if i == 2 else i}) for i in (1, 2, 3)]
+    out = write_unit(conn, Catalog(), [job(db, name, rows)])
+    assert results(out[0]) == [(2, 0, ["bad_value"])]
+    assert out[0].results is not None
+    message = out[0].results[0].failed[0].failure.message
+    assert message.startswith("column n (integer): invalid input syntax for type integer"), message
+
+
 def test_a_failure_while_isolating_holds_the_table_instead_of_failing_rows(db: str,
                                                                          conn: psycopg.Connection[Any]) -> None:
     """The whole statement fails on a row; its first probe then meets a lock timeout: the table waits, no row fails."""

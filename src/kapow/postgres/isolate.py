@@ -249,8 +249,10 @@ def name_the_column(conn: psycopg.Connection[Any], table: Table, row: RowLike, f
     Only ever run for a row already isolated as bad, so it costs nothing on the hot path; the client gets
     "column amount (numeric(12,2)): invalid input syntax …" instead of a message that names no column.
     """
-    probe = sql.SQL("SELECT json_populate_record(NULL::{tbl}, json_build_object(%s::text, %s::json))"
-                    ).format(tbl=table.qualified)
+    def probe(name: str, sql_type: str) -> sql.Composed:  # the value alone, typed by its column as it is now
+        return sql.SQL("SELECT * FROM json_to_record(json_build_object(%s::text, %s::json)) AS x({c} {t})").format(
+            c=sql.Identifier(name), t=sql.SQL(sql_type))
+
     # each value's own JSON, cut out here: PostgreSQL's `doc -> name` reads the whole document, so one value it
     # cannot take as text (a \u0000) failed every probe, and the first column was blamed
     try:
@@ -260,14 +262,14 @@ def name_the_column(conn: psycopg.Connection[Any], table: Table, row: RowLike, f
     for name in row.keys:
         if name not in table.columns or name not in values:
             continue
+        sql_type = _type_now(conn, table, name)
         try:
             with conn.transaction():
-                conn.execute(probe, (name, bytes(values[name]).decode()))
+                conn.execute(probe(name, sql_type), (name, bytes(values[name]).decode()))
         except psycopg.Error as exc:
             if classify_exception(exc).scope is not Scope.ROW or conn.closed:
                 raise IsolationAborted(classify_exception(exc)) from None
-            return Failure(failure.code, f"column {name} ({_type_now(conn, table, name)}): {one_line(exc)}",
-                           failure.scope)
+            return Failure(failure.code, f"column {name} ({sql_type}): {one_line(exc)}", failure.scope)
     return failure
 
 

@@ -110,7 +110,7 @@ LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
   k text;
   v json;
-  probe text := format('SELECT json_populate_record(NULL::%s, json_build_object($1::text, $2::json))', tbl);
+  t text;
 BEGIN
   FOR pi IN 1 .. coalesce(array_length(payloads, 1), 0) LOOP
     i := pi;
@@ -125,14 +125,20 @@ BEGIN
     -- kapow.postgres.isolate.name_the_column does with a round trip a column)
     IF state LIKE '22%' AND coalesce(col, '') = '' THEN
       BEGIN
+        -- the value alone, typed by its column (a whole row of the table's type held a NULL of every other
+        -- column: a NOT NULL domain among them failed every probe, and the first column was blamed)
         FOR k, v IN SELECT e.key, e.value FROM json_each((payloads[pi]::json) -> 0) e LOOP
+          t := NULL;
+          SELECT format_type(a.atttypid, a.atttypmod) INTO t FROM pg_attribute a
+           WHERE a.attrelid = tbl::regclass AND a.attname = k AND a.attnum > 0 AND NOT a.attisdropped;
+          CONTINUE WHEN t IS NULL;
           BEGIN
-            EXECUTE probe USING k, v;
+            EXECUTE format('SELECT * FROM json_to_record(json_build_object(%L, $1::json)) AS x(%I %s)', k, k, t)
+              USING v;
           EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS message = MESSAGE_TEXT;
             col := k;
-            SELECT format_type(a.atttypid, a.atttypmod) INTO ctype FROM pg_attribute a
-             WHERE a.attrelid = tbl::regclass AND a.attname = k AND NOT a.attisdropped;
+            ctype := t;
             EXIT;
           END;
         END LOOP;
