@@ -7,7 +7,7 @@ from confluent_kafka import Message
 
 from kapow.deadletter.done import Action, Handled, _action, marker_key, marker_value
 from kapow.deadletter.mover import Outcome, Verb, copy_headers
-from kapow.deadletter.records import DlqFilter, decode_record, label_of, parse_origin, trim
+from kapow.deadletter.records import DlqFilter, DlqRecord, decode_record, label_of, parse_origin, trim
 
 DEST = {"type": "postgres", "vanity": "wh", "database": "db", "schema": "sales", "table": "orders"}
 
@@ -105,3 +105,20 @@ def test_records_without_a_topic_or_whole_value_are_not_rescheduled() -> None:
     assert reschedulable(decode_record(message(written())))
     assert not reschedulable(decode_record(message(written(**{"kapow-source-topic": None}))))
     assert not reschedulable(decode_record(message(written(**{"kapow-value-truncated": b"5000000"}))))
+
+
+def test_a_destination_filter_selects_whole_names_never_a_neighbour() -> None:
+    """A pasted label selected every label containing it: purging ``a/h1_a/public.t`` purged ``public.tt`` and
+    vanity ``ba``'s table as well (a review, 2026-11-27)."""
+
+    def label(vanity: str, table: str) -> DlqRecord:
+        dest = msgspec.json.encode({"vanity": vanity, "database": "h1_a", "table": table})
+        return decode_record(message(written(**{"kapow-destination": dest})))
+
+    t, tt, ba = label("a", "t"), label("a", "tt"), label("ba", "t")
+    assert [DlqFilter(destination="a/h1_a/public.t").matches(r) for r in (t, tt, ba)] == [True, False, False]
+    for whole_database in ("a/h1_a/", "a/h1_a", "a/", "a"):
+        assert [DlqFilter(destination=whole_database).matches(r) for r in (t, tt, ba)] == [True, True, False]
+    for nothing in ("h1_a", "public.t", "a/h1", "a/h1_a/public", "a/h1_a/public.", "/", "t"):
+        assert not any(DlqFilter(destination=nothing).matches(r) for r in (t, tt, ba)), nothing
+    assert not DlqFilter(destination="a").matches(decode_record(message([]))), "no destination: no label"

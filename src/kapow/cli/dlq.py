@@ -77,8 +77,9 @@ def register(sub: Any) -> None:
         if name != "stats":
             cmd.add_argument("ids", nargs="*", help="record ids (partition:offset), as listed")
             cmd.add_argument("--code", help="only records with this error code")
-            cmd.add_argument("--destination", help="only records whose vanity/database/schema.table contains this "
-                                                    "(a label as listed matches exactly that destination)")
+            cmd.add_argument("--destination", help="only this destination: a label as listed "
+                                                    "(vanity/database/schema.table) selects exactly it, "
+                                                    "vanity/database/ a database, vanity/ a vanity")
             cmd.add_argument("--since", help="failed at or after (ISO 8601, or 15m / 2h / 1d ago)")
             cmd.add_argument("--until", help="failed at or before (ISO 8601, or 15m / 2h / 1d ago)")
         cmd.add_argument("--json", action="store_true", help="JSON lines on stdout")

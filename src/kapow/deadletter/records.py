@@ -90,13 +90,27 @@ def label_of(destination: dict[str, Any] | None) -> str:
     return destination_label(d["vanity"], d["database"], str(destination.get("schema", "public")), d["table"])
 
 
+def selects(pattern: str, label: str) -> bool:
+    """Whether ``--destination pattern`` selects the destination ``label`` (``vanity/database/schema.table``).
+
+    Whole names only, from the left: ``vanity/database/schema.table`` selects exactly that destination,
+    ``vanity/database`` every table of that database and ``vanity`` every destination of that vanity (a trailing
+    ``/`` changes nothing). A substring match purged ``a/h1_a/public.tt`` and ``ba/h1_a/...`` beside a pasted
+    ``a/h1_a/public.t``: an operator's filter selects what it names or nothing, never a neighbour.
+    """
+    whole = pattern.removesuffix("/")
+    if not label or not whole:
+        return False
+    return label == whole or (whole.count("/") < 2 and label.startswith(whole + "/"))
+
+
 @dataclass(frozen=True, slots=True)
 class DlqFilter:
     """Which parked records an operation concerns; empty matches all."""
 
     ids: frozenset[str] | None = None
     code: str | None = None
-    destination: str | None = None  # a substring of the label vanity/database/schema.table (a full label matches)
+    destination: str | None = None  # a label, or its leading vanity[/database] (see :func:`selects`)
     since_ms: int | None = None
     until_ms: int | None = None
 
@@ -105,7 +119,7 @@ class DlqFilter:
             return False
         if self.code and r.code != self.code:
             return False
-        if self.destination and self.destination not in r.label:
+        if self.destination and not selects(self.destination, r.label):
             return False
         if self.since_ms is not None and r.failed_at_ms < self.since_ms:
             return False

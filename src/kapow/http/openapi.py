@@ -32,7 +32,8 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 _FILTERS = [
     _query("code", {"type": "string", "maxLength": 64}, "only records with this error code"),
     _query("destination", {"type": "string", "maxLength": 200},
-           "only records whose vanity/database/schema.table contains this (a listed label matches exactly it)"),
+           "only this destination: a listed label (vanity/database/schema.table) selects exactly it, "
+           "vanity/database/ a database, vanity/ a vanity (whole names, never a substring)"),
     _query("since", _TIME, "failed at or after (ISO 8601, or 15m / 2h / 1d ago)"),
     _query("until", _TIME, "failed at or before (ISO 8601, or 15m / 2h / 1d ago)"),
 ]
