@@ -432,6 +432,29 @@ def test_recent_user_errors_keep_the_last_two_hundred_of_a_partition_by_default(
     assert len(got) == 200 and got[-1].record.failed_at_ms == T0 + 1 and not any(t.truncated for t in got)
 
 
+def test_recent_user_errors_cut_large_keys_and_headers_to_a_fixed_size(q: Queue) -> None:
+    """A client's 1 MB header came back whole: 1,300 of them made /api/user-errors 200 MB (a review, 2026-11-27)."""
+    many = {f"h{n}": b"x" * 500 for n in range(100)}  # 50 KB of small headers
+    park(q, [{"extra": {"trace": b"t" * 600_000}}, {"extra": many}, {}])
+    producer = make_producer(kit.BOOTSTRAP)
+    producer.produce(q.system, key=b"k" * 300_000, value=b"{}", partition=0,
+                     headers=headers_for(q, 3, code="bad_value", vanity="vault", failed_at=T0 + 3))  # type: ignore[arg-type]
+    assert producer.flush(30) == 0
+    got = {t.record.failed_at_ms - T0: t for t in recent_records(kit.BOOTSTRAP, q.system)}
+    assert sorted(got) == [0, 1, 2, 3]
+    for t in got.values():
+        assert sum(len(k) + len(v) for k, v in t.record.headers) <= 16 * 1024
+        assert all(len(v) <= 1024 for _k, v in t.record.headers) and len(t.record.key or b"") <= 1024
+        assert t.record.code in ("database_unavailable", "bad_value"), "KaPoW's own headers are decoded first"
+    big, flood, plain, key = got[0], got[1], got[2], got[3]
+    assert big.headers_size is not None and big.headers_size > 600_000 and big.cut_json()["headers_truncated"]
+    assert dict(big.record.headers)["trace"] == b"t" * 1024 and "kapow-failed-at" in dict(big.record.headers)
+    assert flood.headers_size is not None and len(flood.record.headers) < 100 + 11
+    assert "kapow-error-code" in dict(flood.record.headers), "small own headers still fit past the dropped ones"
+    assert plain.headers_size is None and plain.key_size is None and not plain.cut_json()["headers_truncated"]
+    assert key.key_size == 300_000 and key.record.key == b"k" * 1024 and key.cut_json()["key_truncated"]
+
+
 # ---------------------------------------------------------------------------------------------------- redrive
 
 

@@ -7,7 +7,17 @@ from confluent_kafka import Message
 
 from kapow.deadletter.done import Action, Handled, _action, marker_key, marker_value
 from kapow.deadletter.mover import Outcome, Verb, copy_headers
-from kapow.deadletter.records import DlqFilter, DlqRecord, decode_record, label_of, parse_origin, trim
+from kapow.deadletter.records import (
+    HEADER_BYTES,
+    KEY_BYTES,
+    DlqFilter,
+    DlqRecord,
+    bound,
+    decode_record,
+    label_of,
+    parse_origin,
+    trim,
+)
 
 DEST = {"type": "postgres", "vanity": "wh", "database": "db", "schema": "sales", "table": "orders"}
 
@@ -122,3 +132,21 @@ def test_a_destination_filter_selects_whole_names_never_a_neighbour() -> None:
     for nothing in ("h1_a", "public.t", "a/h1", "a/h1_a/public", "a/h1_a/public.", "/", "t"):
         assert not any(DlqFilter(destination=nothing).matches(r) for r in (t, tt, ba)), nothing
     assert not DlqFilter(destination="a").matches(decode_record(message([]))), "no destination: no label"
+
+
+def test_a_bounded_record_cuts_key_and_headers_and_says_so() -> None:
+    """Headers and key were kept whole beside a value cut at 16 KiB: a 1 MB header came back whole."""
+    r = decode_record(Message(topic="u", partition=0, offset=1, key=b"k" * 5000, value=b"v" * 20_000,
+                              headers=[("big", b"b" * 1_000_000), *(("h" * 2000, b"s") for _ in range(40)),
+                                       *written()]))
+    t = bound(r, 16 * 1024)
+    assert t.record.key == b"k" * KEY_BYTES and t.key_size == 5000 and t.truncated and t.size == 20_000
+    assert sum(len(k) + len(v) for k, v in t.record.headers) <= 16 * 1024
+    assert all(len(k) <= HEADER_BYTES and len(v) <= HEADER_BYTES for k, v in t.record.headers)
+    assert t.headers_size == 3 + 1_000_000 + 40 * 2001 + sum(len(k) + len(v or b"") for k, v in written())
+    assert dict(t.record.headers)["kapow-error-code"] == b"timeout", "the small own headers still fit"
+    assert t.cut_json() == {"size": 20_000, "truncated": True, "key_truncated": True, "headers_truncated": True,
+                            "key_size": 5000, "headers_size": t.headers_size}
+    small = bound(decode_record(message(written())), 16 * 1024)
+    assert small.record == decode_record(message(written())) and small.key_size is None is small.headers_size
+    assert not small.cut_json()["key_truncated"] and not small.cut_json()["headers_truncated"]

@@ -1,7 +1,8 @@
 """``kapow errors list``: the most recent user errors, newest first, as the console shows them (read-only).
 
 User errors are the clients' callback topic: they fix and republish. Operators look; nothing here changes the
-topic. The read is bounded like the console's: the last 200 records of each partition, values cut at 16 KiB.
+topic. The read is bounded like the console's: the last 200 records of each partition, values cut at 16 KiB, keys and
+each header at 1 KiB, headers in all at 16 KiB.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def register(sub: Any) -> None:
     esub = errors.add_subparsers(title="errors commands", required=True)
     cmd = esub.add_parser("list", help="the newest user errors, newest first",
                           description=f"The newest user errors, newest first (the last {PER_PARTITION} of each "
-                                      "partition are read; values cut at 16 KiB).")
+                                      "partition are read; values cut at 16 KiB, keys and headers too).")
     add_target_arguments(cmd, "user-errors topic (default: from the config, else kapow.errors.user)")
     cmd.add_argument("--code", help="only this error code")
     cmd.add_argument("--limit", type=int, default=20, help=f"at most this many (default 20, up to {PER_PARTITION})")
@@ -43,7 +44,7 @@ def cmd_errors_list(args: argparse.Namespace) -> int:
     for t in matching[:args.limit]:
         r = t.record
         if args.json:
-            emit({**r.to_json(), "size": t.size, "truncated": t.truncated})
+            emit(r.to_json() | t.cut_json())
         else:
             print(f"{r.id:>10}  {r.to_json()['failed_at']}  {r.code:<22} {r.label or '-':<40} "
                   f"{r.source_topic}[{r.source_partition}]@{r.source_offset}  {r.message[:100]}")

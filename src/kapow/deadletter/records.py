@@ -131,16 +131,35 @@ class DlqFilter:
                     or self.until_ms is not None)
 
 
+KEY_BYTES = 1024  # of the key, in a bounded record (user errors as the console lists them)
+HEADER_BYTES = 1024  # of each header's value and name, in a bounded record
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Trimmed:
-    """An error record whose value may be cut short (``size`` is the original length)."""
+    """An error record whose value may be cut short (``size`` is the original length); a :func:`bound` one may
+    also have its key cut (``key_size``, the original length) and its headers cut or dropped (``headers_size``,
+    the original bytes of all names and values). Both are ``None`` when nothing of them was cut."""
 
     record: DlqRecord
     size: int
+    key_size: int | None = None
+    headers_size: int | None = None
 
     @property
     def truncated(self) -> bool:
         return self.size > len(self.record.value or b"")
+
+    def cut_json(self) -> dict[str, Any]:
+        """What was cut, for a JSON record: ``size`` and ``truncated`` (the value), then the key and headers."""
+        out: dict[str, Any] = {"size": self.size, "truncated": self.truncated,
+                               "key_truncated": self.key_size is not None,
+                               "headers_truncated": self.headers_size is not None}
+        if self.key_size is not None:
+            out["key_size"] = self.key_size
+        if self.headers_size is not None:
+            out["headers_size"] = self.headers_size
+        return out
 
 
 def trim(record: DlqRecord, keep_bytes: int, *, headers: bool = True) -> Trimmed:
@@ -149,6 +168,43 @@ def trim(record: DlqRecord, keep_bytes: int, *, headers: bool = True) -> Trimmed
         return Trimmed(record, len(value))
     short = value[:keep_bytes] if record.value is not None else None
     return Trimmed(dataclasses.replace(record, value=short, headers=record.headers if headers else ()), len(value))
+
+
+def bound(record: DlqRecord, keep_bytes: int) -> Trimmed:
+    """``record`` in a fixed size, whatever the client sent: the value cut to ``keep_bytes``, the key to
+    :data:`KEY_BYTES`, each header's name and value to :data:`HEADER_BYTES`, and each header kept, in order, if it
+    still fits in ``keep_bytes`` for all of them (the rest dropped: KaPoW's own ``kapow-*`` headers come last and
+    are small, so a flood of client headers does not push them out).
+
+    A client's headers go to the user-errors topic as they came: 1,300 user errors with a 1 MB header each made
+    ``/api/user-errors`` answer 200 MB and the writer grow by a gigabyte a request, while their values were cut at
+    16 KiB. Bounded, a read holds and answers at most a few times ``keep_bytes`` a record.
+    """
+    trimmed = trim(record, keep_bytes)
+    key = trimmed.record.key
+    key_size = len(key) if key is not None and len(key) > KEY_BYTES else None
+    kept, headers_size = _bound_headers(record.headers, keep_bytes)
+    if key_size is None and headers_size is None:
+        return trimmed
+    short = dataclasses.replace(trimmed.record, key=key[:KEY_BYTES] if key is not None else None, headers=kept)
+    return Trimmed(short, trimmed.size, key_size, headers_size)
+
+
+def _bound_headers(headers: tuple[tuple[str, bytes], ...],
+                   budget: int) -> tuple[tuple[tuple[str, bytes], ...], int | None]:
+    """The headers cut as :func:`bound` says, and their original size when anything was cut (else ``None``)."""
+    kept: list[tuple[str, bytes]] = []
+    total = used = 0
+    cut = False
+    for name, value in headers:
+        total += len(name) + len(value)
+        short_name, short_value = name[:HEADER_BYTES], value[:HEADER_BYTES]
+        size = len(short_name) + len(short_value)
+        cut = cut or size < len(name) + len(value) or used + size > budget
+        if used + size <= budget:
+            kept.append((short_name, short_value))
+            used += size
+    return tuple(kept), (total if cut else None)
 
 
 def text(b: bytes | None) -> str | None:

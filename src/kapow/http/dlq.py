@@ -123,10 +123,7 @@ def listing(parked: Trimmed) -> dict[str, Any]:
 
 
 def full(trimmed: Trimmed) -> dict[str, Any]:
-    out = trimmed.record.to_json(with_value=True)
-    out["size"] = trimmed.size
-    out["truncated"] = trimmed.truncated
-    return out
+    return trimmed.record.to_json(with_value=True) | trimmed.cut_json()
 
 
 async def dlq_list(request: Request) -> Response:

@@ -1,7 +1,8 @@
 """``/api/user-errors``: the newest user errors, read-only, newest first (``kapow errors list`` reads the same).
 
-The read is bounded (the last ``USER_ERRORS_PER_PARTITION`` records of each partition, values cut at 16 KiB) and
-shared for two seconds between callers.
+The read is bounded (the last ``USER_ERRORS_PER_PARTITION`` records of each partition, each cut to a fixed size:
+values at 16 KiB, keys and each header at 1 KiB, headers in all at 16 KiB) and shared for two seconds between
+callers.
 """
 
 from __future__ import annotations
