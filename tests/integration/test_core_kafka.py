@@ -24,6 +24,7 @@ from kapow.config import parse_config
 from kapow.contract import Destination, TableKey
 from kapow.deadletter import redrive
 from kapow.deadletter.done import Action, ensure_done_topic, marker_key, marker_value, read_handled
+from kapow.deadletter.fence import FENCE_KEY
 from kapow.deadletter.mover import Mover, Verb
 from kapow.deadletter.publisher import ErrorPublisher
 from kapow.deadletter.queue import CannotReschedule, DeadLetterQueue, UnknownRecord
@@ -262,7 +263,7 @@ def test_a_reschedule_by_filter_moves_only_what_matches_copies_and_marks_each_on
         assert copy.headers["kapow-origin"] == f"{q.source}/{n % 2}/{100 + n}".encode()
         assert copy.headers["context"] and "kapow-error-code" not in copy.headers
     assert ns(dlq.records()) == [1, 2, 4, 5, 6, 7], "a record that did not match moved"
-    markers = kit.read_all(q.done)
+    markers = [m for m in kit.read_all(q.done) if m.key != FENCE_KEY]  # (the mover's fence and its release)
     assert sorted(m.key or b"" for m in markers) == sorted(i.encode() for i in outcome.ids)
     assert {msgspec.json.decode(m.value or b"")["action"] for m in markers} == {"rescheduled"}
     assert dlq.reschedule(DlqFilter(destination="vault/", code="database_unavailable")) == 0  # never twice
@@ -532,6 +533,34 @@ def test_a_destination_down_holds_its_own_records_not_the_others_parked_behind_t
     assert values(kit.read_all(q.source)) == [b'{"n": %d}' % i for i in range(8)], "a record twice, or none"
     assert redriver.counts == {"redriven": 8, "skipped": 0, "waiting": 0}
     assert ns(DeadLetterQueue(kit.BOOTSTRAP, q.system, timeout=20).records()) == []
+
+
+def test_a_reschedule_and_the_redrive_never_both_republish_a_record(q: Queue) -> None:
+    """A review: ``kapow dlq reschedule`` run while the redrive republished the same parked records sent them twice
+    (8,000 parked, 10,500 rows). A mover's fence holds the redrive from before the mover reads the markers until it
+    releases it; afterwards the redrive finds every record marked."""
+    park(q, [{"vanity": "vault"} for _ in range(20)])
+    ensure_done_topic(kit.BOOTSTRAP, q.system)
+    dlq = DeadLetterQueue(kit.BOOTSTRAP, q.system, timeout=20)
+    mover = Mover(kit.BOOTSTRAP, q.system, Verb.RESCHEDULE, chunk_records=5)  # its fence is up from here
+    parked = dlq.records()  # what the operator's command read (no marker yet)
+    redriver = Redriver(redrive_config(q), lambda key: True)
+    redriver.start()
+    try:
+        time.sleep(6)  # the redrive reads the same records, healthy and due, while the command works
+        for record in parked:
+            mover.add(record)
+        assert mover.finish().count == 20
+        mover.close()  # releases the fence
+        kit.wait_for(lambda: redriver.counts["skipped"] + redriver.counts["redriven"] >= 20, 60,
+                     "the redrive to judge every record")
+        time.sleep(2)
+    finally:
+        redriver.stop(10)
+        mover.close()
+    copies = kit.read_all(q.source)
+    assert values(copies) == sorted(b'{"n": %d}' % i for i in range(20)), "a record republished twice, or none"
+    assert redriver.counts["redriven"] == 0
 
 
 def test_flush_returns_once_every_record_is_acknowledged(q: Queue) -> None:

@@ -10,6 +10,10 @@ republished *and* marked or not at all, and a run started after a crash skips ex
 The ``transactional.id`` is one per system-errors topic, so two reschedules of one queue cannot run at once: the
 second one fences the first, whose next commit fails (it stops with one line), and reads the markers only after
 that, so it never repeats the first one's work. Memory is one chunk (``chunk_records``, ``chunk_bytes``).
+
+Against the writers' automatic redrive, a mover holds a fence (:mod:`.fence`) from before it reads the markers until
+it is done: the redrive commits nothing while it is up, and what the redrive committed before it is in the markers
+this mover reads, so the two never republish (or purge and republish) one record both.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import time
 from collections.abc import Callable
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from kapow.deadletter.done import ensure_done_topic, marker_key, marker_value
+from kapow.deadletter.fence import FENCE_KEY, LEASE_S, RENEW_S, fence_value, wait_readable
 from kapow.deadletter.publisher import H_ATTEMPT, H_DESTINATION, HEADER_PREFIX
 from kapow.deadletter.reader import quiet_config
 from kapow.deadletter.records import H_ORIGIN, DlqRecord
@@ -96,7 +102,8 @@ class Mover:
         self._on_chunk = on_chunk
         self.done_topic = f"{topic}.done"
         self._settings = settings
-        self._done_topic_ready = False
+        self._fenced_at = 0.0  # monotonic, taken before the last fence written (the redrive's lease runs from later)
+        self._released = False
         conf = producer_config(bootstrap, settings, **{
             "transactional.id": f"kapow-dlq-{topic}", "transaction.timeout.ms": 60_000, "linger.ms": 5})
         conf.update({k: v for k, v in quiet_config(bootstrap).items() if k in ("logger", "log.connection.close")})
@@ -105,8 +112,33 @@ class Mover:
             self._producer.init_transactions(timeout)
         except KafkaException as exc:
             raise KapowError(f"cannot start a transaction at Kafka {bootstrap}: {_reason(exc)}") from None
+        ensure_done_topic(bootstrap, topic, settings)  # (the fence lives there: made before anything is read)
+        self._raise_fence()
+
+    def _raise_fence(self) -> None:
+        """Hold the redrive back, and wait until every redrive transaction before the fence is decided: the
+        markers read after this include all it did."""
+        offsets: list[int] = []
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                offsets.append(msg.offset() or 0)
+
+        started = time.monotonic()
+        try:
+            self._producer.begin_transaction()
+            self._producer.produce(self.done_topic, key=FENCE_KEY, value=fence_value(True), on_delivery=delivered)
+            self._producer.commit_transaction(self._timeout)
+        except KafkaException as exc:
+            raise KapowError(f"cannot fence the redrive at Kafka {self.bootstrap}: {_reason(exc)}") from None
+        if not offsets:
+            raise KapowError(f"cannot fence the redrive at Kafka {self.bootstrap}: the fence was not acknowledged")
+        wait_readable(self.bootstrap, self._settings, self.done_topic, offsets[0], self._timeout)
+        self._fenced_at = started
 
     def add(self, item: DlqRecord) -> None:
+        if time.monotonic() - self._fenced_at > RENEW_S:
+            self._renew()
         if self.verb is Verb.RESCHEDULE and not reschedulable(item):
             if len(self.outcome.skipped) < MAX_IDS_REPORTED:
                 self.outcome.skipped.append(item.id)
@@ -120,18 +152,19 @@ class Mover:
         """Republish (for a reschedule) and mark the chunk, in one transaction; raise if it did not commit."""
         if not self._chunk:
             return
-        if not self._done_topic_ready:  # created on first use: a run that moves nothing leaves no topic behind
-            ensure_done_topic(self.bootstrap, self.topic, self._settings)
-            self._done_topic_ready = True
         p = self._producer
+        started = time.monotonic()
+        self._check_lease(started)
         try:
             p.begin_transaction()
+            self._produce(self.done_topic, FENCE_KEY, fence_value(True), [])  # (renewed with the chunk)
             for item in self._chunk:
                 if self.verb is Verb.RESCHEDULE:
                     self._produce(item.source_topic, item.key, item.value, copy_headers(item))
                 self._produce(self.done_topic, marker_key(item.partition, item.offset), marker_value(self.verb.done),
                               [])
             p.commit_transaction(self._timeout)
+            self._fenced_at = started
         except KafkaException as exc:
             try:
                 p.abort_transaction(self._timeout)
@@ -157,11 +190,46 @@ class Mover:
             except BufferError:
                 self._producer.poll(0.1)
 
+    def _check_lease(self, now: float) -> None:
+        """A transaction that might end after the redrive's lease could cross a redrive: stop instead."""
+        if now + self._timeout > self._fenced_at + LEASE_S:
+            raise KapowError(f"{self.verb.value} stopped after {self.outcome.count} record(s): its fence on the "
+                             f"redrive lapsed (run it again: what was done is not done twice)")
+
+    def _renew(self) -> None:
+        """Renew the fence (a long scan between chunks must not outlive it)."""
+        if self._chunk:
+            self.flush()
+            return
+        started = time.monotonic()
+        self._check_lease(started)
+        try:
+            self._producer.begin_transaction()
+            self._produce(self.done_topic, FENCE_KEY, fence_value(True), [])
+            self._producer.commit_transaction(self._timeout)
+        except KafkaException as exc:
+            raise KapowError(f"{self.verb.value} stopped after {self.outcome.count} record(s): Kafka "
+                             f"{self.bootstrap}: {_reason(exc)} (run it again: what was done is not done twice)"
+                             ) from None
+        self._fenced_at = started
+
     def finish(self) -> Outcome:
         self.flush()
         return self.outcome
 
     def close(self) -> None:
+        """Release the fence (best effort: a mover that cannot is waited out, :data:`~.fence.LEASE_S`)."""
+        if not self._released:
+            self._released = True
+            try:
+                self._producer.begin_transaction()
+                self._produce(self.done_topic, FENCE_KEY, fence_value(False), [])
+                self._producer.commit_transaction(min(self._timeout, 10.0))
+            except KafkaException:
+                try:
+                    self._producer.abort_transaction(5.0)
+                except KafkaException:
+                    pass
         self._producer.flush(1.0)
 
 

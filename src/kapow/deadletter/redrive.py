@@ -15,7 +15,10 @@ topic and lands like any packet. This thread does that in every writer:
 * **paced and bounded** — at most ``redrive_rate`` records per second; a packet already tried
   ``redrive_max_attempts`` times, parked for another reason (``internal``), cut to fit (``kapow-value-truncated``),
   from a topic this writer does not consume, or already rescheduled or purged by an operator, is left for
-  ``kapow dlq`` and never touched.
+  ``kapow dlq`` and never touched;
+* **never beside an operator** — while a ``kapow dlq reschedule`` or ``purge`` holds its fence (:mod:`.fence`)
+  nothing is redriven, and a chunk is committed only after the markers before its own are read and none of its
+  records was marked meanwhile (else it is aborted and judged again): the two never both republish a record.
 
 Republished copies carry ``kapow-attempt`` (one more) and ``kapow-origin`` (the original coordinates), so an audit
 follows a packet across hops.
@@ -37,6 +40,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from kapow import metrics
 from kapow.config import Config
 from kapow.contract import TableKey
+from kapow.deadletter.fence import FENCE_KEY, LEASE_S, is_fence
 from kapow.deadletter.publisher import (
     H_ATTEMPT,
     H_CODE,
@@ -67,6 +71,10 @@ RECHECK_S = 1.0  # how often a waiting partition asks again whether its destinat
 LOOKAHEAD = 10_000
 
 Health = Callable[[TableKey], bool]
+
+
+class Crossed(Exception):
+    """A chunk met an operator's fence or markers before it committed: it was aborted, to be judged again."""
 
 
 @dataclass(slots=True)
@@ -178,6 +186,8 @@ class Redriver:
         self._ahead: set[tuple[int, int]] = set()  # records redriven past a head (at most LOOKAHEAD a partition)
         self._tokens = 0.0
         self._refill = time.monotonic()
+        self._fence_until = 0.0  # monotonic: an operator's fence holds the redrive back until then
+        self._markers: Consumer | None = None
         self.counts = {"redriven": 0, "skipped": 0, "waiting": 0}
 
     def start(self) -> None:
@@ -194,6 +204,9 @@ class Redriver:
         while not self._stop.is_set():
             try:
                 self._session()
+            except Crossed as exc:  # an operator is moving records: read the markers again, then go on
+                log.info("redrive: %s", exc)
+                self._stop.wait(RECHECK_S)
             except Exception as exc:  # a broker hiccup must not end redrive for the life of the writer
                 log.warning("redrive: %s; starting again in 5 s", exc)
                 self._stop.wait(5.0)
@@ -206,7 +219,9 @@ class Redriver:
         producer = Producer(producer_config(k.bootstrap_servers, k.settings, **{
             "transactional.id": f"{group}.{uuid.uuid4().hex}", "client.id": "kapow-redrive", "linger.ms": 5}))
         markers = Consumer(markers_settings)
+        self._markers = markers
         self._markers_at = -1
+        self._fence_until = 0.0
         self._heads.clear()  # a new session reads from the group's offsets: at every head
         self._paused.clear()
         self._ahead.clear()
@@ -254,6 +269,9 @@ class Redriver:
                     self._markers_at = max(self._markers_at, msg.offset() or 0)
                 continue
             self._markers_at = max(self._markers_at, (msg.offset() or 0) + 1)
+            if msg.key() == FENCE_KEY:
+                self._fence_until = time.monotonic() + LEASE_S if is_fence(msg.value()) else 0.0
+                continue
             try:
                 p, _, o = (msg.key() or b"").decode().partition(":")
                 where = (int(p), int(o))
@@ -310,7 +328,15 @@ class Redriver:
                 self._paused.discard(part)
                 consumer.resume([tp])
 
+    def _fenced(self) -> bool:
+        return time.monotonic() < self._fence_until
+
     def _handle(self, consumer: Consumer, producer: Producer, msgs: list[Message]) -> None:
+        if self._fenced():  # an operator is moving records: nothing is judged until the fence is released
+            self._stop.wait(RECHECK_S)
+            for tp in _firsts(msgs):
+                consumer.seek(tp)
+            return
         p = self._config.pipeline
         k = self._config.kafka
         topics = frozenset(self._config.consumed_topics)
@@ -364,6 +390,23 @@ class Redriver:
             self._commit(consumer, producer, send, advance)
             self._ahead.update(ahead)  # (committed: a failed transaction leaves them to be judged again)
 
+    def _check_crossing(self, producer: Producer, send: list[Message], marked: list[int]) -> None:
+        """Raise :class:`Crossed` unless the chunk may commit: its markers are written (their offsets known), every
+        marker before them is read (all transactions before decided), no fence is up and none of its records was
+        marked by anyone. A fence or marker after ours is the other side's to see (see :mod:`.fence`)."""
+        if producer.flush(30) != 0 or len(marked) < len(send):
+            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, "redrive markers not acknowledged"))
+        first = min(marked)
+        deadline = time.monotonic() + CATCH_UP_S
+        while self._markers_at < first:
+            if time.monotonic() > deadline or self._stop.is_set() or self._markers is None:
+                raise Crossed("the markers before a chunk were not all decided in time; it is judged again")
+            self._read_markers(self._markers, 0.1)
+        if self._fenced():
+            raise Crossed(f"an operator's reschedule or purge holds the redrive; {len(send)} records judged again")
+        if any((m.partition() or 0, m.offset() or 0) in self._handled for m in send):
+            raise Crossed("an operator marked records of a chunk before it committed; it is judged again")
+
     def _pace(self) -> None:
         rate = self._config.pipeline.redrive_rate
         now = time.monotonic()
@@ -380,18 +423,27 @@ class Redriver:
         k = self._config.kafka
         done_topic = f"{k.system_errors_topic}.done"
         marker = msgspec.json.encode({"action": "redriven", "at_ms": int(time.time() * 1000)})
+        marked: list[int] = []
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                marked.append(msg.offset() or 0)
+
         producer.begin_transaction()
         try:
             for msg in send:
                 source = next((v for h, v in safe_headers(msg) if h == H_TOPIC and v), b"").decode()
                 producer.produce(source, value=msg.value(), key=msg.key(),
                                  headers=republished_headers(msg))  # type: ignore[arg-type]
-                producer.produce(done_topic, key=f"{msg.partition()}:{msg.offset()}".encode(), value=marker)
+                producer.produce(done_topic, key=f"{msg.partition()}:{msg.offset()}".encode(), value=marker,
+                                 on_delivery=delivered)
+            if send:
+                self._check_crossing(producer, send, marked)
             offsets = [TopicPartition(k.system_errors_topic, part, off) for part, off in advance.items()]
             if offsets:  # (records redriven past a waiting one move no offset)
                 producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(60)
-        except KafkaException:
+        except (KafkaException, Crossed):
             # nothing of this transaction is visible (read_committed); the session starts again from the
             # group's committed offsets, so these records are judged again
             try:
