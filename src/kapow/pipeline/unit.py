@@ -80,7 +80,9 @@ class _Prepared:
 def write_unit(conn: psycopg.Connection[Any], catalog: Catalog, jobs: list[TableJob]) -> list[JobOutcome]:
     """Write ``jobs`` on ``conn``. Raises when nothing was written (the whole call failed); else one outcome each."""
     tables = _tables(conn, catalog, [job.key for job in jobs])
-    prepared = [_prepare(conn, catalog, job, tables[job.key]) for job in jobs]
+    encoding = conn.info.encoding  # read once a unit: a unit may hold thousands of tables
+    name = conn.info.parameter_status("client_encoding") or encoding
+    prepared = [_prepare(conn, catalog, job, *tables[job.key], encoding, name) for job in jobs]
     to_apply = [p for p in prepared if p.statements]
     now = time.monotonic()
     plain_first = [p.table is not None and p.table.plain_inserts and now >= p.table.plain_from for p in to_apply]
@@ -120,14 +122,16 @@ def write_unit(conn: psycopg.Connection[Any], catalog: Catalog, jobs: list[Table
     return out
 
 
-def _tables(conn: psycopg.Connection[Any], catalog: Catalog, keys: list[TableKey]) -> dict[TableKey, Table | None]:
-    """Every table of the unit from the catalog, the missing ones (and stale misses) read in one query."""
-    found: dict[TableKey, Table | None] = {}
+def _tables(conn: psycopg.Connection[Any], catalog: Catalog, keys: list[TableKey]
+            ) -> dict[TableKey, tuple[Table | None, float]]:
+    """Every table of the unit from the catalog, the missing ones (and stale misses) read in one query; each with
+    its entry's age as the unit starts (0 for those read now)."""
+    found: dict[TableKey, tuple[Table | None, float]] = {}
     wanted: list[TableKey] = []
     for key in keys:
-        cached, table = catalog.get(key)
-        if cached and (table is not None or catalog.age(key) < RECHECK_AFTER_S):
-            found[key] = table
+        cached, table, age = catalog.lookup(key)
+        if cached and (table is not None or age < RECHECK_AFTER_S):
+            found[key] = (table, age)
         else:
             wanted.append(key)
     if wanted:
@@ -135,17 +139,24 @@ def _tables(conn: psycopg.Connection[Any], catalog: Catalog, keys: list[TableKey
         for key in wanted:
             table = loaded.get((key.schema, key.table))
             catalog.put(key, table)
-            found[key] = table
+            found[key] = (table, 0.0)
     return found
 
 
-def _prepare(conn: psycopg.Connection[Any], catalog: Catalog, job: TableJob, table: Table | None) -> _Prepared:
+def _prepare(conn: psycopg.Connection[Any], catalog: Catalog, job: TableJob, table: Table | None,
+             age: float, encoding: str, name: str) -> _Prepared:
+    """Validate a job's rows against ``table``, whose catalog entry was ``age`` seconds old as the unit started
+    (``encoding``: the connection's, as Python and PostgreSQL name it).
+
+    A schema failure is believed only from an entry under :data:`RECHECK_AFTER_S` old; an older one is reread
+    first. The age is the unit's start's, not this job's: preparing 10,000 jobs of unknown tables took over a
+    second, and every job after that second reread its table alone, one query each, although the whole unit
+    had just read them all in one (a flood of ever-new table names, 2026-11-27: 24 s for one unit).
+    """
     derived = _derived(table)
     p = _Prepared(job, table)
-    encoding = conn.info.encoding
-    name = conn.info.parameter_status("client_encoding") or encoding
     _validate(p, encoding, name)
-    if any(r.failure.code in SCHEMA_CODES for _, r in p.failed) and catalog.age(job.key) >= RECHECK_AFTER_S:
+    if age >= RECHECK_AFTER_S and any(r.failure.code in SCHEMA_CODES for _, r in p.failed):
         fresh = load_tables(conn, [(job.key.schema, job.key.table)]).get((job.key.schema, job.key.table))
         catalog.put(job.key, fresh)  # the table may have changed since we read it: believe a fresh read only
         p = _Prepared(job, fresh)

@@ -239,6 +239,20 @@ class Catalog:
             self._entries.move_to_end(key)
             return True, table
 
+    def lookup(self, key: TableKey) -> tuple[bool, Table | None, float]:
+        """:meth:`get` and :meth:`age` in one call, under one lock: (cached and fresh?, table, seconds since it was
+        loaded). A unit with thousands of tables asked both for each, and its workers queued on this lock."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return False, None, float("inf")
+            table, at, _size = entry
+            age = time.monotonic() - at
+            if age > (self._ttl if table is not None else self._missing_ttl):
+                return False, None, age
+            self._entries.move_to_end(key)
+            return True, table, age
+
     def age(self, key: TableKey) -> float:
         """Seconds since the entry was loaded (infinite when there is none)."""
         with self._lock:
