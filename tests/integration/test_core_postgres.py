@@ -28,7 +28,7 @@ from kapow.pipeline.lane import DatabaseLane
 from kapow.pipeline.route import route_specs
 from kapow.pipeline.unit import PLAIN_PAUSE_S, JobOutcome, TableJob, write_unit
 from kapow.pipeline.work import Row, TableWork, WorkResult
-from kapow.postgres.catalog import Catalog, Table, load_tables
+from kapow.postgres.catalog import _CATALOG_SQL, Catalog, Table, load_tables
 from kapow.postgres.isolate import EACH_MAX, IsolationAborted, isolate
 from kapow.postgres.statements import RowIn, plan, plan_last_wins
 from kapow.postgres.writer import apply_unit, configure_connection, copy_text
@@ -112,6 +112,16 @@ def test_a_connection_is_configured_once_with_its_timeouts(db: str) -> None:
         assert c.execute("SHOW lock_timeout").fetchone() == ("567ms",)
         assert c.execute("SHOW client_connection_check_interval").fetchone() == ("1s",)
         assert c.execute("SELECT count(*) FROM pg_proc WHERE proname = 'kapow_apply'").fetchone() == (1,)
+
+
+def test_a_catalog_read_of_many_names_is_never_compiled(db: str) -> None:
+    """JIT compiled a unit's catalog read of 10,000 unknown names: 1.8 s of its 2.1 (a flood of ever-new names)."""
+    names = [f"nosuch_{i}" for i in range(10_000)]
+    with psycopg.connect(kit.dsn(db)) as c:
+        configure_connection(c, statement_timeout_ms=10_000, lock_timeout_ms=300)
+        plan = c.execute(b"EXPLAIN " + _CATALOG_SQL.encode(), (["public"] * len(names), names)).fetchall()
+        assert not [line for (line,) in plan if line.startswith("JIT")]
+        assert set(load_tables(c, [("public", n) for n in names]).values()) == {None}
 
 
 def test_apply_unit_fences_each_table_and_counts_each_statement(db: str, conn: psycopg.Connection[Any]) -> None:
