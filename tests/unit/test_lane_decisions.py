@@ -173,7 +173,8 @@ def test_the_pool_is_sized_and_bounded_from_the_destination() -> None:
     pool._configure(conn)  # type: ignore[arg-type]
     assert conn.autocommit
     assert ("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false),"
-            " set_config('plan_cache_mode', 'force_generic_plan', false)", ("7000", "900")) in conn.calls
+            " set_config('plan_cache_mode', 'force_generic_plan', false), set_config('jit', 'off', false)",
+            ("7000", "900")) in conn.calls
     assert len(conn.calls) == 3  # the apply and refuse functions, the timeouts, the client check
     assert "kapow_apply" in conn.calls[0][0] and "kapow_refuse" in conn.calls[0][0]
     old = Conn(130000)
