@@ -59,6 +59,10 @@ class CostCache(Generic[K, V]):
         """The keys, oldest first."""
         return iter(self._entries)
 
+    def full(self, size: int) -> bool:
+        """Whether an entry counted ``size`` bytes would evict another now."""
+        return self.bytes + size > self.max_bytes
+
     def get(self, key: K) -> V | None:
         return self._entries.get(key)
 

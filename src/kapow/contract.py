@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
-from kapow.bytecache import ByteCache
+from kapow.bytecache import ByteCache, entry_cost
 from kapow.errors import ErrorCode, Failure, PacketError
 from kapow.keyshapes import KeyShapes
 
@@ -294,18 +294,23 @@ class PacketDecoder:
             envelope = _decode(_envelope_decoder, value, "packet")  # fails again, with the user's message
         return envelope.pipeline_context, envelope.data
 
-    def destinations(self, context: bytes) -> tuple[Destination, ...]:
-        """The destinations of a ``pipeline_context`` (cached by its bytes when small)."""
-        return self._decode_destinations(context)
+    def full(self, context: bytes) -> bool:
+        """Whether caching ``context``'s destinations would evict another now."""
+        return self._destinations.full(entry_cost(context))
 
-    def _decode_destinations(self, context: bytes) -> tuple[Destination, ...]:
+    def destinations(self, context: bytes, *, cache: bool = True) -> tuple[Destination, ...]:
+        """The destinations of a ``pipeline_context`` (cached by its bytes when small, unless not ``cache``)."""
+        return self._decode_destinations(context, cache)
+
+    def _decode_destinations(self, context: bytes, cache: bool = True) -> tuple[Destination, ...]:
         cached = self._destinations.get(context)
         if cached is None:
             try:
                 cached = self._parse_destinations(context)
             except PacketError as exc:
                 cached = exc.failure
-            self._destinations.put(context, cached)
+            if cache:
+                self._destinations.put(context, cached)
         if isinstance(cached, Failure):
             raise PacketError(cached.code, cached.message)  # a new one each time (see __init__)
         return cached

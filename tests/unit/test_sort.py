@@ -8,6 +8,7 @@ from confluent_kafka import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kapow.bytecache import entry_cost
 from kapow.config import parse_config
 from kapow.contract import CONTEXT_VALUE, Destination, TableKey
 from kapow.errors import ErrorClass, ErrorCode, Failure
@@ -160,6 +161,41 @@ def test_ten_thousand_tables_resolve_their_context_once(monkeypatch: pytest.Monk
     monkeypatch.setattr(sorter, "_resolve", lambda context: resolved.append(context) or real(context))
     _, works = sorter.sort(2, msgs)
     assert resolved == [] and len(works) == 10_000
+
+
+@pytest.mark.parametrize("dest", [{"table": "nosuch_{i}"}, {"database": "nodb_{i}"}, {"vanity": "v{i}"}])
+def test_once_the_caches_are_full_contexts_met_once_are_not_cached(dest: dict[str, str]) -> None:
+    # a flood of packets each to a new name evicted an entry from each of the three caches (contexts,
+    # destinations, routes) for every packet it added (~15 us a packet), and every other client's contexts went
+    sorter = Sorter(CONFIG)
+    room = 40 * entry_cost(bytes(150))  # ~40 contexts in each cache
+    sorter._routes.max_bytes = sorter.decoder._destinations.max_bytes = sorter.router._cache.max_bytes = room
+    good = [msg(packet({"id": i}, table=f"t{i % 20}"), i) for i in range(40)]
+    sorter.sort(1, good)
+    cached = list(sorter._routes)
+    assert len(cached) == 20
+    n = 3000
+    flood = [msg(packet({"id": i}, **{k: v.format(i=i) for k, v in dest.items()}), i, partition=i // 500)
+             for i in range(n)]
+    batch, works = sorter.sort(2, flood)
+    assert len(batch.errors) + sum(len(w.rows) for w in works) == n
+    if "table" in dest:  # a configured database: each table is the lane's to know
+        assert len(works) == n and not batch.errors
+    else:
+        assert {r.failure.code for r in batch.errors} == {ErrorCode.UNKNOWN_DESTINATION}
+        assert [r.msg.offset() for r in batch.errors] == list(range(n))
+    assert list(sorter._routes)[:20] == cached, "the good contexts were pushed out by contexts met once"
+    filled = {id(c): list(c) for c in (sorter._routes, sorter.router._cache, sorter.decoder._destinations)}
+    more = [msg(packet({"id": i}, **{k: v.format(i=i) for k, v in dest.items()}), i, partition=i // 500)
+            for i in range(n, 2 * n)]
+    sorter.sort(2, more)  # full: no entry is evicted for a context met once
+    assert {id(c): list(c) for c in (sorter._routes, sorter.router._cache, sorter.decoder._destinations)} == filled
+    _, works = sorter.sort(3, good)
+    assert sorted(len(w.rows) for w in works) == [2] * 20
+    sorter.sort(4, flood[-5:])  # met twice: cached now, the oldest make room
+    assert list(sorter._routes)[-5:] == [bytes(msgspec.json.encode({"destinations": [
+        {"type": "postgres", "vanity": "wh", "database": "db", "schema": "public", "table": "t",
+         **{k: v.format(i=i) for k, v in dest.items()}}]})) for i in range(n - 5, n)]
 
 
 def test_the_last_context_shortcut_never_files_a_packet_under_its_neighbour() -> None:

@@ -103,7 +103,12 @@ class Router:
         self._cache: CostCache[Destination, Route | Failure] = CostCache(_cost, max_bytes=self.MAX_BYTES)
         self.routes = route_specs(config)
 
-    def route(self, dest: Destination) -> Route | Failure:
+    def full(self) -> bool:
+        """Whether caching an ordinary destination (~1.3 kB as counted) would evict another now."""
+        return self._cache.full(2048)
+
+    def route(self, dest: Destination, *, cache: bool = True) -> Route | Failure:
+        """``dest``'s verdict, cached by it (unless not ``cache``: a destination met once, see the sorter's)."""
         cached = self._cache.get(dest)
         if cached is not None:
             return cached
@@ -111,6 +116,8 @@ class Router:
             verdict: Route | Failure = self._resolve(dest)
         except PacketError as exc:
             verdict = exc.failure
+        if not cache:
+            return verdict
         names = _names(dest)
         if len(names) <= self.MAX_NAMES and max(map(len, names)) <= self.MAX_NAME:
             self._cache.put(dest, verdict)

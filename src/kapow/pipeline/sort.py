@@ -12,12 +12,13 @@ fails that record alone, with a code, on an error topic.
 from __future__ import annotations
 
 import logging
+from array import array
 from itertools import groupby, repeat
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from kapow.bytecache import ByteCache
+from kapow.bytecache import ByteCache, entry_cost
 from kapow.config import Config
 from kapow.contract import Destination, KeySets, PacketDecoder, TableKey, destination_json
 from kapow.errors import ErrorCode, Failure, PacketError, Scope
@@ -40,6 +41,9 @@ ALIKE_MAX_BYTES = 8192
 GROUP_MIN = 4
 FRUITLESS_RUNS = 8  # runs of several contexts in a row whose names all still wait for their shapes: then a pause
 MAX_KEYSETS = 4096  # distinct sets of column names interned (a table sees a few; hostile ones are not interned)
+# contexts met once lately while the caches are full, remembered by their hash in two slots of a fixed array (1 MB):
+# one is cached when it comes again (one whose slots others took meanwhile waits for another packet)
+SEEN_SLOTS = 1 << 17
 
 
 class Sorter:
@@ -55,6 +59,7 @@ class Sorter:
         self._routes: ByteCache[tuple[tuple[Destination, Route | Failure], ...]] = ByteCache(
             max_bytes=PacketDecoder.CACHE_BYTES, max_key_bytes=PacketDecoder.MAX_CACHED_VALUE)
         self._keysets = KeySets(max_sets=MAX_KEYSETS)
+        self._seen = array("q", bytes(8 * SEEN_SLOTS))  # the hash of a context met once, by its slot (_resolve)
         self._names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # the last names read, and interned
         # the last small context and its routes: consecutive packets nearly always carry the same bytes, and
         # comparing them costs less than hashing them for the cache
@@ -442,7 +447,21 @@ class Sorter:
 
     def _resolve(self, context: bytes) -> tuple[tuple[Destination, Route | Failure], ...]:
         """Each destination of a context with its route (or the failure that refuses it): what packets carrying
-        these bytes resolve to, cached by them (small contexts only; the router bounds its own cache too)."""
+        these bytes resolve to, cached by them (small contexts only; the router bounds its own cache too).
+
+        Once a cache is full, a context is cached the second time it is met, not the first (:attr:`_seen`): a
+        stream of ever-new ones (a table name per packet) evicted an entry from each of the three caches for every
+        packet it added, ~15 us of the loop's time a packet of its own (a hostile run: 100,000 such packets stalled
+        every tenant ~25 s), and pushed every other client's contexts out of them.
+        """
+        if self._routes.full(entry_cost(context)) or self.router.full() or self.decoder.full(context):
+            digest = hash(context)
+            seen = self._seen
+            first, second = digest & (SEEN_SLOTS - 1), (digest >> 24) & (SEEN_SLOTS - 1)
+            if seen[first] != digest and seen[second] != digest:  # met for the first time lately: not cached
+                seen[first] = seen[second] = digest  # (two slots: two contexts in turn rarely take both each time)
+                return tuple((dest, self.router.route(dest, cache=False))
+                             for dest in self.decoder.destinations(context, cache=False))
         routes = tuple((dest, self.router.route(dest)) for dest in self.decoder.destinations(context))
         self._routes.put(context, routes)
         return routes
