@@ -163,6 +163,27 @@ def test_records_go_to_their_class_topic_and_are_counted_when_acknowledged() -> 
     assert p.published == {ErrorClass.USER: 1, ErrorClass.SYSTEM: 1} and p.delivery_failures == 0 and p.truncated == 0
 
 
+def test_publishing_and_acknowledging_a_record_imports_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an import statement in _produce and _delivered cost a refused packet a few us of the loop's time each, in
+    # importlib (a flood of refused packets, 2026-11-27)
+    import builtins
+
+    p, _producer, _clock = publisher()
+    imported: list[str] = []
+    real = builtins.__import__
+
+    def spy(name: str, *args: Any, **kwargs: Any) -> Any:
+        imported.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", spy)
+    for _ in range(3):
+        p.publish(ErrorRecord(source(), Failure(ErrorCode.UNKNOWN_TABLE, "x"), DEST), lambda: None)
+    p.poll(0)
+    monkeypatch.undo()
+    assert imported == [] and p.in_flight == 0
+
+
 def test_a_failed_delivery_is_produced_again_after_a_pause_never_dropped() -> None:
     p, producer, clock = publisher()
     acks: list[int] = []

@@ -121,6 +121,25 @@ def test_a_failure_is_counted_once_by_class_step_database_and_code(caplog: pytes
     assert lines[0].fields["partition"] == 1 and lines[0].fields["offset"] == 9  # type: ignore[attr-defined]
 
 
+def test_failures_look_their_counters_up_once_per_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # prometheus_client's labels() cost a refused packet ~10 us of the loop's time, twice (a flood of them); the
+    # counters are kept by their labels, and a database the config does not name still counts under "-"
+    o = Observer(CONFIG)
+    looked: list[tuple[str, ...]] = []
+    for counter in (metrics.PACKETS, metrics.ERRORS):
+        real = counter.labels
+        monkeypatch.setattr(counter, "labels", lambda *a, real=real: looked.append(a) or real(*a))
+    batch = Batch(seq=1)
+    before = value("kapow_errors_total", database="-", code="unknown_destination", **{"class": "user"})
+    for i in range(100):
+        dest = Destination("wh", f"nodb_{i}", "t")
+        o.failed(batch, ErrorRecord(msg(), Failure(ErrorCode.UNKNOWN_DESTINATION, "no"), dest), at_sort=True)
+    assert looked == [("obs.in", "sort", "user_error"), ("-", "user", "unknown_destination")]
+    assert value("kapow_errors_total", database="-", code="unknown_destination", **{"class": "user"}) \
+        - before == 100
+    assert batch.user_errors == 100
+
+
 def batch_of(**fields: Any) -> Batch:
     b = Batch(seq=fields.pop("seq", 7))
     for k, v in fields.items():

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from confluent_kafka import KafkaError, KafkaException
 
 from kapow.contract import DESTINATION_HEADER, Destination, destination_json
 from kapow.errors import ErrorClass, Failure
 
 if TYPE_CHECKING:
-    from confluent_kafka import KafkaError, Message, Producer
+    from confluent_kafka import Message, Producer
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,6 @@ class ErrorPublisher:
         self._produce(_Pending(record, on_ack))
 
     def _produce(self, pending: _Pending) -> None:
-        from confluent_kafka import KafkaError, KafkaException
-
         record = pending.record
         msg = record.msg
         topic = self.topic_for(record)
@@ -171,8 +170,6 @@ class ErrorPublisher:
             self._delivered(pending, topic, err if isinstance(err, KafkaError) else None, failed=True)
 
     def _delivered(self, pending: _Pending, topic: str, err: Any, *, failed: bool = False) -> None:
-        from confluent_kafka import KafkaError
-
         if err is None and not failed:
             self.in_flight -= 1
             self.published[pending.record.failure.error_class] += 1
