@@ -124,6 +124,17 @@ def test_a_catalog_read_of_many_names_is_never_compiled(db: str) -> None:
         assert set(load_tables(c, [("public", n) for n in names]).values()) == {None}
 
 
+def test_a_catalog_read_looks_for_no_index_of_a_table_that_does_not_exist(db: str) -> None:
+    """pg_index was scanned once per unknown name (0.04 ms each here, more on a database of many indexes): 10,000
+    names a unit spent 0.45 s of its catalog read looking for indexes of tables that are not there."""
+    names = [f"nosuch_{i}" for i in range(100)]
+    with psycopg.connect(kit.dsn(db), autocommit=True) as c:
+        plan = [line for (line,) in c.execute(b"EXPLAIN (ANALYZE, COSTS OFF) " + _CATALOG_SQL.encode(),
+                                              (["public"] * len(names), names)).fetchall()]
+    scans = [line for line in plan if " on pg_index " in line]
+    assert scans and all("never executed" in line for line in scans), plan
+
+
 def test_apply_unit_fences_each_table_and_counts_each_statement(db: str, conn: psycopg.Connection[Any]) -> None:
     a, b, c = new_table(db), new_table(db), new_table(db)
     kit.sql(db, f"INSERT INTO {a} VALUES (1, 'old', 1)")

@@ -44,8 +44,9 @@ SELECT w.nspname, w.relname, c.oid IS NOT NULL, coalesce(c.relkind::text, ''),
                     JOIN pg_opclass o ON o.oid = k.cls),
                    -- UNIQUE NULLS NOT DISTINCT (PostgreSQL 15; read so that older servers answer false)
                    coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false)))
-                 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
-                   AND i.indexprs IS NULL), '[]'),
+                 -- c.oid IS NOT NULL: a one-time filter, so that an unknown name scans no pg_index at all
+                 FROM pg_index i WHERE c.oid IS NOT NULL AND i.indrelid = c.oid AND i.indisunique AND i.indisvalid
+                   AND i.indpred IS NULL AND i.indexprs IS NULL), '[]'),
        -- ON CONFLICT refuses tables with a deferrable unique or exclusion constraint, or with rules: such a table
        -- must not take plain inserts that land until the first duplicate (kapow.postgres.writer)
        coalesce(NOT c.relhasrules AND NOT EXISTS (SELECT 1 FROM pg_constraint x WHERE x.conrelid = c.oid
