@@ -769,7 +769,9 @@ def test_a_packet_s_headers_and_key_count_toward_the_memory_bound_whole_run_or_o
     small = [*HEADERS, ("trace", b"h" * 2000)]  # a run filed whole: its headers and keys counted once for the run
     whole = [Message(topic="in", partition=0, offset=i, key=b"k" * 100, value=packet({"id": i}), headers=small,
                      timestamp=(1, 1)) for i in range(40)]
-    for msgs in (alike, mixed, whole):
+    empty, long = ([Message(topic="in", partition=0, offset=i, key=key, value=packet({"id": i}), headers=HEADERS,
+                            timestamp=(1, 1)) for i in range(40)] for key in (b"", b"k" * 9000))  # one by one
+    for msgs in (alike, mixed, whole, empty, long):
         _batch, works = Sorter(CONFIG).sort(1, msgs)
         (work,) = works
         held = sum(len(m.value()) + len(m.key() or b"") + sum(len(n) + len(v) for n, v in m.headers())

@@ -207,10 +207,11 @@ class Sorter:
         # what each record holds beside its value (its headers, one list for the run; its key) is counted too
         extra = header_bytes(headers[0])
         keys_ = [m.key() for m in run]
-        key_bytes = 0 if keys_.count(None) == len(keys_) else sum(len(k) for k in keys_ if k)
-        if None in values or max(map(len, values)) + extra > min(decoder.max_bytes, ALIKE_MAX_BYTES) or \
-                key_bytes > len(run) * ALIKE_MAX_BYTES // 2:
+        keyed = keys_.count(None) != len(keys_)
+        longest = max(map(len, filter(None, keys_)), default=0) if keyed else 0  # (no row of a whole run is large)
+        if None in values or max(map(len, values)) + extra + longest > min(decoder.max_bytes, ALIKE_MAX_BYTES):
             return False
+        key_bytes = sum(len(k) for k in keys_ if k) if keyed else 0
         split = decoder.split_all(values)
         if split is None:
             return False

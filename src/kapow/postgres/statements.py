@@ -178,7 +178,7 @@ def _classed(table: Table, key_cols: tuple[str, ...]) -> bool:
     two keys to the rounds, and an upsert after a delete of one row could share the delete's round."""
     def build() -> bool:
         types = [table.columns[c].sql_type if c in table.columns else "" for c in key_cols]
-        return all(_type_kind(t) != "text" or t == "text" or t.startswith("character varying") for t in types)
+        return all(_type_kind(t) != "text" or t in ("text", "character varying") for t in types)  # (no array)
 
     return table.derived(("classed", key_cols), build)
 
@@ -372,6 +372,9 @@ def _key_values(decoder: msgspec.json.Decoder[Any], doc: bytes) -> tuple[bytes, 
 
 
 _KEYLESS = object()  # per_key's mark of an insert without its key (never equal to a key's class)
+# format_type's spellings of numeric(p,s) and varchar(n) (an array of them, "numeric(6,2)[]", is neither)
+_NUMERIC = re.compile(r"numeric\(\d+(?:,(-?\d+))?\)")
+_VARCHAR = re.compile(r"character varying\((\d+)\)")
 
 
 def _key_class(table: Table, key_cols: tuple[str, ...]) -> Callable[[tuple[bytes, ...]], Any]:
@@ -401,15 +404,14 @@ def _type_kind(sql_type: str) -> str:
     whose case folding is the database's own (``İ`` is ``i`` in C.UTF-8, two characters to Python)."""
     if sql_type in ("smallint", "integer", "bigint") or sql_type == "numeric":
         return "number"
-    if sql_type.startswith("numeric("):  # numeric(p,s): rounded to its scale, half away from zero
-        scale = sql_type[len("numeric("):-1].partition(",")[2].strip()
-        return f"number:{int(scale) if scale else 0}"
+    if numeric := _NUMERIC.fullmatch(sql_type):  # numeric(p,s): rounded to its scale, half away from zero
+        return f"number:{int(numeric[1] or 0)}"
     if sql_type in ("real", "double precision"):
         return "real" if sql_type == "real" else "double"
     if sql_type == "character" or sql_type.startswith("character("):
         return "bpchar"
-    if sql_type.startswith("character varying("):  # a value past the length loses its trailing spaces
-        return f"varchar:{int(sql_type[len('character varying('):-1])}"
+    if varchar := _VARCHAR.fullmatch(sql_type):  # a value past the length loses its trailing spaces
+        return f"varchar:{int(varchar[1])}"
     if sql_type in ("uuid", "boolean"):
         return sql_type
     return "text"
