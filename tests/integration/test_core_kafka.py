@@ -563,6 +563,41 @@ def test_a_reschedule_and_the_redrive_never_both_republish_a_record(q: Queue) ->
     assert redriver.counts["redriven"] == 0
 
 
+def test_a_chunk_a_fence_aborts_counts_nothing_and_its_records_move_once(q: Queue) -> None:
+    """A review: a fence put up while the redrive judged a chunk aborted the chunk at its commit (right), but its
+    records were already counted as ``redriven``, so the count ran above what reached the source topics. Here the
+    operator's command starts (its fence goes up) from inside the redrive's health check, i.e. after the chunk was
+    read and before it commits; then the command reschedules every record."""
+    park(q, [{"vanity": "vault"} for _ in range(20)])
+    ensure_done_topic(kit.BOOTSTRAP, q.system)
+    movers: list[Mover] = []
+
+    def health(_key: TableKey) -> bool:
+        if not movers:  # the fence goes up between the chunk's read and its commit
+            movers.append(Mover(kit.BOOTSTRAP, q.system, Verb.RESCHEDULE, chunk_records=5))
+        return True
+
+    redriver = Redriver(redrive_config(q), health)
+    redriver.start()
+    try:
+        kit.wait_for(lambda: bool(movers), 60, "the redrive to judge a chunk")
+        time.sleep(3)  # the chunk meets the fence at its commit and is aborted
+        assert redriver.counts["redriven"] == 0, "an aborted chunk was counted"
+        mover = movers[0]
+        for record in DeadLetterQueue(kit.BOOTSTRAP, q.system, timeout=20).records():
+            mover.add(record)
+        assert mover.finish().count == 20
+        mover.close()  # releases the fence: the redrive finds every record marked
+        kit.wait_for(lambda: redriver.counts["skipped"] >= 20, 60, "the redrive to skip every marked record")
+        time.sleep(2)
+    finally:
+        redriver.stop(10)
+        for m in movers:
+            m.close()
+    assert values(kit.read_all(q.source)) == sorted(b'{"n": %d}' % i for i in range(20)), "a record twice, or none"
+    assert redriver.counts == {"redriven": 0, "skipped": 20, "waiting": 0}
+
+
 def test_flush_returns_once_every_record_is_acknowledged(q: Queue) -> None:
     """The publisher's acks are what a batch's commit waits for: ``flush`` returns with every one called."""
     publisher = ErrorPublisher(make_producer(kit.BOOTSTRAP), user_topic=q.system, system_topic=q.system)

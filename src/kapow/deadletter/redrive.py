@@ -353,6 +353,7 @@ class Redriver:
             return found
 
         ahead: list[tuple[int, int]] = []
+        skipped = 0
         for msg in msgs:
             part, offset = msg.partition() or 0, msg.offset() or 0
             if part in self._paused:
@@ -370,13 +371,10 @@ class Redriver:
                 if verdict.action == "redrive":
                     self._pace()
                     send.append(msg)
-                    self.counts["redriven"] += 1
-                    metrics.REDRIVE.labels("redriven").inc()
                     if head is not None:
                         ahead.append((part, offset))
                 elif verdict.action == "skip" and head is None:  # (past a head: counted when the offset passes)
-                    self.counts["skipped"] += 1
-                    metrics.REDRIVE.labels("skipped").inc()
+                    skipped += 1
             if head is None:
                 advance[part] = offset + 1
                 continue
@@ -389,6 +387,14 @@ class Redriver:
         if advance or send:
             self._commit(consumer, producer, send, advance)
             self._ahead.update(ahead)  # (committed: a failed transaction leaves them to be judged again)
+        # counted once committed: a chunk aborted by a crossing (or a failed transaction) is judged again, and was
+        # counted twice (a review: a fence met at commit left "redriven" above what reached the source topics)
+        self.counts["redriven"] += len(send)
+        self.counts["skipped"] += skipped
+        if send:
+            metrics.REDRIVE.labels("redriven").inc(len(send))
+        if skipped:
+            metrics.REDRIVE.labels("skipped").inc(skipped)
 
     def _check_crossing(self, producer: Producer, send: list[Message], marked: list[int]) -> None:
         """Raise :class:`Crossed` unless the chunk may commit: its markers are written (their offsets known), every
