@@ -679,6 +679,33 @@ def test_an_exclusion_conflict_is_refused_not_counted_as_a_duplicate(db: str, co
     assert results(again[0]) == [(0, 2, [])], "a replay of landed rows is a duplicate, as on any table"
 
 
+@pytest.mark.parametrize("kind", ["unique-column", "expression-index", "partial-index"])
+def test_a_conflict_on_a_second_unique_key_is_refused_not_dropped(db: str, conn: psycopg.Connection[Any],
+                                                                  kind: str) -> None:
+    """A hostile run: ``{"id": 901, "email": "dup@x"}`` after ``{"id": 900, "email": "dup@x"}`` into a table with
+    ``UNIQUE (email)`` (or a unique index on ``lower(email)``) vanished: no row, no error, the offset committed, and
+    the audit reported it missing. ON CONFLICT DO NOTHING without a target took the second key's conflict for a
+    duplicate. The insert now names its key there: the row fails alone, a replay is still a duplicate."""
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, email text"
+                         + (" UNIQUE)" if kind == "unique-column" else ")"))
+    if kind == "expression-index":
+        kit.sql(db, f"CREATE UNIQUE INDEX ON {name} (lower(email))")
+    elif kind == "partial-index":
+        kit.sql(db, f"CREATE UNIQUE INDEX ON {name} (email) WHERE email <> ''")
+    spelt = "DUP@x" if kind == "expression-index" else "dup@x"
+    rows = [packet_row(dest(db, name), {"id": 900, "email": "dup@x"}),
+            packet_row(dest(db, name), {"id": 901, "email": spelt}),
+            packet_row(dest(db, name), {"id": 902, "email": "other@x"})]
+    catalog = Catalog()
+    out = write_unit(conn, catalog, [job(db, name, rows)])
+    assert results(out[0]) == [(2, 0, ["constraint_violation"])]
+    assert kit.scalar(db, f"SELECT array_agg(id ORDER BY id) FROM {name}") == [900, 902]
+    again = write_unit(conn, catalog, [job(db, name, [rows[0], rows[2]])])
+    assert results(again[0]) == [(0, 2, [])], "a replay of landed rows is a duplicate, as on any table"
+    later = write_unit(conn, catalog, [job(db, name, [rows[1]])])  # alone, in a unit of its own (COPY first)
+    assert results(later[0]) == [(0, 0, ["constraint_violation"])]
+
+
 def test_a_deferrable_unique_key_beside_the_primary_key_takes_inserts(db: str, conn: psycopg.Connection[Any]) -> None:
     """Without a target, ON CONFLICT is refused outright beside a deferrable unique key ("does not support
     deferrable unique constraints"): every packet of the table was parked as a system error, for good."""

@@ -70,9 +70,12 @@ SELECT w.nspname, w.relname, c.oid IS NOT NULL, coalesce(c.relkind::text, ''),
                  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'),
        coalesce(c.relrowsecurity, false),
        -- an exclusion constraint (ON CONFLICT DO NOTHING without a target swallows its conflicts too) or a deferrable
-       -- unique key (refused as an arbiter): inserts into such a table name their key (kapow.postgres.statements)
+       -- unique key (refused as an arbiter): inserts into such a table name their key (kapow.postgres.statements);
+       -- then a second unique index (expression and partial ones too), whose conflicts a target-less ON CONFLICT
+       -- swallows as well: a new key's row that met another row on a second key was dropped, unreported
        coalesce(EXISTS (SELECT 1 FROM pg_constraint x WHERE x.conrelid = c.oid
-                        AND (x.contype = 'x' OR (x.contype IN ('p', 'u') AND x.condeferrable))), false)
+                        AND (x.contype = 'x' OR (x.contype IN ('p', 'u') AND x.condeferrable))), false),
+       (SELECT count(*) > 1 FROM pg_index i WHERE c.oid IS NOT NULL AND i.indrelid = c.oid AND i.indisunique)
 FROM wanted w
 LEFT JOIN pg_namespace n ON n.nspname = w.nspname
 LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.relname
@@ -153,6 +156,10 @@ class Table:
     # an exclusion constraint or a deferrable unique key: an insert's ON CONFLICT names one of unique_keys (without
     # a target it swallowed exclusion conflicts as duplicates, and was refused outright beside a deferrable key)
     targeted: bool = False
+    # more than one unique index (expression and partial ones too): an insert's ON CONFLICT names a key that cannot
+    # hold a null when it gives one (without a target, a new key's row that met another row on a second key was
+    # taken for a duplicate: dropped, unreported; a hostile run)
+    several_keys: bool = False
 
     MAX_DERIVED = 64  # entries per cache: a table sees a few keysets, not thousands
 
@@ -196,7 +203,8 @@ def load_tables(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> 
         rows = cur.fetchall()
     if not conn.autocommit:
         conn.rollback()  # leave the connection idle: the catalog read needs no transaction of its own
-    for schema, name, exists, relkind, can_insert, can_update, can_delete, keys, plain_ok, cols, rls, named in rows:
+    for (schema, name, exists, relkind, can_insert, can_update, can_delete, keys, plain_ok, cols, rls, named,
+         several) in rows:
         if not exists:
             out[(schema, name)] = None
             continue
@@ -213,7 +221,7 @@ def load_tables(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> 
         out[(schema, name)] = Table(schema, name, columns, primary, unique, bool(keys) and not unique,
                                     can_insert, can_update, can_delete, plain_inserts=bool(plain_ok),
                                     folding_keys=folding, row_security=bool(rls), null_keys=null_keys,
-                                    targeted=bool(named))
+                                    targeted=bool(named), several_keys=bool(several))
     return out
 
 

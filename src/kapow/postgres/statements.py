@@ -554,15 +554,25 @@ def null_guard(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str
 
 
 def insert_arbiter(table: Table, columns: tuple[str, ...]) -> tuple[str, ...] | None:
-    """The key an insert's ``ON CONFLICT`` names on a :attr:`~kapow.postgres.catalog.Table.targeted` table (one with
-    an exclusion constraint or a deferrable unique key), or None: no target, a conflict on any unique key is a
-    duplicate. Without a target, PostgreSQL also took an exclusion constraint's conflict for a duplicate (the row was
-    dropped, counted as landed before) and refused the statement beside a deferrable key. The primary key when the
-    insert gives it, else the first immediate unique key it gives: a replay conflicts on each of its keys alike."""
-    if not table.targeted:
-        return None
+    """The key an insert's ``ON CONFLICT`` names, or None: no target, a conflict on any unique key is a duplicate.
+
+    A :attr:`~kapow.postgres.catalog.Table.targeted` table (an exclusion constraint or a deferrable unique key) names
+    the primary key when the insert gives it, else the first immediate unique key it gives: without a target,
+    PostgreSQL took an exclusion conflict for a duplicate (the row dropped, counted as landed) and refused the
+    statement beside a deferrable key. A table of :attr:`~kapow.postgres.catalog.Table.several_keys` names the
+    primary key, or a unique key that cannot hold a null, when the insert gives one: without a target, a row of a
+    new key that met another row on a second key was dropped unreported (a hostile run); with one, it fails alone
+    (``constraint_violation``) while a replay conflicts on the named key, a duplicate. A nullable key is never named
+    there: a row whose value for it is null would not conflict on it, and its replay would fail on another key; such
+    an insert keeps the target-less form (what :func:`null_guard` lets through has another key given)."""
     keys = ([table.primary_key] if table.primary_key else []) + list(table.unique_keys)
-    return next((k for k in keys if all(c in columns for c in k)), None)
+    if table.targeted:
+        return next((k for k in keys if all(c in columns for c in k)), None)
+    if not table.several_keys:
+        return None
+    cols = table.columns
+    return next((k for k in keys if all(c in columns and (cols[c].not_null if c in cols else False) for c in k)
+                 or (k in table.null_keys and all(c in columns for c in k))), None)
 
 
 def rows_source(table: Table, columns: tuple[str, ...]) -> sql.Composable:
