@@ -9,7 +9,8 @@ do when the scratch database is that database), and each table is checked with o
   JSON object holding the key columns only), exactly as the writer casts them;
 * the key is the destination's ``key`` when the packet names one, else the primary key, else the table's only
   (or first, by name) unique constraint;
-* the *last* operation applied to each key, in topic order (record timestamp, then topic, partition, offset),
+* the *last* operation applied to each key, in topic order (record timestamp, then topic, partition, offset,
+  then the destination's place in its packet: the order the writer applies a packet's destinations in),
   decides what the table must hold: the row after an insert or upsert, no row after a delete;
 * a table with several unique keys: under each key, the last operation on a value may be another key's insert
   or upsert that gives it (their data is the row they put in place; a delete's data is its own key only). A
@@ -127,7 +128,8 @@ def _verdicts(table: sql.Composable, keys: list[str], groups: list[int], by_this
         INSERT INTO audit_kv (seq, st)
         WITH ops AS (
             SELECT c.seq, c.mode % {guarded} AS mode, c.mode >= {guarded} AS guarded, c.eff,
-                   c.grp = ANY({by_this_key}::int4[]) AS native, ARRAY[c.ts, c.t, c.p, c.o]::int8[] AS at, {picked}
+                   c.grp = ANY({by_this_key}::int4[]) AS native, ARRAY[c.ts, c.t, c.p, c.o, c.seq]::int8[] AS at,
+                   {picked}
             FROM audit_chk c
             CROSS JOIN LATERAL (SELECT c.keydoc::json AS d) j
             CROSS JOIN LATERAL {populate}
