@@ -226,7 +226,8 @@ def test_a_record_too_large_is_cut_then_stripped_then_started_over() -> None:
     p.poll()  # whole: refused; stage 1 goes at once
     p.poll()
     cut = producer.produced[1]
-    assert cut["value"] == value[: 100_000 - 64 * 1024] and cut["key"] == msg.key()
+    beside = 2000 + sum(len(k) + len(v or b"") for k, v in msg.headers() or [])  # the key and the client's headers
+    assert cut["value"] == value[: 100_000 - 64 * 1024 - beside] and cut["key"] == msg.key()
     assert ("kapow-value-truncated", str(len(value)).encode()) in cut["headers"]
     assert ("context", b"c") in cut["headers"]
     p.poll()  # cut: refused too; stage 2 goes at once
@@ -240,6 +241,22 @@ def test_a_record_too_large_is_cut_then_stripped_then_started_over() -> None:
     assert producer.produced[3]["value"] == value
     p.poll()
     assert acks == [1] and p.delivery_failures == 3 and p.truncated == 0
+
+
+def test_a_cut_value_leaves_room_for_a_large_key_and_large_headers() -> None:
+    """A hostile run: a 1 MB value beside a 300 kB key and a 300 kB header was cut to the topic's size less a
+    margin, which with the key and headers was still too large, so it went with no value and no client header."""
+    p, producer, _clock = publisher(max_bytes=1_048_576)
+    producer.errors = [KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)]
+    msg = Message(topic="events", partition=0, offset=7, key=b"k" * 300_000, value=b"v" * 1_000_000,
+                  headers=[("context", b"c"), ("big", b"h" * 300_000)], timestamp=(1, 5))
+    p.publish(ErrorRecord(msg, Failure(ErrorCode.NOT_JSON, "x"), None), lambda: None)
+    p.poll()
+    p.poll()
+    cut = producer.produced[1]
+    client = sum(len(k) + len(v or b"") for k, v in cut["headers"] if not k.startswith("kapow-"))
+    assert cut["value"] and ("big", b"h" * 300_000) in cut["headers"] and cut["key"] == msg.key()
+    assert len(cut["value"]) + len(cut["key"]) + client <= 1_048_576 - 64 * 1024
 
 
 def test_a_cut_record_acknowledged_is_counted_as_truncated() -> None:

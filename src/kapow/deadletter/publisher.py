@@ -149,7 +149,11 @@ class ErrorPublisher:
         value = msg.value()
         truncated_from: int | None = None
         if pending.stage == 1 and value is not None:
-            keep = max(0, self._max_bytes - 64 * 1024)
+            # the key and the client's headers go whole at this stage: the value gets what they leave (a 1 MB value
+            # beside a 300 kB key and a 300 kB header was cut to the topic's size, refused again, and went with no
+            # value at all: a hostile run)
+            extra = len(msg.key() or b"") + sum(len(k) + len(v or b"") for k, v in safe_headers(msg))
+            keep = max(0, self._max_bytes - 64 * 1024 - extra)
             truncated_from, value = len(value), value[:keep]
         elif pending.stage >= 2:
             truncated_from, value = len(value or b""), None
