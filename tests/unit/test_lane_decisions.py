@@ -23,6 +23,7 @@ from kapow.config import parse_config
 from kapow.contract import Destination, TableKey
 from kapow.errors import ErrorCode, Failure, Scope
 from kapow.pipeline.lane import ALONE_S, SWEEP_S, DatabaseLane
+from kapow.pipeline.parklines import ParkLines
 from kapow.pipeline.persist import FRESH_S, Persister
 from kapow.pipeline.schedule import MAX_TABLES_PER_UNIT, TableQueue
 from kapow.pipeline.unit import JobOutcome, TableJob
@@ -89,7 +90,8 @@ class Pool:
 class Stepped:
     """A lane without threads: the test takes units (``pick``) and writes them (``write``) itself."""
 
-    def __init__(self, outcome: dict[str, Failure | BaseException] | None = None) -> None:
+    def __init__(self, outcome: dict[str, Failure | BaseException] | None = None, *,
+                 park_lines: ParkLines | None = None) -> None:
         self.clock = Clock()
         self.pool = Pool()
         self.delivered: list[WorkResult] = []
@@ -97,7 +99,7 @@ class Stepped:
         self.calls: list[list[str]] = []
         self.lane = DatabaseLane(vanity="wh", database="db", config=CONFIG.destinations[0], pipeline=CONFIG.pipeline,
                                  catalog=Catalog(), deliver=self.delivered.append, clock=self.clock, pool=self.pool,
-                                 write=self.write_unit)
+                                 write=self.write_unit, park_lines=park_lines)
         self.lane._start_threads = lambda: None  # type: ignore[method-assign]
 
     def write_unit(self, _conn: Any, _catalog: Catalog, jobs: list[TableJob]) -> list[JobOutcome]:
@@ -651,6 +653,34 @@ def test_a_table_with_nothing_left_is_forgotten() -> None:
     while s.step():
         pass
     assert len(s.delivered) == 50 and s.lane._tables == {} and s.lane._pending == {}
+
+
+def test_the_parking_lines_are_bounded_by_the_writer_not_by_each_lane(caplog: pytest.LogCaptureFixture) -> None:
+    """A hostile run: a whole server stopped wrote ten "parking" lines a second for each of its databases (2,516
+    error lines from two outages of ~40 s); a thousand databases would have written ten thousand. The lanes of a
+    writer share one budget (``Persister`` gives each lane the same), and the rest is counted in one line."""
+    budget = ParkLines()
+    lanes = [Stepped(park_lines=budget) for _ in range(5)]
+    for s in lanes:
+        s.pool.down = True
+        s.lane.submit_all([work(f"t{i}") for i in range(100)])
+        for _ in range(CONFIG.pipeline.circuit_failures_to_open + 1):
+            s.clock.now += 10
+            s.step()
+        s.clock.now += CONFIG.pipeline.hold_s + 1
+    with caplog.at_level(logging.ERROR, logger="kapow.pipeline.lane"):
+        for s in lanes:
+            s.expire()
+        assert sum(len(s.delivered) for s in lanes) == 500 and all(r.failed for s in lanes for r in s.delivered)
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("parking")]
+        assert len(lines) == 10, f"{len(lines)} lines for 5 lanes: a budget per lane"
+        budget.roll(max(s.clock.now for s in lanes) + 1)
+    assert any(r.getMessage().startswith("490 more works parked without a line each") for r in caplog.records)
+    two = parse_config('[kafka]\nbootstrap_servers = "x:1"\ntopics = ["t"]\n'
+                       '[[destinations]]\nvanity = "wh"\ndatabases = ["db", "db2"]\n')
+    persister = Persister(two, lane_factory=lambda **kw: kw)  # type: ignore[arg-type,return-value]
+    first, second = persister.lane("wh", "db"), persister.lane("wh", "db2")
+    assert first["park_lines"] is second["park_lines"], "each lane its own budget"  # type: ignore[index]
 
 
 def test_tables_whose_works_were_parked_or_cancelled_are_forgotten(caplog: pytest.LogCaptureFixture) -> None:

@@ -35,6 +35,7 @@ from kapow.config import DestinationConfig, PipelineConfig
 from kapow.contract import TableKey
 from kapow.errors import ErrorCode, Failure, Scope, classify_exception, one_line
 from kapow.pipeline.circuit import Circuit
+from kapow.pipeline.parklines import ParkLines
 from kapow.pipeline.schedule import TableQueue, next_wake, pick
 from kapow.pipeline.unit import JobOutcome, TableJob, write_unit
 from kapow.pipeline.work import ErrorRecord, TableWork, WorkResult
@@ -55,7 +56,6 @@ SLOW_TABLE_S = 0.5
 # this often: a lane remembered every table whose works were parked or cancelled (a review: 20,000 names sent
 # during an outage left 20,000 queues for good)
 SWEEP_S = 5.0
-PARK_LINES_PER_S = 10  # "parking" lines a lane writes a second; the others of that second are counted in one line
 
 
 class DatabaseLane:
@@ -63,7 +63,7 @@ class DatabaseLane:
 
     def __init__(self, *, vanity: str, database: str, config: DestinationConfig, pipeline: PipelineConfig,
                  catalog: Catalog, deliver: Deliver, clock: Callable[[], float] = time.monotonic,
-                 pool: Any = None, write: WriteUnit = write_unit) -> None:
+                 pool: Any = None, write: WriteUnit = write_unit, park_lines: ParkLines | None = None) -> None:
         self.vanity = vanity
         self.database = database
         self.name = f"{vanity}/{database}"
@@ -99,9 +99,7 @@ class DatabaseLane:
         self.last_success = 0.0  # monotonic time of the last successful write or probe
         self.last_failure = 0.0  # ... and of the last failure of the database itself (a write's or a probe's)
         self._swept = 0.0  # when idle tables were last forgotten
-        self._park_lines_since = 0.0  # the second "parking" lines are counted in
-        self._park_lines = 0
-        self._parks_unlogged = 0
+        self._park_lines = park_lines or ParkLines()  # the writer's, shared by its lanes (kapow.pipeline.persist)
 
     # ------------------------------------------------------------------ the loop's side
     def submit(self, work: TableWork) -> None:
@@ -430,28 +428,15 @@ class DatabaseLane:
                 if not q.works and not q.busy and q.failure is None and q.alone_until <= now and key not in pending]
         for key in idle:
             del self._tables[key]
-        if now - self._park_lines_since >= 1.0:
-            self._flush_park_lines(now)
-
-    def _flush_park_lines(self, now: float) -> None:
-        if self._parks_unlogged:
-            log.error("lane %s: %d more works parked without a line each (at most %d lines a second; every packet"
-                      " is on the system-errors topic)", self.name, self._parks_unlogged, PARK_LINES_PER_S)
-        self._park_lines_since = now
-        self._park_lines = self._parks_unlogged = 0
+        self._park_lines.roll(now)
 
     def _park_locked(self, work: TableWork, failure: Failure, now: float) -> None:
         waited = now - work.enqueued_at
         message = f"{failure.message} (held {waited:.0f} s)"
         parked = Failure(failure.code if failure.code.retryable else ErrorCode.INTERNAL, message, failure.scope)
-        if now - self._park_lines_since >= 1.0:
-            self._flush_park_lines(now)
-        if self._park_lines < PARK_LINES_PER_S:
-            self._park_lines += 1
+        if self._park_lines.take(now):
             log.error("parking %d rows for %s after %.0f s: %s", len(work.rows), work.key.label, waited,
                       failure.message)
-        else:
-            self._parks_unlogged += 1
         # kapow-attempt counts deliveries through the pipeline (the first, then each redrive or reschedule), not
         # the retries of a hold: those are this delivery's business, and the redrive's bound is on deliveries
         records = [ErrorRecord(row.msg, parked, row.dest, 1) for row in work.rows]

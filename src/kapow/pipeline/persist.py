@@ -22,6 +22,7 @@ from kapow.config import Config
 from kapow.contract import TableKey
 from kapow.errors import one_line
 from kapow.pipeline.lane import DatabaseLane
+from kapow.pipeline.parklines import ParkLines
 from kapow.pipeline.route import RouteSpec
 from kapow.pipeline.work import TableWork, WorkResult
 from kapow.postgres.catalog import Catalog
@@ -48,6 +49,7 @@ class Persister:
         self._lanes: dict[tuple[str, str], DatabaseLane] = {}
         self._lock = threading.Lock()
         self._lane_factory = lane_factory
+        self._park_lines = ParkLines()  # one budget of "parking" lines for every lane (kapow.pipeline.parklines)
 
     def lane(self, vanity: str, database: str) -> DatabaseLane:
         key = (vanity, database)
@@ -62,7 +64,8 @@ class Persister:
                     p = self._config.pipeline
                     catalog = Catalog(ttl=p.catalog_ttl_s, max_bytes=self._catalog_bytes)
                     lane = self._lane_factory(vanity=vanity, database=database, config=dest, pipeline=p,
-                                              catalog=catalog, deliver=self._answers.put)
+                                              catalog=catalog, deliver=self._answers.put,
+                                              park_lines=self._park_lines)
                     self._lanes[key] = lane
         return lane
 
