@@ -284,8 +284,8 @@ class PacketDecoder:
         the memcpy), more than the decode that found them. A view takes ``len``, ``==`` with another view, the
         buffer protocol (decoders, ``bytes.join``) and ``bytes()``; nothing else (:func:`as_bytes`).
         """
-        if value is None:
-            raise PacketError(ErrorCode.NOT_JSON, "packet has no value")
+        if not value:  # None or empty: "Input data was truncated" said nothing useful of an empty value
+            raise PacketError(ErrorCode.NOT_JSON, "packet has no value" if value is None else "packet's value is empty")
         if len(value) > self.max_bytes:
             raise PacketError(ErrorCode.TOO_LARGE, f"packet is {len(value)} bytes, the limit is {self.max_bytes}")
         try:

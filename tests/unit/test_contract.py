@@ -86,6 +86,14 @@ def test_bad_envelopes(value: bytes | None, code: ErrorCode) -> None:
     assert code_of(value) is code
 
 
+def test_an_empty_value_is_named_as_such() -> None:
+    """A hostile run: an empty value was "value is not UTF-8 JSON: Input data was truncated"."""
+    for value, said in ((b"", "packet's value is empty"), (None, "packet has no value")):
+        with pytest.raises(PacketError) as err:
+            decoder().decode(value)
+        assert err.value.failure.message == said
+
+
 def test_too_large() -> None:
     assert code_of(b" " * 101, max_bytes=100) is ErrorCode.TOO_LARGE
 
