@@ -706,6 +706,22 @@ def test_a_conflict_on_a_second_unique_key_is_refused_not_dropped(db: str, conn:
     assert results(later[0]) == [(0, 0, ["constraint_violation"])]
 
 
+def test_an_insert_naming_its_key_is_a_duplicate_by_that_key(db: str, conn: psycopg.Connection[Any]) -> None:
+    """An insert whose destination names ``"key": ["email"]`` on a table of two keys: a duplicate is one by email
+    (the key the audit judges it by). A row of a new email whose ``id`` another row holds was a silent duplicate
+    (the audit: missing); it fails alone now, and a row of a known email is a duplicate whatever its ``id``."""
+    name = new_table(db, "CREATE TABLE {name} (id bigint PRIMARY KEY, email text NOT NULL UNIQUE)")
+    by_email = dest(db, name, key=("email",))
+    catalog = Catalog()
+    first = [packet_row(by_email, {"id": 1, "email": "a@x"})]
+    assert results(write_unit(conn, catalog, [job(db, name, first)])[0]) == [(1, 0, [])]
+    rows = [packet_row(by_email, {"id": 1, "email": "b@x"}), packet_row(by_email, {"id": 2, "email": "a@x"}),
+            packet_row(by_email, {"id": 3, "email": "c@x"})]
+    out = write_unit(conn, catalog, [job(db, name, *([r] for r in rows))])  # a work each: whose is whose
+    assert results(out[0]) == [(0, 0, ["constraint_violation"]), (0, 1, []), (1, 0, [])]
+    assert kit.scalar(db, f"SELECT array_agg(email ORDER BY id) FROM {name}") == ["a@x", "c@x"]
+
+
 def test_a_deferrable_unique_key_beside_the_primary_key_takes_inserts(db: str, conn: psycopg.Connection[Any]) -> None:
     """Without a target, ON CONFLICT is refused outright beside a deferrable unique key ("does not support
     deferrable unique constraints"): every packet of the table was parked as a system error, for good."""

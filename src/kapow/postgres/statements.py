@@ -221,12 +221,20 @@ def _plan_inserts(table: Table, rows: Sequence[RowLike], nulls_ok: bool) -> list
                 stmt = by_shape.get(shape)
                 if stmt is None:
                     stmt = by_shape[shape] = Statement(INSERT, keys, dest,
-                                                       statement_text(table, INSERT, keys, dest, (), nulls_ok),
+                                                       statement_text(table, INSERT, keys, dest,
+                                                                      _named(dest, keys), nulls_ok),
                                                        plain=plain_text(table, keys, nulls_ok), nulls_ok=nulls_ok)
                 by_id[(id(keys), id(dest))] = stmt
             elements, last_keys, last_dest = stmt.elements, keys, dest
         elements.append(Element(row.doc, [i], row.values))
     return list(by_shape.values())
+
+
+def _named(dest: Destination, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The key an insert's destination names (``"key"``), when its rows give every column of it: its
+    ``ON CONFLICT`` target on a table of several keys (:func:`insert_arbiter`)."""
+    key = dest.key
+    return key if key and all(c in columns for c in key) else ()
 
 
 class _Op(msgspec.Struct, gc=False):
@@ -553,8 +561,12 @@ def null_guard(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str
         given=given, message=sql.Literal(message), column=sql.Literal(column))
 
 
-def insert_arbiter(table: Table, columns: tuple[str, ...]) -> tuple[str, ...] | None:
+def insert_arbiter(table: Table, columns: tuple[str, ...], named: tuple[str, ...] = ()) -> tuple[str, ...] | None:
     """The key an insert's ``ON CONFLICT`` names, or None: no target, a conflict on any unique key is a duplicate.
+
+    ``named``: the key the destination names (``"key"``), tried first, so that the writer's duplicate is the one
+    the audit judges by (a row of a new named key whose primary key another row holds was a silent duplicate, and
+    the audit, judging by the named key, reported it missing).
 
     A :attr:`~kapow.postgres.catalog.Table.targeted` table (an exclusion constraint or a deferrable unique key) names
     the primary key when the insert gives it, else the first immediate unique key it gives: without a target,
@@ -566,6 +578,8 @@ def insert_arbiter(table: Table, columns: tuple[str, ...]) -> tuple[str, ...] | 
     there: a row whose value for it is null would not conflict on it, and its replay would fail on another key; such
     an insert keeps the target-less form (what :func:`null_guard` lets through has another key given)."""
     keys = ([table.primary_key] if table.primary_key else []) + list(table.unique_keys)
+    if named:  # the table's own spelling of it (the index's column order), first
+        keys = [k for k in keys if set(k) == set(named)][:1] + keys
     if table.targeted:
         return next((k for k in keys if all(c in columns for c in k)), None)
     if not table.several_keys:
@@ -652,7 +666,7 @@ def _build(table: Table, kind: str, columns: tuple[str, ...], key: tuple[str, ..
                        " AS r{where} ORDER BY {by}, r.ordinality DESC").format(tbl=tbl, cols=cols, by=by,
                                                                              source=source, where=where)
     if kind == INSERT:
-        arbiter = insert_arbiter(table, columns)
+        arbiter = insert_arbiter(table, columns, key)
         if arbiter is None:
             return sql.SQL("{head} ON CONFLICT DO NOTHING").format(head=head)
         return sql.SQL("{head} ON CONFLICT ({target}) DO NOTHING").format(
